@@ -1,0 +1,1 @@
+//! The Fluxy room engine (no I/O).
