@@ -17,7 +17,7 @@ use crate::common::is_valid_id;
 pub const LEEWAY_SECONDS: u64 = 5;
 /// Longest token accepted before parsing.
 pub const MAX_TOKEN_CHARS: usize = 8192;
-/// Roles a token may carry `[FX-AUTH-6]`.
+/// Roles a token may carry `[FX-AUTH-2]`.
 pub const KNOWN_ROLES: &[&str] = &["owner", "admin", "moderator", "member", "agent"];
 
 /// Verified token claims.

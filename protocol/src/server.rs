@@ -221,7 +221,7 @@ pub struct MemberPresenceEvent {
     pub user_id: String,
 }
 
-/// `subscription_succeeded`: the connect sequence is complete (FluxyChat compatibility) `[FX-HS-7]`.
+/// `subscription_succeeded`: the connect sequence is complete (FluxyChat compatibility) `[FX-HS-8]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(title = "SubscriptionSucceededFrame")]
