@@ -36,7 +36,7 @@ pub struct SendMessageFrame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<u64>,
     /// Attachments.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub attachments: Vec<Attachment>,
     /// Correlation id echoed in `ack` and `error` `[FX-FRM-7]`.
@@ -96,7 +96,7 @@ pub struct ReactionFrame {
     #[schemars(length(min = 1, max = 64))]
     pub emoji: String,
     /// Add (default) or remove.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::common::null_as_default")]
     pub op: ReactionOp,
     /// Correlation id.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -150,7 +150,7 @@ pub struct StreamFrame {
     /// Operation.
     pub op: StreamOp,
     /// Full content so far (start: may be empty; delta and end: 1–4000 characters).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::common::null_as_default")]
     #[schemars(length(max = 4000))]
     pub content: String,
     /// The streamed message (required for delta, end and abort).
@@ -204,7 +204,7 @@ pub struct ToolCallFrame {
     #[schemars(length(min = 1, max = 128))]
     pub name: String,
     /// Arguments as JSON text.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::common::null_as_default")]
     #[schemars(length(max = 16000))]
     pub arguments: String,
     /// Correlation id.

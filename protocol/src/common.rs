@@ -33,6 +33,21 @@ pub const MAX_AGENT_PAYLOAD_CHARS: usize = 16_000;
 /// Maximum number of attachments on one message.
 pub const MAX_ATTACHMENTS: usize = 10;
 
+/// Regex (anchored) of the only wire timestamp form `[FX-FRM-5]`, e.g. `2026-11-26T16:19:14.677Z`.
+pub const TIMESTAMP_PATTERN: &str = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$";
+
+/// Deserialize a defaulted field, treating JSON `null` like an absent field `[FX-FRM-12]`.
+///
+/// Use with `#[serde(default, deserialize_with = "crate::common::null_as_default")]` on fields
+/// that are not `Option` (lists, flags, enums with a default).
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// True when `s` matches [`ID_PATTERN`].
 pub fn is_valid_id(s: &str) -> bool {
     (1..=128).contains(&s.len())

@@ -1,7 +1,7 @@
 //! Typed, panic-free decoding of tagged JSON frames (spec area FRM).
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::codes::ErrorCode;
 use crate::common::MAX_FRAME_BYTES;
@@ -42,9 +42,14 @@ pub enum DecodeError {
     /// `type` is not a string naming a known frame.
     #[error("unknown frame type `{0}`")]
     UnknownType(String),
-    /// A field has the wrong JSON type.
-    #[error("wrong type: {0}")]
-    WrongType(String),
+    /// A field has the wrong JSON type (or, for an enumerated field, an unknown value).
+    #[error("wrong type{}: {message}", field.as_deref().map(|f| format!(" for `{f}`")).unwrap_or_default())]
+    WrongType {
+        /// The offending top-level field, camelCase as on the wire, when it could be determined.
+        field: Option<String>,
+        /// What serde reported.
+        message: String,
+    },
     /// A field has an invalid value.
     #[error("invalid value for `{field}`: {problem:?}")]
     InvalidValue {
@@ -70,7 +75,7 @@ impl DecodeError {
             DecodeError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             DecodeError::Syntax(_) | DecodeError::NotObject => ErrorCode::MalformedFrame,
             DecodeError::UnknownType(_) => ErrorCode::UnknownType,
-            DecodeError::MissingField(_) | DecodeError::WrongType(_) => ErrorCode::InvalidFrame,
+            DecodeError::MissingField(_) | DecodeError::WrongType { .. } => ErrorCode::InvalidFrame,
             DecodeError::InvalidValue {
                 problem: FieldProblem::Content(_),
                 ..
@@ -84,6 +89,7 @@ impl DecodeError {
         match self {
             DecodeError::MissingField(f) => Some(f),
             DecodeError::InvalidValue { field, .. } => Some(field),
+            DecodeError::WrongType { field, .. } => field.as_deref(),
             _ => None,
         }
     }
@@ -95,13 +101,51 @@ fn classify_serde(e: &serde_json::Error) -> DecodeError {
         let name = rest.split('`').next().unwrap_or_default();
         return DecodeError::MissingField(name.to_owned());
     }
-    if msg.starts_with("invalid type") || msg.starts_with("invalid value") {
-        return DecodeError::WrongType(msg);
+    // "invalid type", "invalid value", "unknown variant", "invalid length", …: all are a field
+    // whose JSON value does not fit its declared type.
+    DecodeError::WrongType {
+        field: None,
+        message: msg,
     }
-    if msg.starts_with("unknown variant") {
-        return DecodeError::WrongType(msg);
-    }
-    DecodeError::WrongType(msg)
+}
+
+/// Most top-level keys tried when looking for the field to blame for a type error.
+const MAX_BLAME_KEYS: usize = 32;
+
+/// Deserialize `obj` as `T`; on a type error, find the top-level key to blame.
+///
+/// serde does not report the path of a type error, so the decoder removes one key at a time: the
+/// first key whose removal changes the outcome is the offending one. This runs only on the
+/// error path and tries at most [`MAX_BLAME_KEYS`] keys.
+fn from_object<T: DeserializeOwned>(obj: Map<String, Value>, skip: &str) -> Result<T, DecodeError> {
+    let value = Value::Object(obj);
+    let err = match T::deserialize(&value) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let DecodeError::WrongType { message, .. } = classify_serde(&err) else {
+        return Err(classify_serde(&err));
+    };
+    let Value::Object(obj) = value else {
+        return Err(DecodeError::NotObject);
+    };
+    let field = obj
+        .keys()
+        .filter(|k| k.as_str() != skip)
+        .take(MAX_BLAME_KEYS)
+        .find(|k| {
+            let without: Map<String, Value> = obj
+                .iter()
+                .filter(|(other, _)| other != k)
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect();
+            match T::deserialize(&Value::Object(without)) {
+                Ok(_) => true,
+                Err(e) => e.to_string() != message,
+            }
+        })
+        .cloned();
+    Err(DecodeError::WrongType { field, message })
 }
 
 /// Decode a frame tagged by `type` whose tag must be in `known`.
@@ -127,7 +171,9 @@ pub(crate) fn decode_value<T: DeserializeOwned>(
     value: Value,
     known: &[&str],
 ) -> Result<T, DecodeError> {
-    let obj = value.as_object().ok_or(DecodeError::NotObject)?;
+    let Value::Object(obj) = value else {
+        return Err(DecodeError::NotObject);
+    };
     match obj.get("type") {
         None => return Err(DecodeError::MissingField("type".into())),
         Some(Value::String(t)) => {
@@ -136,13 +182,13 @@ pub(crate) fn decode_value<T: DeserializeOwned>(
             }
         }
         Some(other) => {
-            return Err(DecodeError::WrongType(format!(
-                "`type` must be a string, got {}",
-                json_kind(other)
-            )))
+            return Err(DecodeError::WrongType {
+                field: Some("type".into()),
+                message: format!("`type` must be a string, got {}", json_kind(other)),
+            })
         }
     }
-    serde_json::from_value(value).map_err(|e| classify_serde(&e))
+    from_object(obj, "type")
 }
 
 /// Decode a JSON body (HTTP) into `T`, classifying failures like frames.
@@ -154,10 +200,10 @@ pub fn decode_body<T: DeserializeOwned>(text: &str, limit: usize) -> Result<T, D
         });
     }
     let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))?;
-    if !value.is_object() {
+    let Value::Object(obj) = value else {
         return Err(DecodeError::NotObject);
-    }
-    serde_json::from_value(value).map_err(|e| classify_serde(&e))
+    };
+    from_object(obj, "")
 }
 
 fn json_kind(v: &Value) -> &'static str {

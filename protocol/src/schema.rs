@@ -34,48 +34,252 @@ fn gen_into<T: JsonSchema>(defs: &mut Map<String, Value>, roots: &mut Vec<String
 
 /// Move each tagged-union variant's `type` const into the variant's named definition, so every
 /// frame is one named object schema with a discriminating `type` property.
+///
+/// A struct used by several variants (`MemberPresenceEvent` for `member_joined` and
+/// `member_left`) is split into one definition per tag, named after the tag
+/// (`MemberJoinedEvent`, `MemberLeftEvent`), so that every definition has exactly one `const`.
 fn hoist_tags(defs: &mut Map<String, Value>) {
-    let mut tags: Vec<(String, String)> = Vec::new();
+    // def name -> [(tag, variant description)], in first-seen order, without duplicates.
+    let mut tags: BTreeMap<String, Vec<(String, Option<Value>)>> = BTreeMap::new();
+    for def in defs.values() {
+        let Some(one_of) = def.get("oneOf").and_then(Value::as_array) else {
+            continue;
+        };
+        for variant in one_of {
+            let r = variant.get("$ref").and_then(Value::as_str);
+            let t = variant
+                .pointer("/properties/type/const")
+                .and_then(Value::as_str);
+            if let (Some(r), Some(t)) = (r, t) {
+                let name = r.trim_start_matches("#/$defs/").to_owned();
+                let entry = tags.entry(name).or_default();
+                if !entry.iter().any(|(x, _)| x == t) {
+                    entry.push((t.to_owned(), variant.get("description").cloned()));
+                }
+            }
+        }
+    }
+    // (def name, tag) -> name of the definition that carries that tag.
+    let mut target: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (name, list) in &tags {
+        let Some(base) = defs.get(name).cloned() else {
+            continue;
+        };
+        if list.len() == 1 {
+            let (t, _) = &list[0];
+            let mut def = base;
+            add_tag(&mut def, t);
+            defs.insert(name.clone(), def);
+            target.insert((name.clone(), t.clone()), name.clone());
+            continue;
+        }
+        defs.remove(name);
+        let suffix = ["Event", "Frame"]
+            .into_iter()
+            .find(|s| name.ends_with(s))
+            .unwrap_or_default();
+        for (t, desc) in list {
+            let split = format!("{}{suffix}", pascal_case(t));
+            let mut def = base.clone();
+            if let (Some(obj), Some(d)) = (def.as_object_mut(), desc) {
+                obj.insert("description".into(), d.clone());
+            }
+            if let Some(obj) = def.as_object_mut() {
+                obj.insert("title".into(), Value::String(split.clone()));
+            }
+            add_tag(&mut def, t);
+            defs.insert(split.clone(), def);
+            target.insert((name.clone(), t.clone()), split);
+        }
+    }
     for def in defs.values_mut() {
         let Some(one_of) = def.get_mut("oneOf").and_then(Value::as_array_mut) else {
             continue;
         };
         for variant in one_of.iter_mut() {
-            let r = variant
-                .get("$ref")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            let r = variant.get("$ref").and_then(Value::as_str);
             let t = variant
                 .pointer("/properties/type/const")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+                .and_then(Value::as_str);
             if let (Some(r), Some(t)) = (r, t) {
                 let name = r.trim_start_matches("#/$defs/").to_owned();
-                tags.push((name, t));
-                *variant = json!({ "$ref": r });
+                if let Some(to) = target.get(&(name, t.to_owned())) {
+                    *variant = json!({ "$ref": format!("#/$defs/{to}") });
+                }
             }
         }
     }
-    for (name, t) in tags {
-        let Some(def) = defs.get_mut(&name).and_then(Value::as_object_mut) else {
-            continue;
-        };
-        let mut props = Map::new();
-        props.insert(
-            "type".into(),
-            json!({"type": "string", "const": t, "description": format!("Frame type, always `{t}`.")}),
-        );
-        if let Some(Value::Object(old)) = def.remove("properties") {
-            for (k, v) in old {
+}
+
+/// Put `type: {const: tag}` first among the properties and first in `required`.
+fn add_tag(def: &mut Value, t: &str) {
+    let Some(def) = def.as_object_mut() else {
+        return;
+    };
+    let mut props = Map::new();
+    props.insert(
+        "type".into(),
+        json!({"type": "string", "const": t, "description": format!("Frame type, always `{t}`.")}),
+    );
+    if let Some(Value::Object(old)) = def.remove("properties") {
+        for (k, v) in old {
+            if k != "type" {
                 props.insert(k, v);
             }
         }
-        def.insert("properties".into(), Value::Object(props));
-        let mut req = vec![Value::String("type".into())];
-        if let Some(Value::Array(old)) = def.remove("required") {
-            req.extend(old.into_iter().filter(|v| v != "type"));
+    }
+    def.insert("properties".into(), Value::Object(props));
+    let mut req = vec![Value::String("type".into())];
+    if let Some(Value::Array(old)) = def.remove("required") {
+        req.extend(old.into_iter().filter(|v| v != "type"));
+    }
+    def.insert("required".into(), Value::Array(req));
+}
+
+fn pascal_case(tag: &str) -> String {
+    let mut out = String::new();
+    let mut upper = true;
+    for c in tag.chars() {
+        if c == '_' || c == '-' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
         }
-        def.insert("required".into(), Value::Array(req));
+    }
+    out
+}
+
+/// String properties that hold a tenant, room or user id `[FX-FRM-6]`.
+const ID_PROPERTIES: &[&str] = &[
+    "id",
+    "roomId",
+    "userId",
+    "senderId",
+    "agentId",
+    "createdBy",
+    "sub",
+    "tid",
+];
+/// Array properties whose items are user ids.
+const ID_LIST_PROPERTIES: &[&str] = &["users"];
+
+fn has_type(schema: &Value, t: &str) -> bool {
+    match schema.get("type") {
+        Some(Value::String(s)) => s == t,
+        Some(Value::Array(a)) => a.iter().any(|x| x == t),
+        _ => false,
+    }
+}
+
+/// Tighten each property of each object definition so the schema says what the decoder checks:
+///
+/// - integer formats `uint8`..`uint64` get their full `minimum`/`maximum` range;
+/// - id properties get [`ID_PATTERN`](crate::common::ID_PATTERN) and `clientMessageId` gets
+///   [`CLIENT_MESSAGE_ID_PATTERN`](crate::common::CLIENT_MESSAGE_ID_PATTERN);
+/// - `date-time` properties get the exact timestamp form of `[FX-FRM-5]` as a `pattern`, so
+///   validators that treat `format` as an annotation still check it;
+/// - every optional (not `required`) property also accepts `null`, which decoders treat like an
+///   absent field `[FX-FRM-12]`.
+fn refine(defs: &mut Map<String, Value>) {
+    use crate::common::{CLIENT_MESSAGE_ID_PATTERN, ID_PATTERN, TIMESTAMP_PATTERN};
+    for def in defs.values_mut() {
+        let Some(obj) = def.as_object_mut() else {
+            continue;
+        };
+        let required: BTreeSet<String> = obj
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        let Some(Value::Object(props)) = obj.get_mut("properties") else {
+            continue;
+        };
+        for (name, prop) in props.iter_mut() {
+            integer_range(prop);
+            if let Some(items) = prop.get_mut("items") {
+                integer_range(items);
+            }
+            let Some(p) = prop.as_object_mut() else {
+                continue;
+            };
+            let is_string = has_type(&Value::Object(p.clone()), "string");
+            if is_string && !p.contains_key("pattern") {
+                if ID_PROPERTIES.contains(&name.as_str()) {
+                    p.insert("pattern".into(), json!(ID_PATTERN));
+                } else if name == "clientMessageId" {
+                    p.insert("pattern".into(), json!(CLIENT_MESSAGE_ID_PATTERN));
+                } else if p.get("format").and_then(Value::as_str) == Some("date-time") {
+                    p.insert("pattern".into(), json!(TIMESTAMP_PATTERN));
+                }
+            }
+            if ID_LIST_PROPERTIES.contains(&name.as_str()) {
+                if let Some(Value::Object(items)) = p.get_mut("items") {
+                    items
+                        .entry("pattern")
+                        .or_insert_with(|| json!(ID_PATTERN));
+                }
+            }
+            if !required.contains(name) && name != "type" {
+                make_nullable(p);
+            }
+        }
+    }
+}
+
+fn integer_range(schema: &mut Value) {
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    let max: Option<u64> = match obj.get("format").and_then(Value::as_str) {
+        Some("uint8") => Some(u8::MAX.into()),
+        Some("uint16") => Some(u16::MAX.into()),
+        Some("uint32") => Some(u32::MAX.into()),
+        Some("uint64") => Some(u64::MAX),
+        _ => None,
+    };
+    if let Some(max) = max {
+        obj.entry("minimum").or_insert_with(|| json!(0));
+        obj.entry("maximum").or_insert_with(|| json!(max));
+    }
+}
+
+fn make_nullable(p: &mut Map<String, Value>) {
+    match p.get_mut("type") {
+        Some(Value::String(t)) => {
+            let t = t.clone();
+            p.insert("type".into(), json!([t, "null"]));
+            return;
+        }
+        Some(Value::Array(a)) => {
+            if !a.iter().any(|x| x == "null") {
+                a.push(json!("null"));
+            }
+            return;
+        }
+        _ => {}
+    }
+    if let Some(r) = p.remove("$ref") {
+        p.insert("anyOf".into(), json!([{ "$ref": r }, { "type": "null" }]));
+    }
+}
+
+/// Rebuild every object with its keys in sorted order, so the output does not depend on
+/// whether `serde_json` preserves insertion order in this build.
+fn sort_keys(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            let mut entries: Vec<(String, Value)> = std::mem::take(o).into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (k, mut val) in entries {
+                sort_keys(&mut val);
+                o.insert(k, val);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(sort_keys),
+        _ => {}
     }
 }
 
@@ -129,9 +333,35 @@ fn all_defs() -> (Map<String, Value>, Vec<String>) {
     gen_into::<LegacyMessagesResponse>(&mut defs, &mut roots);
     gen_into::<HealthResponse>(&mut defs, &mut roots);
     hoist_tags(&mut defs);
+    refine(&mut defs);
     ensure_titles(&mut defs);
     (defs, roots)
 }
+
+/// Names of the exported root types, in export order: `ClientFrame`, `ServerFrame`,
+/// `TimelineEvent`, `ErrorCode`, then every HTTP body ([`HTTP_BODY_TYPES`]). Each root, and each
+/// definition it references, has its own `<Name>.schema.json`.
+pub fn root_names() -> Vec<String> {
+    all_defs().1
+}
+
+/// Names of the exported HTTP request and response bodies (spec areas AUTH, TEN, HIS, MSG, ERR).
+pub const HTTP_BODY_TYPES: &[&str] = &[
+    "ErrorBody",
+    "TokenRequest",
+    "TokenResponse",
+    "CreateRoomRequest",
+    "RoomResponse",
+    "RoomListResponse",
+    "MemberSpec",
+    "MembersResponse",
+    "MemberResponse",
+    "PostMessageRequest",
+    "PostMessageResponse",
+    "HistoryPage",
+    "LegacyMessagesResponse",
+    "HealthResponse",
+];
 
 /// Every generated file: name → pretty JSON text (with a trailing newline).
 pub fn generate() -> BTreeMap<String, String> {
@@ -187,7 +417,9 @@ pub fn generate() -> BTreeMap<String, String> {
 }
 
 fn pretty(v: &Value) -> String {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut v = v.clone();
+    sort_keys(&mut v);
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
     s.push('\n');
     s
 }

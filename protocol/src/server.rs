@@ -97,7 +97,7 @@ pub struct AckFrame {
     #[schemars(extend("format" = "date-time"))]
     pub created_at: Option<String>,
     /// True when this repeats the ack of an earlier identical request `[FX-ACK-4]`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
 }
 
@@ -211,6 +211,8 @@ pub struct PresenceFrame {
 }
 
 /// `member_joined` / `member_left`: a user's first connection opened or last one closed.
+///
+/// The JSON Schema export names the two frames `MemberJoinedEvent` and `MemberLeftEvent`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(title = "MemberPresenceEvent")]
@@ -287,10 +289,12 @@ pub enum ServerFrame {
     /// `presence`
     #[serde(rename = "presence")]
     Presence(PresenceFrame),
-    /// `member_joined`
+    /// `member_joined`: a user's first connection to the room opened; sent to the other
+    /// connections `[FX-PRE-4]`.
     #[serde(rename = "member_joined")]
     MemberJoined(MemberPresenceEvent),
-    /// `member_left`
+    /// `member_left`: a user's last connection to the room closed; sent to the remaining
+    /// connections `[FX-PRE-4]`.
     #[serde(rename = "member_left")]
     MemberLeft(MemberPresenceEvent),
     /// `message` (timeline)
