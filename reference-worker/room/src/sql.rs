@@ -1,0 +1,317 @@
+//! SQL text and parameters for every storage operation, shared verbatim by the native shell
+//! (rusqlite) and the Durable Object shell (D1). Plain SQLite dialect; numbered parameters.
+//!
+//! History reads are keyset queries on the primary key `(tenant_id, room_id, seq)`: the cost of
+//! a page does not grow with the size of the history.
+
+use std::sync::Arc;
+
+/// The schema migrations, in order: `(file name, SQL)`. The same files apply to D1.
+pub const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_initial.sql",
+    include_str!("../../migrations/0001_initial.sql"),
+)];
+
+/// A bound parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlValue {
+    /// SQL NULL.
+    Null,
+    /// INTEGER.
+    Int(i64),
+    /// TEXT (shared, so event bodies are never copied).
+    Text(Arc<str>),
+}
+
+impl From<&str> for SqlValue {
+    fn from(s: &str) -> SqlValue {
+        SqlValue::Text(Arc::from(s))
+    }
+}
+impl From<&Arc<str>> for SqlValue {
+    fn from(s: &Arc<str>) -> SqlValue {
+        SqlValue::Text(s.clone())
+    }
+}
+impl From<u64> for SqlValue {
+    fn from(v: u64) -> SqlValue {
+        SqlValue::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<bool> for SqlValue {
+    fn from(v: bool) -> SqlValue {
+        SqlValue::Int(i64::from(v))
+    }
+}
+impl<T: Into<SqlValue>> From<Option<T>> for SqlValue {
+    fn from(v: Option<T>) -> SqlValue {
+        v.map_or(SqlValue::Null, Into::into)
+    }
+}
+
+/// One statement with its parameters (`?1`, `?2`, … in order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stmt {
+    /// SQL text.
+    pub sql: &'static str,
+    /// Parameters.
+    pub params: Vec<SqlValue>,
+}
+
+// ---------------------------------------------------------------- writes issued by the engine
+
+/// Insert one timeline event.
+pub const INSERT_EVENT: &str = "INSERT INTO events (tenant_id, room_id, seq, type, actor, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/// Insert a new message's current state.
+pub const INSERT_MESSAGE: &str = "INSERT INTO messages (tenant_id, room_id, id, user_id, content, created_at, parent_id, version, deleted, streaming, client_message_id, attachments) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11)";
+/// Replace a message's content (edit, stream delta or end).
+pub const UPDATE_MESSAGE_CONTENT: &str = "UPDATE messages SET content = ?4, version = ?5, edited_at = ?6, streaming = ?7 WHERE tenant_id = ?1 AND room_id = ?2 AND id = ?3";
+/// Soft-delete a message.
+pub const DELETE_MESSAGE: &str = "UPDATE messages SET deleted = 1, streaming = 0, version = ?4 WHERE tenant_id = ?1 AND room_id = ?2 AND id = ?3";
+/// Add a reaction.
+pub const INSERT_REACTION: &str = "INSERT INTO reactions (tenant_id, room_id, message_id, user_id, emoji, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+/// Remove a reaction.
+pub const DELETE_REACTION: &str = "DELETE FROM reactions WHERE tenant_id = ?1 AND room_id = ?2 AND message_id = ?3 AND user_id = ?4 AND emoji = ?5";
+/// Advance a user's read position.
+pub const UPSERT_READ: &str = "INSERT INTO read_positions (tenant_id, room_id, user_id, message_id) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant_id, room_id, user_id) DO UPDATE SET message_id = excluded.message_id";
+/// Remember an idempotency key with its original ack.
+pub const INSERT_IDEMPOTENCY: &str = "INSERT OR REPLACE INTO idempotency (tenant_id, room_id, user_id, client_message_id, seq, message_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// Build an [`INSERT_EVENT`] statement.
+pub fn insert_event(
+    tenant: &Arc<str>,
+    room: &Arc<str>,
+    seq: u64,
+    kind: &str,
+    actor: &str,
+    created_ms: u64,
+    body: &Arc<str>,
+) -> Stmt {
+    Stmt {
+        sql: INSERT_EVENT,
+        params: vec![
+            tenant.into(),
+            room.into(),
+            seq.into(),
+            kind.into(),
+            actor.into(),
+            created_ms.into(),
+            body.into(),
+        ],
+    }
+}
+
+/// Build an [`INSERT_MESSAGE`] statement.
+#[allow(clippy::too_many_arguments)]
+pub fn insert_message(
+    tenant: &Arc<str>,
+    room: &Arc<str>,
+    id: u64,
+    user_id: &str,
+    content: &str,
+    created_ms: u64,
+    parent_id: Option<u64>,
+    streaming: bool,
+    client_message_id: Option<&str>,
+    attachments_json: Option<&str>,
+) -> Stmt {
+    Stmt {
+        sql: INSERT_MESSAGE,
+        params: vec![
+            tenant.into(),
+            room.into(),
+            id.into(),
+            user_id.into(),
+            content.into(),
+            created_ms.into(),
+            parent_id.into(),
+            1u64.into(),
+            streaming.into(),
+            client_message_id.into(),
+            attachments_json.into(),
+        ],
+    }
+}
+
+/// Build an [`UPDATE_MESSAGE_CONTENT`] statement.
+pub fn update_message_content(
+    tenant: &Arc<str>,
+    room: &Arc<str>,
+    id: u64,
+    content: &str,
+    version: u32,
+    edited_ms: u64,
+    streaming: bool,
+) -> Stmt {
+    Stmt {
+        sql: UPDATE_MESSAGE_CONTENT,
+        params: vec![
+            tenant.into(),
+            room.into(),
+            id.into(),
+            content.into(),
+            u64::from(version).into(),
+            edited_ms.into(),
+            streaming.into(),
+        ],
+    }
+}
+
+/// Build a [`DELETE_MESSAGE`] statement.
+pub fn delete_message(tenant: &Arc<str>, room: &Arc<str>, id: u64, version: u32) -> Stmt {
+    Stmt {
+        sql: DELETE_MESSAGE,
+        params: vec![
+            tenant.into(),
+            room.into(),
+            id.into(),
+            u64::from(version).into(),
+        ],
+    }
+}
+
+/// Build an [`INSERT_REACTION`] or [`DELETE_REACTION`] statement.
+pub fn reaction(
+    tenant: &Arc<str>,
+    room: &Arc<str>,
+    add: bool,
+    message_id: u64,
+    user_id: &str,
+    emoji: &str,
+    created_ms: u64,
+) -> Stmt {
+    let mut params = vec![
+        tenant.into(),
+        room.into(),
+        message_id.into(),
+        user_id.into(),
+        emoji.into(),
+    ];
+    if add {
+        params.push(created_ms.into());
+    }
+    Stmt {
+        sql: if add {
+            INSERT_REACTION
+        } else {
+            DELETE_REACTION
+        },
+        params,
+    }
+}
+
+/// Build an [`UPSERT_READ`] statement.
+pub fn upsert_read(tenant: &Arc<str>, room: &Arc<str>, user_id: &str, message_id: u64) -> Stmt {
+    Stmt {
+        sql: UPSERT_READ,
+        params: vec![
+            tenant.into(),
+            room.into(),
+            user_id.into(),
+            message_id.into(),
+        ],
+    }
+}
+
+/// Build an [`INSERT_IDEMPOTENCY`] statement.
+pub fn insert_idempotency(
+    tenant: &Arc<str>,
+    room: &Arc<str>,
+    user_id: &str,
+    client_message_id: &str,
+    seq: u64,
+    message_id: Option<u64>,
+    created_ms: u64,
+) -> Stmt {
+    Stmt {
+        sql: INSERT_IDEMPOTENCY,
+        params: vec![
+            tenant.into(),
+            room.into(),
+            user_id.into(),
+            client_message_id.into(),
+            seq.into(),
+            message_id.into(),
+            created_ms.into(),
+        ],
+    }
+}
+
+// ------------------------------------------------------------- loading a room (?1 tenant, ?2 room)
+
+/// The room's type, or no row when the room does not exist.
+pub const LOAD_ROOM_TYPE: &str = "SELECT type FROM rooms WHERE tenant_id = ?1 AND id = ?2";
+/// Highest committed seq (0 for an empty room).
+pub const LOAD_MAX_SEQ: &str =
+    "SELECT COALESCE(MAX(seq), 0) FROM events WHERE tenant_id = ?1 AND room_id = ?2";
+/// Bodies of the events after `?3`, ascending (the in-memory resume window).
+pub const LOAD_RECENT: &str =
+    "SELECT body FROM events WHERE tenant_id = ?1 AND room_id = ?2 AND seq > ?3 ORDER BY seq ASC";
+/// Compact state of every message: id, author, version, deleted, streaming.
+pub const LOAD_MESSAGES: &str = "SELECT id, user_id, version, deleted, streaming FROM messages WHERE tenant_id = ?1 AND room_id = ?2";
+/// Every reaction: message id, user, emoji.
+pub const LOAD_REACTIONS: &str =
+    "SELECT message_id, user_id, emoji FROM reactions WHERE tenant_id = ?1 AND room_id = ?2";
+/// Every read position: user, message id.
+pub const LOAD_READS: &str =
+    "SELECT user_id, message_id FROM read_positions WHERE tenant_id = ?1 AND room_id = ?2";
+/// Idempotency keys newer than `?3` (epoch ms): user, key, seq, message id, created at.
+pub const LOAD_IDEMPOTENCY: &str = "SELECT user_id, client_message_id, seq, message_id, created_at FROM idempotency WHERE tenant_id = ?1 AND room_id = ?2 AND created_at > ?3";
+/// Bodies of every agent event, ascending (rebuilds run, tool-call and approval state).
+pub const LOAD_AGENT_EVENTS: &str = "SELECT body FROM events WHERE tenant_id = ?1 AND room_id = ?2 AND type IN ('agentRun', 'tool_call', 'tool_result', 'tool_error', 'approval_request', 'approval_decision') ORDER BY seq ASC";
+
+// ------------------------------------------------------------------ reads (?1 tenant, ?2 room)
+
+/// Backward page: events with seq < `?3`, newest first, at most `?4` rows.
+pub const HISTORY_BEFORE: &str = "SELECT body FROM events WHERE tenant_id = ?1 AND room_id = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4";
+/// Forward page: events with seq > `?3`, oldest first, at most `?4` rows.
+pub const HISTORY_AFTER: &str = "SELECT body FROM events WHERE tenant_id = ?1 AND room_id = ?2 AND seq > ?3 ORDER BY seq ASC LIMIT ?4";
+/// One event by seq.
+pub const EVENT_BY_SEQ: &str =
+    "SELECT body FROM events WHERE tenant_id = ?1 AND room_id = ?2 AND seq = ?3";
+/// Legacy page: live messages with id < `?3`, newest first, at most `?4`.
+pub const LEGACY_BEFORE_ID: &str = "SELECT id, user_id, content, created_at, edited_at, parent_id, version, client_message_id, attachments FROM messages WHERE tenant_id = ?1 AND room_id = ?2 AND deleted = 0 AND id < ?3 ORDER BY id DESC LIMIT ?4";
+/// Legacy page: live messages created before `?3` (epoch ms), newest first, at most `?4`.
+pub const LEGACY_BEFORE_TIME: &str = "SELECT id, user_id, content, created_at, edited_at, parent_id, version, client_message_id, attachments FROM messages WHERE tenant_id = ?1 AND room_id = ?2 AND deleted = 0 AND created_at < ?3 ORDER BY id DESC LIMIT ?4";
+/// Reaction counts of one message (`?3`) per emoji.
+pub const REACTION_COUNTS: &str = "SELECT emoji, COUNT(*) FROM reactions WHERE tenant_id = ?1 AND room_id = ?2 AND message_id = ?3 GROUP BY emoji ORDER BY emoji";
+
+// ------------------------------------------------------------------- tenants, keys, rooms
+
+/// Insert a tenant: id, name, jwt secret, created at.
+pub const INSERT_TENANT: &str =
+    "INSERT OR IGNORE INTO tenants (id, name, jwt_secret, created_at) VALUES (?1, ?2, ?3, ?4)";
+/// A tenant's JWT secret.
+pub const TENANT_SECRET: &str = "SELECT jwt_secret FROM tenants WHERE id = ?1";
+/// Insert an API key hash: hash, tenant, created at.
+pub const INSERT_API_KEY: &str =
+    "INSERT INTO api_keys (key_hash, tenant_id, created_at) VALUES (?1, ?2, ?3)";
+/// Tenant of a live API key hash.
+pub const API_KEY_TENANT: &str =
+    "SELECT tenant_id FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL";
+/// Insert a room: tenant, id, name, type, created by, created at.
+pub const INSERT_ROOM: &str = "INSERT INTO rooms (tenant_id, id, name, type, created_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+/// One room: id, name, type, created by, created at.
+pub const GET_ROOM: &str =
+    "SELECT id, name, type, created_by, created_at, tenant_id FROM rooms WHERE tenant_id = ?1 AND id = ?2";
+/// One room by id in any tenant (only used by the `cross-tenant-leak` fault).
+pub const GET_ROOM_ANY_TENANT: &str =
+    "SELECT id, name, type, created_by, created_at, tenant_id FROM rooms WHERE id = ?1 LIMIT 1";
+/// Rooms the user `?2` is a member of, by id.
+pub const LIST_MY_ROOMS: &str = "SELECT r.id, r.name, r.type, r.created_by, r.created_at, r.tenant_id FROM rooms r JOIN room_members m ON m.tenant_id = r.tenant_id AND m.room_id = r.id WHERE r.tenant_id = ?1 AND m.user_id = ?2 ORDER BY r.id";
+/// Every room of the tenant, by id.
+pub const LIST_ALL_ROOMS: &str = "SELECT id, name, type, created_by, created_at, tenant_id FROM rooms WHERE tenant_id = ?1 ORDER BY id";
+/// Add or change a member: tenant, room, user, role, joined at.
+pub const UPSERT_MEMBER: &str = "INSERT INTO room_members (tenant_id, room_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant_id, room_id, user_id) DO UPDATE SET role = excluded.role";
+/// Remove a member: tenant, room, user.
+pub const DELETE_MEMBER: &str =
+    "DELETE FROM room_members WHERE tenant_id = ?1 AND room_id = ?2 AND user_id = ?3";
+/// One member's role: tenant, room, user.
+pub const MEMBER_ROLE: &str =
+    "SELECT role FROM room_members WHERE tenant_id = ?1 AND room_id = ?2 AND user_id = ?3";
+/// Every member: user, role, joined at, by user id.
+pub const LIST_MEMBERS: &str = "SELECT user_id, role, joined_at FROM room_members WHERE tenant_id = ?1 AND room_id = ?2 ORDER BY user_id";
+/// A server-wide setting.
+pub const GET_META: &str = "SELECT value FROM server_meta WHERE key = ?1";
+/// Set a server-wide setting if absent.
+pub const INSERT_META: &str = "INSERT OR IGNORE INTO server_meta (key, value) VALUES (?1, ?2)";

@@ -1,0 +1,189 @@
+//! The room WebSocket: handshake checks after the upgrade, then a reader and a writer around
+//! the room task.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use fluxy_protocol::common::{MAX_PAGE_LIMIT, SUBPROTOCOL};
+use fluxy_protocol::server::ErrorFrame;
+use fluxy_protocol::{CloseCode, ErrorCode, ServerFrame};
+use fluxy_room::ConnectOptions;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::http::{access, handle_for, identity, request_token, verify, ApiError};
+use crate::rooms::{Out, RoomMsg};
+use crate::App;
+
+/// Hard transport limit; larger frames close with 1009. Frames over 64 KiB but under this get
+/// a `payload_too_large` error and the connection stays open.
+const TRANSPORT_LIMIT: usize = 1 << 20;
+
+pub(crate) async fn ws_route(
+    State(app): State<Arc<App>>,
+    Path(room_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(_) => {
+            return ApiError::new(ErrorCode::InvalidFrame, "a WebSocket upgrade is required")
+                .into_response()
+        }
+    };
+    let token = request_token(&headers, &q);
+    ws.protocols([SUBPROTOCOL])
+        .max_message_size(TRANSPORT_LIMIT)
+        .max_frame_size(TRANSPORT_LIMIT)
+        .on_upgrade(move |socket| session(app, room_id, q, token, socket))
+}
+
+async fn reject(mut socket: WebSocket, code: ErrorCode, msg: &str, close: CloseCode) {
+    let e = ServerFrame::Error(ErrorFrame::new(code, msg)).encode();
+    let _ = socket.send(Message::Text(e.into())).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: close.code(),
+            reason: close.reason().into(),
+        })))
+        .await;
+    // Drain until the peer answers the close (bounded).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(m)) = socket.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn session(
+    app: Arc<App>,
+    room_id: String,
+    q: HashMap<String, String>,
+    token: Option<String>,
+    socket: WebSocket,
+) {
+    if let Some(v) = q.get("v") {
+        if v != "1" {
+            return reject(
+                socket,
+                ErrorCode::UnsupportedVersion,
+                "only protocol version 1 is supported",
+                CloseCode::UnsupportedVersion,
+            )
+            .await;
+        }
+    }
+    let Some(token) = token else {
+        return reject(
+            socket,
+            ErrorCode::Unauthorized,
+            "missing token",
+            CloseCode::Unauthorized,
+        )
+        .await;
+    };
+    let claims = match verify(&app, &token).await {
+        Ok(c) => c,
+        Err(e) => {
+            let close = if e.code() == ErrorCode::TokenExpired {
+                CloseCode::TokenExpired
+            } else {
+                CloseCode::Unauthorized
+            };
+            return reject(socket, e.code(), &e.to_string(), close).await;
+        }
+    };
+    let a = match access(&app, &claims, &room_id).await {
+        Ok(a) => a,
+        Err(e) => {
+            let close = match e.code() {
+                ErrorCode::NotFound => CloseCode::RoomNotFound,
+                ErrorCode::NotMember | ErrorCode::Forbidden => CloseCode::Forbidden,
+                _ => CloseCode::InternalError,
+            };
+            return reject(socket, e.code(), &e.0.message, close).await;
+        }
+    };
+    let options = ConnectOptions {
+        replay: q.get("replay").map(String::as_str) != Some("off"),
+        replay_limit: q
+            .get("replayLimit")
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(50)
+            .min(MAX_PAGE_LIMIT),
+        last_seq: q.get("lastSeq").and_then(|s| s.parse::<u64>().ok()),
+    };
+    let Ok(h) = handle_for(&app, &a).await else {
+        return reject(
+            socket,
+            ErrorCode::InternalError,
+            "storage failure",
+            CloseCode::InternalError,
+        )
+        .await;
+    };
+    let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Out>();
+    h.send(RoomMsg::Open {
+        conn,
+        identity: identity(&claims, a.role),
+        options,
+        out: out_tx,
+    });
+    let (mut sink, mut stream) = socket.split();
+    let writer = tokio::spawn(async move {
+        while let Some(first) = out_rx.recv().await {
+            let mut next = Some(first);
+            // Feed everything queued, then flush once.
+            while let Some(o) = next.take() {
+                match o {
+                    Out::Text(t) => {
+                        if sink.feed(Message::Text((&*t).into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Out::Close(code) => {
+                        let _ = sink
+                            .send(Message::Close(Some(CloseFrame {
+                                code: code.code(),
+                                reason: code.reason().into(),
+                            })))
+                            .await;
+                        return;
+                    }
+                }
+                next = out_rx.try_recv().ok();
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+        // The room dropped us without a close code (shutdown races): say goodbye.
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::GoingAway.code(),
+                reason: CloseCode::GoingAway.reason().into(),
+            })))
+            .await;
+    });
+    while let Some(msg) = stream.next().await {
+        match msg {
+            Ok(Message::Text(t)) => h.send(RoomMsg::Text(conn, t.as_str().to_owned())),
+            Ok(Message::Binary(_)) => h.send(RoomMsg::Binary(conn)),
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    h.send(RoomMsg::Closed(conn));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+}
