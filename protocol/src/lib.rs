@@ -15,6 +15,26 @@
 //!
 //! Unknown fields are ignored on decode (forward compatibility); unknown frame types are errors.
 //! Encoding is canonical: fields in declaration order, absent optionals omitted.
+//!
+//! ## JSON Schemas and golden examples
+//!
+//! The committed JSON Schemas in `spec/schema/` are generated from these types. After changing
+//! any wire type, regenerate them from the repository root with
+//!
+//! ```text
+//! cargo run -p fluxy-protocol --bin fluxy-schema -- spec/schema
+//! ```
+//!
+//! The `schema_drift` test fails when the committed files differ from what the types generate.
+//! `spec/examples/` holds golden vectors (valid and invalid frames and bodies); the `golden` test
+//! checks each against the schemas (with the independent `jsonschema` crate) and the decoders.
+//!
+//! ## Feature `arbitrary`
+//!
+//! Enables [`arbitrary`](crate::arbitrary): proptest strategies generating valid frames and
+//! mutated frame texts, shared by the tests, the conformance runner and the fuzzers.
+
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod codes;

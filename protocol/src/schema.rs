@@ -266,6 +266,29 @@ fn make_nullable(p: &mut Map<String, Value>) {
     }
 }
 
+/// Join the hard-wrapped lines of doc comments: a single newline becomes a space, paragraph
+/// breaks stay.
+fn unwrap_descriptions(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            for (k, val) in o.iter_mut() {
+                match val {
+                    Value::String(s) if k == "description" => {
+                        *s = s
+                            .split("\n\n")
+                            .map(|para| para.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    _ => unwrap_descriptions(val),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
 /// Rebuild every object with its keys in sorted order, so the output does not depend on
 /// whether `serde_json` preserves insertion order in this build.
 fn sort_keys(v: &mut Value) {
@@ -334,6 +357,9 @@ fn all_defs() -> (Map<String, Value>, Vec<String>) {
     gen_into::<HealthResponse>(&mut defs, &mut roots);
     hoist_tags(&mut defs);
     refine(&mut defs);
+    for def in defs.values_mut() {
+        unwrap_descriptions(def);
+    }
     ensure_titles(&mut defs);
     (defs, roots)
 }

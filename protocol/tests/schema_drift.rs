@@ -1,0 +1,163 @@
+//! The committed JSON Schemas in `spec/schema/` must be exactly what the Rust types generate.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+const REGENERATE: &str = "cargo run -p fluxy-protocol --bin fluxy-schema -- spec/schema";
+
+fn schema_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec/schema")
+}
+
+#[test]
+fn committed_schemas_match_the_rust_types() {
+    let generated = fluxy_protocol::schema::generate();
+    let dir = schema_dir();
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}; run `{REGENERATE}`", dir.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    let expected: BTreeSet<String> = generated.keys().cloned().collect();
+
+    let mut problems = Vec::new();
+    for missing in expected.difference(&on_disk) {
+        problems.push(format!("missing: spec/schema/{missing}"));
+    }
+    for extra in on_disk.difference(&expected) {
+        problems.push(format!("extra (no longer generated): spec/schema/{extra}"));
+    }
+    for (name, text) in &generated {
+        if let Ok(committed) = std::fs::read_to_string(dir.join(name)) {
+            if committed != *text {
+                let line = committed
+                    .lines()
+                    .zip(text.lines())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or_else(|| committed.lines().count().min(text.lines().count()));
+                problems.push(format!(
+                    "differs: spec/schema/{name} (first difference at line {})",
+                    line + 1
+                ));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "spec/schema/ is out of date with the fluxy-protocol types:\n  {}\n\nRegenerate from the repository root with:\n  {REGENERATE}\n",
+        problems.join("\n  ")
+    );
+}
+
+#[test]
+fn generation_is_deterministic() {
+    assert_eq!(
+        fluxy_protocol::schema::generate(),
+        fluxy_protocol::schema::generate()
+    );
+}
+
+#[test]
+fn every_root_and_body_has_a_schema_file() {
+    let files = fluxy_protocol::schema::generate();
+    let roots = fluxy_protocol::schema::root_names();
+    let mut expected = vec![
+        "ClientFrame".to_string(),
+        "ServerFrame".into(),
+        "TimelineEvent".into(),
+        "ErrorCode".into(),
+    ];
+    expected.extend(
+        fluxy_protocol::schema::HTTP_BODY_TYPES
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    assert_eq!(roots, expected, "schema::HTTP_BODY_TYPES is out of sync with the export list");
+    for r in &roots {
+        assert!(files.contains_key(&format!("{r}.schema.json")), "{r}");
+    }
+    assert!(files.contains_key(fluxy_protocol::schema::BUNDLE_FILE));
+}
+
+/// What SDK generators need: named, titled, described definitions; a `const` tag in every
+/// frame; described enum values; no anonymous nested objects; ranges and formats.
+#[test]
+fn schemas_are_fit_for_sdk_generation() {
+    use serde_json::Value;
+    let files = fluxy_protocol::schema::generate();
+    let bundle: Value =
+        serde_json::from_str(&files[fluxy_protocol::schema::BUNDLE_FILE]).unwrap();
+    let defs = bundle["$defs"].as_object().unwrap();
+    let mut problems = Vec::new();
+
+    for (name, def) in defs {
+        if def["title"] != Value::String(name.clone()) {
+            problems.push(format!("{name}: title is not the definition name"));
+        }
+        if !def["description"].as_str().is_some_and(|d| !d.is_empty()) {
+            problems.push(format!("{name}: no description"));
+        }
+        if let Some(variants) = def["oneOf"].as_array() {
+            for v in variants {
+                let is_ref = v.get("$ref").is_some() && v.as_object().unwrap().len() == 1;
+                let is_value = v.get("const").is_some()
+                    && v["description"].as_str().is_some_and(|d| !d.is_empty());
+                if !is_ref && !is_value {
+                    problems.push(format!("{name}: oneOf entry is neither a $ref nor a described const: {v}"));
+                }
+            }
+        }
+        let Some(props) = def["properties"].as_object() else {
+            continue;
+        };
+        for (pname, p) in props {
+            let at = format!("{name}.{pname}");
+            if !p["description"].as_str().is_some_and(|d| !d.is_empty()) {
+                problems.push(format!("{at}: no description"));
+            }
+            if p.get("properties").is_some()
+                || p["items"].get("properties").is_some()
+                || p["additionalProperties"].get("properties").is_some()
+            {
+                problems.push(format!("{at}: anonymous nested object; give it a named type"));
+            }
+            let is_int = |s: &Value| match &s["type"] {
+                Value::String(t) => t == "integer",
+                Value::Array(a) => a.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            for s in [p, &p["items"]] {
+                if is_int(s) && (s.get("minimum").is_none() || s.get("maximum").is_none()) {
+                    problems.push(format!("{at}: integer without minimum/maximum"));
+                }
+            }
+            if p["format"] == "date-time" && p.get("pattern").is_none() {
+                problems.push(format!("{at}: date-time without the FX-FRM-5 pattern"));
+            }
+        }
+    }
+
+    let tags = |union: &str| -> Vec<String> {
+        defs[union]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                let target = v["$ref"].as_str().unwrap().trim_start_matches("#/$defs/");
+                let def = &defs[target];
+                assert_eq!(def["required"][0], "type", "{target}: `type` not required first");
+                assert_eq!(def["properties"]["type"]["type"], "string", "{target}");
+                def["properties"]["type"]["const"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{target}: `type` is not a const"))
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(tags("ClientFrame"), fluxy_protocol::client::CLIENT_TYPES);
+    assert_eq!(tags("ServerFrame"), fluxy_protocol::server::SERVER_TYPES);
+    assert_eq!(tags("TimelineEvent"), fluxy_protocol::events::TIMELINE_TYPES);
+
+    assert!(problems.is_empty(), "schema quality problems:\n  {}", problems.join("\n  "));
+}
