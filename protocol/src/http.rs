@@ -222,11 +222,47 @@ pub struct PostMessageRequest {
 #[serde(rename_all = "camelCase")]
 #[schemars(title = "PostMessageResponse")]
 pub struct PostMessageResponse {
-    /// The stored message event, identical to the one broadcast.
+    /// The stored message event, identical to the one broadcast (including `"type": "message"`).
+    #[serde(with = "tagged_message")]
+    #[schemars(with = "MessageEvent")]
     pub message: MessageEvent,
     /// True when the key was seen before and nothing new was stored.
     #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+}
+
+/// (De)serializes a [`MessageEvent`] exactly as broadcast, with its `"type": "message"` tag
+/// first `[FX-MSG-6]`, `[FX-ORD-5]`. On input the tag may be absent; any other tag is an error.
+mod tagged_message {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    use crate::events::MessageEvent;
+
+    #[derive(Serialize)]
+    #[serde(tag = "type")]
+    enum Tagged<'a> {
+        #[serde(rename = "message")]
+        Message(&'a MessageEvent),
+    }
+
+    pub(super) fn serialize<S: Serializer>(m: &MessageEvent, s: S) -> Result<S::Ok, S::Error> {
+        Tagged::Message(m).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MessageEvent, D::Error> {
+        let v = Value::deserialize(d)?;
+        match v.get("type") {
+            None => {}
+            Some(Value::String(t)) if t == "message" => {}
+            Some(other) => {
+                return Err(serde::de::Error::custom(format!(
+                    "expected a `message` event, got type {other}"
+                )))
+            }
+        }
+        MessageEvent::deserialize(v).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Direction of a history page.

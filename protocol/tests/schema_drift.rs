@@ -161,3 +161,63 @@ fn schemas_are_fit_for_sdk_generation() {
 
     assert!(problems.is_empty(), "schema quality problems:\n  {}", problems.join("\n  "));
 }
+
+/// A frame definition (one with a `type` const) may only be used through its tagged union, or
+/// by a field whose serialization emits the tag (`PostMessageResponse.message`).
+#[test]
+fn tagged_definitions_are_encoded_with_their_tag() {
+    use fluxy_protocol::events::*;
+    use fluxy_protocol::http::PostMessageResponse;
+    let m = MessageEvent {
+        seq: 7,
+        id: 7,
+        room_id: "r".into(),
+        user_id: "u".into(),
+        sender_id: "u".into(),
+        content: "hi".into(),
+        created_at: "2026-11-26T16:19:14.677Z".into(),
+        parent_id: None,
+        client_message_id: None,
+        attachments: vec![],
+        version: 1,
+        streaming: false,
+    };
+    let body = PostMessageResponse {
+        message: m.clone(),
+        duplicate: false,
+    };
+    let text = serde_json::to_string(&body).unwrap();
+    let event = TimelineEvent::Message(m).encode();
+    assert_eq!(text, format!("{{\"message\":{event}}}"));
+    assert_eq!(serde_json::from_str::<PostMessageResponse>(&text).unwrap(), body);
+    // The tag may be absent on input, but must not name another event.
+    let untagged = text.replace("\"type\":\"message\",", "");
+    assert_eq!(serde_json::from_str::<PostMessageResponse>(&untagged).unwrap(), body);
+    let wrong = text.replace("\"type\":\"message\"", "\"type\":\"edit\"");
+    assert!(serde_json::from_str::<PostMessageResponse>(&wrong).is_err());
+
+    // Every other reference to a tagged definition comes from a union's oneOf.
+    let files = fluxy_protocol::schema::generate();
+    let bundle: serde_json::Value =
+        serde_json::from_str(&files[fluxy_protocol::schema::BUNDLE_FILE]).unwrap();
+    let defs = bundle["$defs"].as_object().unwrap();
+    let tagged: Vec<&String> = defs
+        .iter()
+        .filter(|(_, d)| d["properties"]["type"].get("const").is_some())
+        .map(|(n, _)| n)
+        .collect();
+    for (name, def) in defs {
+        if ["ClientFrame", "ServerFrame", "TimelineEvent"].contains(&name.as_str()) {
+            continue;
+        }
+        let text = def.to_string();
+        for t in &tagged {
+            if text.contains(&format!("\"#/$defs/{t}\"")) {
+                assert!(
+                    name == "PostMessageResponse" && t.as_str() == "MessageEvent",
+                    "{name} references the tagged definition {t}; make sure its encoding carries `type`"
+                );
+            }
+        }
+    }
+}
