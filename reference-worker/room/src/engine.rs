@@ -304,7 +304,6 @@ struct Conn {
 }
 
 struct Run {
-    agent: String,
     terminal: bool,
 }
 
@@ -341,9 +340,9 @@ pub struct Room {
     reactions: HashSet<(u64, String, String)>,
     reads: HashMap<String, u64>,
     idem: HashMap<(String, String), IdemEntry>,
-    runs: HashMap<String, Run>,
-    tool_calls: HashMap<(String, String), bool>,
-    approvals: HashMap<(String, String), bool>,
+    runs: HashMap<(String, String), Run>,
+    tool_calls: HashMap<(String, String, String), bool>,
+    approvals: HashMap<(String, String, String), bool>,
     conns: BTreeMap<ConnId, Conn>,
     users: BTreeMap<String, u32>,
     ghosts: BTreeSet<String>,
@@ -1023,6 +1022,7 @@ impl Room {
         set_seq(&mut event, seq);
         let created_ms = created_ms_of(&event);
         ack.seq = Some(seq);
+        ack.created_at = Some(format_timestamp(created_ms));
         if ack.id.is_none() {
             if let TimelineEvent::Message(_) = event {
                 ack.id = Some(seq);
@@ -1440,7 +1440,8 @@ impl Room {
     fn on_reaction(&mut self, now_ms: u64, id: &Identity, f: ReactionFrame) -> Outcome {
         match self.messages.get(&f.message_id) {
             Some(m) if !m.deleted => {}
-            _ => {
+            Some(_) => return Err(err(ErrorCode::Conflict, "the message is deleted", None)),
+            None => {
                 return Err(field_err(
                     ErrorCode::NotFound,
                     "no such message",
@@ -1590,7 +1591,10 @@ impl Room {
                 None,
             ));
         }
-        if !m.streaming || m.deleted {
+        if m.deleted {
+            return Err(err(ErrorCode::Conflict, "the message is deleted", None));
+        }
+        if !m.streaming {
             return Err(err(
                 ErrorCode::InvalidState,
                 "the message is not streaming",
@@ -1649,8 +1653,8 @@ impl Room {
     }
 
     fn active_run(&self, id: &Identity, run_id: &str) -> Result<(), ErrorFrame> {
-        match self.runs.get(run_id) {
-            Some(r) if r.agent == id.user_id && !r.terminal => Ok(()),
+        match self.runs.get(&(id.user_id.clone(), run_id.to_owned())) {
+            Some(r) if !r.terminal => Ok(()),
             _ => Err(field_err(
                 ErrorCode::InvalidState,
                 "no active run with that id",
@@ -1661,7 +1665,10 @@ impl Room {
 
     fn on_agent_run(&mut self, now_ms: u64, id: &Identity, f: AgentRunFrame) -> Outcome {
         self.require_agent(id)?;
-        match (self.runs.get(&f.run_id), f.status) {
+        match (
+            self.runs.get(&(id.user_id.clone(), f.run_id.clone())),
+            f.status,
+        ) {
             (None, RunStatus::Started) => {}
             (None, _) => {
                 return Err(field_err(
@@ -1696,10 +1703,11 @@ impl Room {
     fn on_tool_call(&mut self, now_ms: u64, id: &Identity, f: ToolCallFrame) -> Outcome {
         self.require_agent(id)?;
         self.active_run(id, &f.run_id)?;
-        if self
-            .tool_calls
-            .contains_key(&(f.run_id.clone(), f.tool_call_id.clone()))
-        {
+        if self.tool_calls.contains_key(&(
+            id.user_id.clone(),
+            f.run_id.clone(),
+            f.tool_call_id.clone(),
+        )) {
             return Err(field_err(
                 ErrorCode::InvalidState,
                 "toolCallId already used",
@@ -1722,9 +1730,11 @@ impl Room {
     }
 
     fn pending_call(&self, id: &Identity, run: &str, call: &str) -> Result<(), ErrorFrame> {
-        let owned = self.runs.get(run).is_some_and(|r| r.agent == id.user_id);
-        match self.tool_calls.get(&(run.to_owned(), call.to_owned())) {
-            Some(true) if owned => Ok(()),
+        match self
+            .tool_calls
+            .get(&(id.user_id.clone(), run.to_owned(), call.to_owned()))
+        {
+            Some(true) => Ok(()),
             _ => Err(field_err(
                 ErrorCode::InvalidState,
                 "no pending tool call with that id",
@@ -1775,10 +1785,11 @@ impl Room {
     ) -> Outcome {
         self.require_agent(id)?;
         self.active_run(id, &f.run_id)?;
-        if self
-            .approvals
-            .contains_key(&(f.run_id.clone(), f.approval_id.clone()))
-        {
+        if self.approvals.contains_key(&(
+            id.user_id.clone(),
+            f.run_id.clone(),
+            f.approval_id.clone(),
+        )) {
             return Err(field_err(
                 ErrorCode::InvalidState,
                 "approvalId already used",
@@ -1815,8 +1826,8 @@ impl Room {
         }
         if self
             .approvals
-            .get(&(f.run_id.clone(), f.approval_id.clone()))
-            != Some(&true)
+            .iter()
+            .all(|((_, r, a), p)| !*p || *r != f.run_id || *a != f.approval_id)
         {
             return Err(field_err(
                 ErrorCode::InvalidState,
@@ -1925,32 +1936,34 @@ impl Room {
         match e {
             TimelineEvent::AgentRun(r) => {
                 self.runs.insert(
-                    r.run_id.clone(),
+                    (r.agent_id.clone(), r.run_id.clone()),
                     Run {
-                        agent: r.agent_id.clone(),
                         terminal: r.status.is_terminal(),
                     },
                 );
             }
             TimelineEvent::ToolCall(c) => {
-                self.tool_calls
-                    .insert((c.run_id.clone(), c.tool_call_id.clone()), true);
+                let k = (c.agent_id.clone(), c.run_id.clone(), c.tool_call_id.clone());
+                self.tool_calls.insert(k, true);
             }
             TimelineEvent::ToolResult(c) => {
-                self.tool_calls
-                    .insert((c.run_id.clone(), c.tool_call_id.clone()), false);
+                let k = (c.agent_id.clone(), c.run_id.clone(), c.tool_call_id.clone());
+                self.tool_calls.insert(k, false);
             }
             TimelineEvent::ToolError(c) => {
-                self.tool_calls
-                    .insert((c.run_id.clone(), c.tool_call_id.clone()), false);
+                let k = (c.agent_id.clone(), c.run_id.clone(), c.tool_call_id.clone());
+                self.tool_calls.insert(k, false);
             }
             TimelineEvent::ApprovalRequest(a) => {
-                self.approvals
-                    .insert((a.run_id.clone(), a.approval_id.clone()), true);
+                let k = (a.agent_id.clone(), a.run_id.clone(), a.approval_id.clone());
+                self.approvals.insert(k, true);
             }
             TimelineEvent::ApprovalDecision(a) => {
-                self.approvals
-                    .insert((a.run_id.clone(), a.approval_id.clone()), false);
+                for ((_, r, id), pending) in self.approvals.iter_mut() {
+                    if *r == a.run_id && *id == a.approval_id {
+                        *pending = false;
+                    }
+                }
             }
             _ => {}
         }

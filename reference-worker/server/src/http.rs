@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -212,12 +213,12 @@ fn privileged(c: &Claims) -> bool {
 async fn auth_token(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let key = headers
         .get("x-fluxy-api-key")
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::new(ErrorCode::InvalidApiKey, "missing X-Fluxy-Api-Key"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing X-Fluxy-Api-Key"))?;
     let hash = hash_api_key(key);
     let tenant = app
         .db
@@ -271,7 +272,10 @@ async fn auth_token(
     .into_response())
 }
 
-fn body_text(b: &Bytes) -> ApiResult<String> {
+fn body_text(b: &Result<Bytes, BytesRejection>) -> ApiResult<String> {
+    let b = b
+        .as_ref()
+        .map_err(|_| ApiError::new(ErrorCode::PayloadTooLarge, "body too large"))?;
     if b.len() > MAX_BODY_BYTES {
         return Err(ApiError::new(ErrorCode::PayloadTooLarge, "body too large"));
     }
@@ -362,7 +366,7 @@ async fn create_room(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let claims = authenticate(&app, &headers, &q).await?;
     let req: CreateRoomRequest = decode_body(&body_text(&body)?, MAX_BODY_BYTES)?;
@@ -452,19 +456,14 @@ async fn list_rooms(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<RoomListResponse>> {
     let claims = authenticate(&app, &headers, &q).await?;
-    let (tid, sub, all) = (claims.tid.clone(), claims.sub.clone(), privileged(&claims));
+    // Members only, whatever the token's roles (FX-TEN-6).
+    let (tid, sub) = (claims.tid.clone(), claims.sub.clone());
     let rooms = app
         .db
         .read(move |c| {
-            if all {
-                c.prepare_cached(sql::LIST_ALL_ROOMS)?
-                    .query_map(params![tid], room_row)?
-                    .collect::<Result<Vec<_>, _>>()
-            } else {
-                c.prepare_cached(sql::LIST_MY_ROOMS)?
-                    .query_map(params![tid, sub], room_row)?
-                    .collect::<Result<Vec<_>, _>>()
-            }
+            c.prepare_cached(sql::LIST_MY_ROOMS)?
+                .query_map(params![tid, sub], room_row)?
+                .collect::<Result<Vec<_>, _>>()
         })
         .await?;
     Ok(Json(RoomListResponse {
@@ -529,7 +528,7 @@ async fn add_member(
     headers: HeaderMap,
     Path(room_id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let claims = authenticate(&app, &headers, &q).await?;
     let a = access(&app, &claims, &room_id).await?;
@@ -608,7 +607,7 @@ async fn post_message(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let claims = authenticate(&app, &headers, &q).await?;
     let req: PostMessageRequest = decode_body(&body_text(&body)?, MAX_BODY_BYTES)?;
@@ -1059,6 +1058,16 @@ async fn sse(
     let mut stop = app.stop.clone();
     tokio::spawn(async move {
         match last {
+            Some(pos) if pos > current => {
+                let mut e = ErrorFrame::new(
+                    ErrorCode::ResyncRequired,
+                    "Last-Event-ID is ahead of the room; reload history",
+                );
+                e.field = Some("lastEventId".into());
+                let data = serde_json::to_string(&e).unwrap_or_default();
+                let _ = btx.send(sse_event(None, "error", &data, false)).await;
+                return;
+            }
             Some(mut pos) => {
                 while pos < current {
                     let Ok((bodies, _, _)) =

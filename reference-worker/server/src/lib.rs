@@ -231,6 +231,9 @@ async fn cursor_key(db: &db::Db) -> Result<Vec<u8>, ServerError> {
 /// Start the server: open storage, bind, serve in the background.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let faults = Faults::from_names(&config.faults)?;
+    let mut config = config;
+    // FX-RES-5: the resume window is at least 100 events.
+    config.resume_window = config.resume_window.max(100);
     let db = db::Db::open(config.db_path.as_deref(), config.synchronous_full)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let local_addr = listener.local_addr()?;

@@ -115,9 +115,13 @@ async fn session(
         }
     };
     let options = ConnectOptions {
-        replay: q.get("replay").map(String::as_str) != Some("off"),
+        replay: !matches!(
+            q.get("replay").map(String::as_str),
+            Some("off" | "false" | "0")
+        ),
         replay_limit: q
             .get("replayLimit")
+            .or_else(|| q.get("historyLimit"))
             .and_then(|s| s.parse::<u32>().ok())
             .unwrap_or(50)
             .min(MAX_PAGE_LIMIT),

@@ -1,0 +1,1086 @@
+//! Engine unit tests: every invariant and every frame type, driven without I/O.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use fluxy_protocol::common::{MemberRole, RoomType};
+use fluxy_protocol::events::TimelineEvent;
+use fluxy_protocol::jwt::{sign, Claims};
+use fluxy_protocol::server::{AckFrame, ErrorFrame};
+use fluxy_protocol::{CloseCode, ErrorCode, ServerFrame};
+use fluxy_room::sql::{self, Stmt};
+use fluxy_room::{
+    ConnId, ConnectOptions, Effect, Faults, Identity, Input, LoadedRoom, Room, RoomConfig,
+};
+use serde_json::json;
+
+const SECRET: &[u8] = b"room-secret";
+const T0: u64 = 1_800_000_000_000;
+
+struct H {
+    room: Room,
+    now: u64,
+    open: BTreeSet<ConnId>,
+    got: BTreeMap<ConnId, Vec<ServerFrame>>,
+    raw: BTreeMap<ConnId, Vec<String>>,
+    closes: Vec<(ConnId, CloseCode)>,
+    batches: VecDeque<(u64, Vec<Stmt>)>,
+    committed: Vec<Vec<Stmt>>,
+    auto_commit: bool,
+    posts: Vec<(u64, Result<fluxy_room::PostOutcome, ErrorFrame>)>,
+    resets: usize,
+}
+
+fn cfg(faults: Faults) -> RoomConfig {
+    RoomConfig {
+        tenant: "t1".into(),
+        room_id: "r1".into(),
+        jwt_secret: SECRET.to_vec(),
+        idle_timeout_ms: 10_000,
+        rate_burst: 1000,
+        rate_per_second: 1000,
+        resume_window: 100,
+        faults,
+    }
+}
+
+fn ident(user: &str, roles: &[&str]) -> Identity {
+    Identity {
+        user_id: user.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        member_role: Some(MemberRole::Member),
+        token_exp: T0 / 1000 + 3600,
+    }
+}
+
+impl H {
+    fn new() -> H {
+        H::with(cfg(Faults::NONE), LoadedRoom::default())
+    }
+    fn with(c: RoomConfig, l: LoadedRoom) -> H {
+        H {
+            room: Room::new(c, l),
+            now: T0,
+            open: BTreeSet::new(),
+            got: BTreeMap::new(),
+            raw: BTreeMap::new(),
+            closes: Vec::new(),
+            batches: VecDeque::new(),
+            committed: Vec::new(),
+            auto_commit: true,
+            posts: Vec::new(),
+            resets: 0,
+        }
+    }
+    fn input(&mut self, i: Input) {
+        self.room.handle(self.now, i);
+        self.pump();
+    }
+    fn pump(&mut self) {
+        loop {
+            while let Some(e) = self.room.poll_effect() {
+                match e {
+                    Effect::Send { conn, frame } => self.deliver(conn, &frame),
+                    Effect::Broadcast { frame, except, .. } => {
+                        let to: Vec<ConnId> = self.open.iter().copied().collect();
+                        for c in to {
+                            if Some(c) != except {
+                                self.deliver(c, &frame);
+                            }
+                        }
+                    }
+                    Effect::Close { conn, code } => {
+                        self.open.remove(&conn);
+                        self.closes.push((conn, code));
+                    }
+                    Effect::Persist { batch, statements } => {
+                        self.batches.push_back((batch, statements))
+                    }
+                    Effect::PostDone { request, result } => self.posts.push((request, result)),
+                    Effect::Reset => self.resets += 1,
+                }
+            }
+            if !self.auto_commit {
+                return;
+            }
+            let Some((b, s)) = self.batches.pop_front() else {
+                return;
+            };
+            self.committed.push(s);
+            self.room.handle(self.now, Input::Committed { batch: b });
+        }
+    }
+    fn commit_one(&mut self) {
+        let (b, s) = self.batches.pop_front().expect("a batch in flight");
+        self.committed.push(s);
+        self.room.handle(self.now, Input::Committed { batch: b });
+        self.pump();
+    }
+    fn deliver(&mut self, conn: ConnId, frame: &str) {
+        let f = ServerFrame::decode(frame).expect("server frames decode");
+        self.got.entry(conn).or_default().push(f);
+        self.raw.entry(conn).or_default().push(frame.to_owned());
+    }
+    fn connect(&mut self, conn: ConnId, user: &str, roles: &[&str]) {
+        self.connect_with(conn, ident(user, roles), ConnectOptions::default());
+    }
+    fn connect_with(&mut self, conn: ConnId, id: Identity, o: ConnectOptions) {
+        self.open.insert(conn);
+        self.input(Input::Open {
+            conn,
+            identity: id,
+            options: o,
+        });
+    }
+    fn send(&mut self, conn: ConnId, v: serde_json::Value) {
+        self.input(Input::Text {
+            conn,
+            text: v.to_string(),
+        });
+    }
+    fn take(&mut self, conn: ConnId) -> Vec<ServerFrame> {
+        self.raw.remove(&conn);
+        self.got.remove(&conn).unwrap_or_default()
+    }
+    fn timeline(&self, conn: ConnId) -> Vec<TimelineEvent> {
+        self.got
+            .get(&conn)
+            .map(|v| v.iter().filter_map(|f| f.clone().into_timeline()).collect())
+            .unwrap_or_default()
+    }
+    fn acks(&self, conn: ConnId) -> Vec<AckFrame> {
+        self.got
+            .get(&conn)
+            .map(|v| {
+                v.iter()
+                    .filter_map(|f| match f {
+                        ServerFrame::Ack(a) => Some(a.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn errors(&self, conn: ConnId) -> Vec<ErrorFrame> {
+        self.got
+            .get(&conn)
+            .map(|v| {
+                v.iter()
+                    .filter_map(|f| match f {
+                        ServerFrame::Error(e) => Some(e.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn last_error(&self, conn: ConnId) -> ErrorCode {
+        self.errors(conn).last().expect("an error frame").code
+    }
+    fn msg(&mut self, conn: ConnId, content: &str) -> u64 {
+        self.send(conn, json!({"type":"message","content":content}));
+        self.acks(conn).last().and_then(|a| a.seq).expect("acked")
+    }
+}
+
+fn seqs(events: &[TimelineEvent]) -> Vec<u64> {
+    events.iter().map(TimelineEvent::seq).collect()
+}
+
+#[test]
+fn i1_seq_is_gap_free_and_every_connection_sees_it_in_order() {
+    let mut h = H::new();
+    h.auto_commit = false;
+    for c in 1..=3 {
+        h.connect(c, &format!("u{c}"), &["member"]);
+    }
+    for i in 0..60u64 {
+        let c = i % 3 + 1;
+        h.send(c, json!({"type":"message","content":format!("m{i}")}));
+        if i % 7 == 0 {
+            while !h.batches.is_empty() {
+                h.commit_one();
+            }
+        }
+    }
+    while !h.batches.is_empty() {
+        h.commit_one();
+    }
+    let want: Vec<u64> = (1..=60).collect();
+    for c in 1..=3 {
+        assert_eq!(seqs(&h.timeline(c)), want, "connection {c}");
+    }
+    assert_eq!(h.room.committed_seq(), 60);
+}
+
+#[test]
+fn i2_frames_of_one_connection_are_sequenced_in_send_order() {
+    let mut h = H::new();
+    h.auto_commit = false;
+    h.connect(1, "alice", &["member"]);
+    for i in 0..20 {
+        h.send(
+            1,
+            json!({"type":"message","content":format!("a{i}"),"ref":format!("r{i}")}),
+        );
+    }
+    while !h.batches.is_empty() {
+        h.commit_one();
+    }
+    let acks = h.acks(1);
+    assert_eq!(acks.len(), 20);
+    for (i, a) in acks.iter().enumerate() {
+        assert_eq!(a.reference.as_deref(), Some(format!("r{i}").as_str()));
+        assert_eq!(a.seq, Some(i as u64 + 1));
+    }
+    for (i, e) in h.timeline(1).iter().enumerate() {
+        match e {
+            TimelineEvent::Message(m) => assert_eq!(m.content, format!("a{i}")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn i3_ack_and_broadcast_only_after_commit_and_ack_before_own_copy() {
+    let mut h = H::new();
+    h.auto_commit = false;
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    h.take(1);
+    h.take(2);
+    h.send(1, json!({"type":"message","content":"hello"}));
+    assert!(h.acks(1).is_empty(), "no ack before the commit");
+    assert!(h.timeline(2).is_empty(), "no broadcast before the commit");
+    assert_eq!(h.batches.len(), 1);
+    assert_eq!(h.batches[0].1[0].sql, sql::INSERT_EVENT);
+    h.commit_one();
+    let frames = h.take(1);
+    assert!(
+        matches!(frames[0], ServerFrame::Ack(_)),
+        "ack first: {frames:?}"
+    );
+    assert!(matches!(frames[1], ServerFrame::Message(_)));
+    assert_eq!(h.timeline(2).len(), 1);
+}
+
+#[test]
+fn group_commit_batches_events_that_arrive_during_a_write() {
+    let mut h = H::new();
+    h.auto_commit = false;
+    h.connect(1, "alice", &["member"]);
+    h.send(1, json!({"type":"message","content":"first"}));
+    for i in 0..5 {
+        h.send(1, json!({"type":"message","content":format!("next{i}")}));
+    }
+    assert_eq!(h.batches.len(), 1, "one write in flight at a time");
+    h.commit_one();
+    assert_eq!(
+        h.batches.len(),
+        1,
+        "the five queued events go in the next write"
+    );
+    let events = h.batches[0]
+        .1
+        .iter()
+        .filter(|s| s.sql == sql::INSERT_EVENT)
+        .count();
+    assert_eq!(events, 5);
+    h.commit_one();
+    assert_eq!(h.acks(1).len(), 6);
+}
+
+#[test]
+fn failed_commit_closes_everything_with_1011_and_asks_for_reset() {
+    let mut h = H::new();
+    h.auto_commit = false;
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    h.send(1, json!({"type":"message","content":"lost"}));
+    let (b, _) = h.batches.pop_front().expect("batch");
+    h.input(Input::CommitFailed { batch: b });
+    assert_eq!(h.resets, 1);
+    assert!(h.closes.contains(&(1, CloseCode::InternalError)));
+    assert!(h.closes.contains(&(2, CloseCode::InternalError)));
+    assert!(h.acks(1).is_empty());
+    assert!(h.room.is_failed());
+}
+
+#[test]
+fn i4_snapshot_replay_and_live_carry_identical_json() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    for i in 0..5 {
+        h.msg(1, &format!("m{i}"));
+    }
+    let live: Vec<String> = h.raw[&1]
+        .iter()
+        .filter(|r| r.starts_with("{\"type\":\"message\""))
+        .cloned()
+        .collect();
+    assert_eq!(live.len(), 5);
+    h.connect(2, "bob", &["member"]);
+    let snap = match &h.got[&2][1] {
+        ServerFrame::History(hf) => hf.clone(),
+        other => panic!("expected history, got {other:?}"),
+    };
+    assert_eq!(seqs(&snap.events), vec![1, 2, 3, 4, 5]);
+    assert!(!snap.has_more);
+    for (e, l) in snap.events.iter().zip(&live) {
+        assert_eq!(&e.encode(), l);
+    }
+    h.send(2, json!({"type":"resume","lastSeq":2,"ref":"x"}));
+    let r = match h.got[&2].last() {
+        Some(ServerFrame::Replay(r)) => r.clone(),
+        other => panic!("expected replay, got {other:?}"),
+    };
+    assert_eq!(seqs(&r.events), vec![3, 4, 5]);
+    assert_eq!(r.reference.as_deref(), Some("x"));
+    for (e, l) in r.events.iter().zip(&live[2..]) {
+        assert_eq!(&e.encode(), l);
+    }
+    // The stored body is the same text too.
+    let stored = h
+        .committed
+        .iter()
+        .flatten()
+        .filter(|s| s.sql == sql::INSERT_EVENT)
+        .map(|s| match &s.params[6] {
+            sql::SqlValue::Text(t) => t.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(stored, live);
+}
+
+#[test]
+fn i5_duplicate_client_message_id_returns_original_ack_and_broadcasts_nothing() {
+    let mut h = H::new();
+    h.auto_commit = false;
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    h.send(
+        1,
+        json!({"type":"message","content":"once","clientMessageId":"cmid-0001"}),
+    );
+    // Resend while the first is still in flight, then after it commits.
+    h.send(
+        1,
+        json!({"type":"message","content":"other","clientMessageId":"cmid-0001","ref":"again"}),
+    );
+    h.commit_one();
+    h.send(
+        1,
+        json!({"type":"message","content":"third","clientMessageId":"cmid-0001"}),
+    );
+    assert!(h.batches.is_empty(), "nothing new to store");
+    let acks = h.acks(1);
+    assert_eq!(acks.len(), 3);
+    assert!(!acks[0].duplicate);
+    for a in &acks[1..] {
+        assert!(a.duplicate);
+        assert_eq!(a.seq, acks[0].seq);
+        assert_eq!(a.id, acks[0].id);
+        assert_eq!(a.created_at, acks[0].created_at);
+    }
+    assert_eq!(acks[1].reference.as_deref(), Some("again"));
+    assert_eq!(h.timeline(2).len(), 1);
+    // Another user with the same key is independent (FX-ACK-6).
+    h.send(
+        2,
+        json!({"type":"message","content":"bob's","clientMessageId":"cmid-0001"}),
+    );
+    h.commit_one();
+    assert!(!h.acks(2)[0].duplicate);
+}
+
+#[test]
+fn duplicates_survive_a_reload_from_storage() {
+    let loaded = LoadedRoom {
+        current_seq: 1,
+        idempotency: vec![fluxy_room::IdempotencyRow {
+            user_id: "alice".into(),
+            client_message_id: "cmid-0001".into(),
+            seq: 1,
+            message_id: Some(1),
+            created_ms: T0,
+        }],
+        ..LoadedRoom::default()
+    };
+    let mut h = H::with(cfg(Faults::NONE), loaded);
+    h.connect(1, "alice", &["member"]);
+    h.send(
+        1,
+        json!({"type":"message","content":"x","clientMessageId":"cmid-0001"}),
+    );
+    let a = &h.acks(1)[0];
+    assert!(a.duplicate);
+    assert_eq!(a.seq, Some(1));
+}
+
+#[test]
+fn i6_identity_comes_from_the_token_not_the_frame() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.send(
+        1,
+        json!({"type":"message","content":"hi","userId":"mallory","senderId":"mallory"}),
+    );
+    match &h.timeline(1)[0] {
+        TimelineEvent::Message(m) => {
+            assert_eq!(m.user_id, "alice");
+            assert_eq!(m.sender_id, "alice");
+        }
+        other => panic!("{other:?}"),
+    }
+    // With the fault, the frame's userId wins (the conformance suite must catch this).
+    let mut f = H::with(
+        cfg(Faults::from_names(&["trust-frame-user-id"]).unwrap()),
+        LoadedRoom::default(),
+    );
+    f.connect(1, "alice", &["member"]);
+    f.send(
+        1,
+        json!({"type":"message","content":"hi","userId":"mallory"}),
+    );
+    assert_eq!(f.timeline(1)[0].actor(), "mallory");
+}
+
+#[test]
+fn i7_statements_are_scoped_by_tenant_and_room() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.msg(1, "scoped");
+    for s in h.committed.iter().flatten() {
+        assert_eq!(s.params[0], sql::SqlValue::Text("t1".into()), "{}", s.sql);
+        assert_eq!(s.params[1], sql::SqlValue::Text("r1".into()), "{}", s.sql);
+    }
+}
+
+#[test]
+fn connect_sequence_and_presence_without_ghosts() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    let f = h.take(1);
+    let types: Vec<&str> = f.iter().map(ServerFrame::type_name).collect();
+    assert_eq!(
+        types,
+        ["welcome", "history", "subscription_succeeded", "presence"]
+    );
+    h.connect(2, "bob", &["member"]);
+    let types: Vec<&str> = h.take(1).iter().map(ServerFrame::type_name).collect();
+    assert_eq!(types, ["member_joined", "presence"]);
+    h.connect(3, "bob", &["member"]);
+    let types: Vec<&str> = h.take(1).iter().map(ServerFrame::type_name).collect();
+    assert_eq!(
+        types,
+        ["presence"],
+        "no member_joined for a second connection"
+    );
+    h.open.remove(&3);
+    h.input(Input::Closed { conn: 3 });
+    h.open.remove(&2);
+    h.input(Input::Closed { conn: 2 });
+    let f = h.take(1);
+    match f.last() {
+        Some(ServerFrame::Presence(p)) => {
+            assert_eq!(p.users, vec!["alice".to_string()]);
+            assert_eq!(p.online, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(f.iter().any(|x| x.type_name() == "member_left"));
+}
+
+#[test]
+fn replay_off_and_last_seq_at_connect() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    for i in 0..3 {
+        h.msg(1, &format!("m{i}"));
+    }
+    let mut o = ConnectOptions::default();
+    o.replay = false;
+    h.connect_with(2, ident("bob", &["member"]), o);
+    assert_eq!(h.got[&2][1].type_name(), "subscription_succeeded");
+    let o = ConnectOptions {
+        last_seq: Some(1),
+        ..ConnectOptions::default()
+    };
+    h.connect_with(3, ident("carol", &["member"]), o);
+    match &h.got[&3][1] {
+        ServerFrame::Replay(r) => assert_eq!(seqs(&r.events), vec![2, 3]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn resume_resync_rules() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    for i in 0..150 {
+        h.msg(1, &format!("m{i}"));
+    }
+    h.send(1, json!({"type":"resume","lastSeq":151}));
+    assert_eq!(h.last_error(1), ErrorCode::ResyncRequired);
+    h.send(1, json!({"type":"resume","lastSeq":10}));
+    assert_eq!(
+        h.last_error(1),
+        ErrorCode::ResyncRequired,
+        "older than the window"
+    );
+    h.send(1, json!({"type":"resume","lastSeq":60}));
+    match h.got[&1].last() {
+        Some(ServerFrame::Replay(r)) => {
+            assert_eq!(seqs(&r.events), (61..=150).collect::<Vec<_>>());
+            assert!(!r.has_more);
+            assert_eq!(r.current_seq, 150);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn edit_rules() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    let id = h.msg(1, "v1");
+    h.send(2, json!({"type":"edit","messageId":id,"content":"hijack"}));
+    assert_eq!(h.last_error(2), ErrorCode::Forbidden);
+    h.send(
+        1,
+        json!({"type":"edit","messageId":id,"content":"v2","expectedVersion":5}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::Conflict);
+    h.send(
+        1,
+        json!({"type":"edit","messageId":999,"content":"x","ref":"e"}),
+    );
+    let e = h.errors(1).last().cloned().unwrap();
+    assert_eq!(
+        (e.code, e.reference.as_deref()),
+        (ErrorCode::NotFound, Some("e"))
+    );
+    h.send(
+        1,
+        json!({"type":"edit","messageId":id,"content":"  v2  ","expectedVersion":1}),
+    );
+    match h.timeline(2).last() {
+        Some(TimelineEvent::Edit(e)) => {
+            assert_eq!((e.version, e.content.as_str(), e.id), (2, "v2", id));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.acks(1).last().unwrap().id, Some(id));
+}
+
+#[test]
+fn delete_rules_and_conflicts_after_delete() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    let mut m = ident("mod", &["member"]);
+    m.member_role = Some(MemberRole::Moderator);
+    h.connect_with(3, m, ConnectOptions::default());
+    let a = h.msg(1, "one");
+    let b = h.msg(1, "two");
+    h.send(2, json!({"type":"delete","messageId":a}));
+    assert_eq!(h.last_error(2), ErrorCode::Forbidden);
+    h.send(1, json!({"type":"delete","messageId":a}));
+    assert!(
+        matches!(h.timeline(2).last(), Some(TimelineEvent::Delete(d)) if d.id == a && d.version == 2)
+    );
+    h.send(3, json!({"type":"delete","messageId":b}));
+    assert!(matches!(h.timeline(2).last(), Some(TimelineEvent::Delete(d)) if d.id == b));
+    h.send(1, json!({"type":"delete","messageId":a}));
+    assert_eq!(h.last_error(1), ErrorCode::Conflict);
+    h.send(1, json!({"type":"edit","messageId":a,"content":"x"}));
+    assert_eq!(h.last_error(1), ErrorCode::Conflict);
+    h.send(1, json!({"type":"reaction","messageId":a,"emoji":"👍"}));
+    assert_eq!(h.last_error(1), ErrorCode::Conflict);
+}
+
+#[test]
+fn reactions_are_unique_and_noops_ack_without_seq() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    let id = h.msg(1, "react to me");
+    h.send(1, json!({"type":"reaction","messageId":id,"emoji":"👍"}));
+    let n = h.timeline(1).len();
+    h.send(
+        1,
+        json!({"type":"reaction","messageId":id,"emoji":"👍","ref":"again"}),
+    );
+    assert_eq!(h.timeline(1).len(), n, "no event for a no-op");
+    let a = h.acks(1).last().cloned().unwrap();
+    assert_eq!((a.seq, a.reference.as_deref()), (None, Some("again")));
+    h.send(
+        1,
+        json!({"type":"reaction","messageId":id,"emoji":"👍","op":"remove"}),
+    );
+    assert!(
+        matches!(h.timeline(1).last(), Some(TimelineEvent::Reaction(r)) if r.op == fluxy_protocol::common::ReactionOp::Remove)
+    );
+    h.send(
+        1,
+        json!({"type":"reaction","messageId":id,"emoji":"👍","op":"remove"}),
+    );
+    assert_eq!(h.acks(1).last().unwrap().seq, None);
+    h.send(
+        1,
+        json!({"type":"reaction","messageId":424242,"emoji":"👍"}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::NotFound);
+    h.send(1, json!({"type":"reaction","messageId":id,"emoji":" x"}));
+    assert_eq!(h.last_error(1), ErrorCode::InvalidFrame);
+}
+
+#[test]
+fn read_receipts_are_monotonic() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    let a = h.msg(1, "a");
+    let b = h.msg(1, "b");
+    h.send(1, json!({"type":"read","messageId":b}));
+    assert!(matches!(h.timeline(1).last(), Some(TimelineEvent::Read(r)) if r.message_id == b));
+    let n = h.timeline(1).len();
+    h.send(1, json!({"type":"read","messageId":a}));
+    assert_eq!(h.timeline(1).len(), n);
+    assert_eq!(h.acks(1).last().unwrap().seq, None);
+    h.send(1, json!({"type":"read","messageId":9999}));
+    assert_eq!(h.last_error(1), ErrorCode::NotFound);
+}
+
+#[test]
+fn typing_goes_to_the_others_with_verified_identity() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    h.take(1);
+    h.take(2);
+    h.send(
+        1,
+        json!({"type":"typing","isTyping":false,"intent":"composing","userId":"x"}),
+    );
+    assert!(h.got.get(&1).is_none(), "not echoed to the sender");
+    match &h.got[&2][0] {
+        ServerFrame::Typing(t) => {
+            assert_eq!(t.user_id, "alice");
+            assert_eq!(t.intent, fluxy_protocol::common::TypingIntent::Idle);
+        }
+        other => panic!("{other:?}"),
+    }
+    h.send(1, json!({"type":"typing","isTyping":true}));
+    match h.got[&2].last() {
+        Some(ServerFrame::Typing(t)) => {
+            assert_eq!(t.intent, fluxy_protocol::common::TypingIntent::Composing)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.timeline(2).is_empty(), "typing is not sequenced");
+}
+
+#[test]
+fn streams_start_delta_end_abort() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    h.send(1, json!({"type":"stream","op":"start","content":""}));
+    let id = h.acks(1).last().unwrap().id.expect("ack carries the id");
+    h.send(
+        2,
+        json!({"type":"stream","op":"delta","messageId":id,"content":"nope"}),
+    );
+    assert_eq!(h.last_error(2), ErrorCode::Forbidden);
+    h.send(
+        1,
+        json!({"type":"stream","op":"delta","messageId":id,"content":"Hel"}),
+    );
+    h.send(
+        1,
+        json!({"type":"stream","op":"delta","messageId":id,"content":"Hello"}),
+    );
+    h.send(
+        1,
+        json!({"type":"stream","op":"end","messageId":id,"content":"Hello!"}),
+    );
+    let t = h.timeline(2);
+    match &t[0] {
+        TimelineEvent::Message(m) => assert!(m.streaming && m.content.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let versions: Vec<(u32, bool)> = t[1..]
+        .iter()
+        .map(|e| match e {
+            TimelineEvent::Edit(e) => (e.version, e.streaming),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(versions, vec![(2, true), (3, true), (4, false)]);
+    h.send(
+        1,
+        json!({"type":"stream","op":"delta","messageId":id,"content":"more"}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::InvalidState);
+    h.send(1, json!({"type":"stream","op":"start","content":"x"}));
+    let id2 = h.acks(1).last().unwrap().id.unwrap();
+    h.send(1, json!({"type":"stream","op":"abort","messageId":id2}));
+    assert!(matches!(h.timeline(2).last(), Some(TimelineEvent::Delete(d)) if d.id == id2));
+}
+
+#[test]
+fn agent_runs_tools_and_approvals() {
+    let mut h = H::new();
+    h.connect(1, "bot", &["agent"]);
+    h.connect(2, "alice", &["member"]);
+    h.send(2, json!({"type":"agentRun","runId":"r","status":"started"}));
+    assert_eq!(h.last_error(2), ErrorCode::Forbidden);
+    h.send(2, json!({"type":"agentTyping","isTyping":true}));
+    assert_eq!(h.last_error(2), ErrorCode::Forbidden);
+    h.send(
+        1,
+        json!({"type":"agentRun","runId":"r","status":"completed"}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::InvalidState);
+    h.send(
+        1,
+        json!({"type":"tool_call","runId":"r","toolCallId":"c1","name":"search"}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::InvalidState);
+    h.send(1, json!({"type":"agentRun","runId":"r","status":"started"}));
+    h.send(1, json!({"type":"agentRun","runId":"r","status":"started"}));
+    assert_eq!(h.last_error(1), ErrorCode::InvalidState);
+    h.send(
+        1,
+        json!({"type":"tool_call","runId":"r","toolCallId":"c1","name":"search","arguments":"{}"}),
+    );
+    h.send(
+        1,
+        json!({"type":"tool_call","runId":"r","toolCallId":"c1","name":"search"}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::InvalidState);
+    h.send(
+        1,
+        json!({"type":"tool_result","runId":"r","toolCallId":"c1","result":"ok"}),
+    );
+    h.send(
+        1,
+        json!({"type":"tool_error","runId":"r","toolCallId":"c1","error":"late"}),
+    );
+    assert_eq!(
+        h.last_error(1),
+        ErrorCode::InvalidState,
+        "one result per call"
+    );
+    h.send(
+        1,
+        json!({"type":"approval_request","runId":"r","approvalId":"a1","prompt":"ok?"}),
+    );
+    h.send(
+        1,
+        json!({"type":"approval_decision","runId":"r","approvalId":"a1","decision":"approved"}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::Forbidden);
+    h.send(
+        2,
+        json!({"type":"approval_decision","runId":"r","approvalId":"a1","decision":"approved"}),
+    );
+    h.send(
+        2,
+        json!({"type":"approval_decision","runId":"r","approvalId":"a1","decision":"denied"}),
+    );
+    assert_eq!(h.last_error(2), ErrorCode::InvalidState);
+    h.send(
+        1,
+        json!({"type":"agentRun","runId":"r","status":"completed"}),
+    );
+    h.send(1, json!({"type":"agentRun","runId":"r","status":"failed"}));
+    assert_eq!(h.last_error(1), ErrorCode::InvalidState);
+    h.send(1, json!({"type":"agentTyping","isTyping":true}));
+    assert!(matches!(h.got[&2].last(), Some(ServerFrame::AgentTyping(t)) if t.agent_id == "bot"));
+    let kinds: Vec<&str> = h.timeline(2).iter().map(TimelineEvent::type_name).collect();
+    assert_eq!(
+        kinds,
+        [
+            "agentRun",
+            "tool_call",
+            "tool_result",
+            "approval_request",
+            "approval_decision",
+            "agentRun"
+        ]
+    );
+    // Agent state is rebuilt from stored agent events.
+    let bodies: Vec<String> = h.timeline(2).iter().map(TimelineEvent::encode).collect();
+    let mut r = H::with(
+        cfg(Faults::NONE),
+        LoadedRoom {
+            current_seq: 6,
+            agent_events: bodies,
+            ..LoadedRoom::default()
+        },
+    );
+    r.connect(1, "bot", &["agent"]);
+    r.send(
+        1,
+        json!({"type":"agentRun","runId":"r","status":"cancelled"}),
+    );
+    assert_eq!(r.last_error(1), ErrorCode::InvalidState);
+}
+
+#[test]
+fn bad_input_gets_error_frames_and_the_connection_stays_usable() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.input(Input::Text {
+        conn: 1,
+        text: "{not json".into(),
+    });
+    assert_eq!(h.last_error(1), ErrorCode::MalformedFrame);
+    h.input(Input::Text {
+        conn: 1,
+        text: "[1,2]".into(),
+    });
+    assert_eq!(h.last_error(1), ErrorCode::MalformedFrame);
+    h.send(1, json!({"type":"warp","ref":"w"}));
+    let e = h.errors(1).last().cloned().unwrap();
+    assert_eq!(
+        (e.code, e.reference.as_deref()),
+        (ErrorCode::UnknownType, Some("w"))
+    );
+    h.send(1, json!({"type":"message","content":5}));
+    assert_eq!(h.last_error(1), ErrorCode::InvalidFrame);
+    h.send(1, json!({"type":"message","content":"   "}));
+    assert_eq!(h.last_error(1), ErrorCode::InvalidContent);
+    h.send(1, json!({"type":"message","content":"x".repeat(4001)}));
+    assert_eq!(h.last_error(1), ErrorCode::InvalidContent);
+    h.send(
+        1,
+        json!({"type":"message","content":"x","clientMessageId":"short"}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::InvalidFrame);
+    h.send(1, json!({"type":"message","content":"x".repeat(70_000)}));
+    assert_eq!(h.last_error(1), ErrorCode::PayloadTooLarge);
+    h.input(Input::Binary { conn: 1 });
+    assert_eq!(h.last_error(1), ErrorCode::BinaryNotSupported);
+    h.send(1, json!({"type":"message","content":"x","parentId":777}));
+    assert_eq!(h.last_error(1), ErrorCode::NotFound);
+    assert!(h.closes.is_empty());
+    assert_eq!(
+        h.msg(1, "still works"),
+        1,
+        "nothing was stored by the bad frames"
+    );
+    h.send(1, json!({"type":"ping","ts":7}));
+    assert!(matches!(h.got[&1].last(), Some(ServerFrame::Pong(p)) if p.echo == Some(7)));
+}
+
+#[test]
+fn rate_limit_answers_rate_limited_then_recovers() {
+    let mut c = cfg(Faults::NONE);
+    c.rate_burst = 3;
+    c.rate_per_second = 10;
+    let mut h = H::with(c, LoadedRoom::default());
+    h.connect(1, "alice", &["member"]);
+    for i in 0..3 {
+        h.msg(1, &format!("m{i}"));
+    }
+    h.send(1, json!({"type":"message","content":"over","ref":"o"}));
+    let e = h.errors(1).last().cloned().unwrap();
+    assert_eq!(e.code, ErrorCode::RateLimited);
+    assert!(e.retry_after_ms.unwrap() > 0 && e.retryable);
+    assert_eq!(e.reference.as_deref(), Some("o"));
+    h.send(1, json!({"type":"ping"}));
+    assert!(
+        matches!(h.got[&1].last(), Some(ServerFrame::Pong(_))),
+        "ping not limited"
+    );
+    h.now += e.retry_after_ms.unwrap();
+    assert_eq!(h.msg(1, "after the wait"), 4);
+}
+
+#[test]
+fn idle_connections_close_4000_and_leave_presence() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    h.now += 5_000;
+    h.send(2, json!({"type":"ping"}));
+    assert_eq!(h.room.poll_timeout(), Some(T0 + 10_000));
+    h.now = T0 + 10_000;
+    h.room.handle_timeout(h.now);
+    h.pump();
+    assert_eq!(h.closes, vec![(1, CloseCode::HeartbeatTimeout)]);
+    assert!(
+        matches!(h.got[&2].last(), Some(ServerFrame::Presence(p)) if p.users == vec!["bob".to_string()])
+    );
+}
+
+#[test]
+fn token_expiry_closes_4005_unless_refreshed_in_band() {
+    let mut h = H::new();
+    let mut a = ident("alice", &["member"]);
+    a.token_exp = T0 / 1000 + 60;
+    h.connect_with(1, a.clone(), ConnectOptions::default());
+    h.connect_with(2, a, ConnectOptions::default());
+    let claims = |sub: &str, exp: u64| Claims {
+        sub: sub.into(),
+        tid: "t1".into(),
+        roles: vec!["member".into(), "agent".into()],
+        exp,
+        iat: None,
+        nbf: None,
+    };
+    h.send(
+        1,
+        json!({"type":"auth","token":sign(&claims("mallory", T0/1000 + 7200), SECRET)}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::Forbidden);
+    h.send(
+        1,
+        json!({"type":"auth","token":sign(&claims("alice", T0/1000 - 100), SECRET)}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::TokenExpired);
+    h.send(1, json!({"type":"auth","token":"garbage"}));
+    assert_eq!(h.last_error(1), ErrorCode::Unauthorized);
+    h.send(
+        1,
+        json!({"type":"auth","token":sign(&claims("alice", T0/1000 + 7200), SECRET),"ref":"rf"}),
+    );
+    match h.got[&1].last() {
+        Some(ServerFrame::TokenRefreshed(t)) => {
+            assert_eq!(t.reference.as_deref(), Some("rf"));
+            assert!(t.roles.contains(&"agent".to_string()));
+        }
+        other => panic!("{other:?}"),
+    }
+    h.now = T0 + 65_000;
+    h.send(1, json!({"type":"ping"}));
+    h.send(2, json!({"type":"ping"}));
+    h.room.handle_timeout(h.now);
+    h.pump();
+    assert_eq!(h.closes, vec![(2, CloseCode::TokenExpired)]);
+    assert_eq!(h.last_error(2), ErrorCode::TokenExpired);
+}
+
+#[test]
+fn post_requests_share_sequencing_and_idempotency_with_the_socket() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.send(
+        1,
+        json!({"type":"message","content":"ws","clientMessageId":"cmid-shared"}),
+    );
+    let frame = fluxy_protocol::client::SendMessageFrame {
+        content: "rest".into(),
+        client_message_id: Some("cmid-shared".into()),
+        parent_id: None,
+        attachments: vec![],
+        reference: None,
+    };
+    h.input(Input::Post {
+        request: 9,
+        identity: ident("alice", &["member"]),
+        frame: frame.clone(),
+    });
+    let (req, res) = h.posts.pop().unwrap();
+    let out = res.unwrap();
+    assert_eq!((req, out.ack.duplicate, out.ack.seq), (9, true, Some(1)));
+    assert!(out.event.unwrap().contains("\"content\":\"ws\""));
+    let mut f2 = frame;
+    f2.client_message_id = None;
+    h.input(Input::Post {
+        request: 10,
+        identity: ident("bob", &["member"]),
+        frame: f2,
+    });
+    let (_, res) = h.posts.pop().unwrap();
+    assert_eq!(res.unwrap().ack.seq, Some(2));
+    assert!(matches!(h.timeline(1).last(), Some(TimelineEvent::Message(m)) if m.user_id == "bob"));
+}
+
+#[test]
+fn announcement_rooms_restrict_posting() {
+    let mut h = H::with(
+        cfg(Faults::NONE),
+        LoadedRoom {
+            room_type: RoomType::Announcement,
+            ..LoadedRoom::default()
+        },
+    );
+    h.connect(1, "alice", &["member"]);
+    h.send(1, json!({"type":"message","content":"hi"}));
+    assert_eq!(h.last_error(1), ErrorCode::Forbidden);
+    h.connect(2, "boss", &["admin"]);
+    assert_eq!(h.msg(2, "news"), 1);
+}
+
+#[test]
+fn kick_closes_4003() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.input(Input::Kick {
+        user_id: "alice".into(),
+    });
+    assert_eq!(h.closes, vec![(1, CloseCode::Forbidden)]);
+}
+
+#[test]
+fn restart_continues_the_sequence_from_storage() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    for i in 0..3 {
+        h.msg(1, &format!("m{i}"));
+    }
+    let recent: Vec<String> = h.timeline(1).iter().map(TimelineEvent::encode).collect();
+    let mut r = H::with(
+        cfg(Faults::NONE),
+        LoadedRoom {
+            current_seq: 3,
+            recent,
+            messages: vec![fluxy_room::MessageRow {
+                id: 1,
+                user_id: "alice".into(),
+                version: 1,
+                deleted: false,
+                streaming: false,
+            }],
+            ..LoadedRoom::default()
+        },
+    );
+    r.connect(1, "alice", &["member"]);
+    assert_eq!(r.msg(1, "after restart"), 4);
+    r.send(1, json!({"type":"edit","messageId":1,"content":"edited"}));
+    assert!(matches!(r.timeline(1).last(), Some(TimelineEvent::Edit(e)) if e.version == 2));
+}
+
+#[test]
+fn engine_faults_break_their_rule() {
+    let run = |name: &str| {
+        let mut h = H::with(
+            cfg(Faults::from_names(&[name]).unwrap()),
+            LoadedRoom::default(),
+        );
+        h.connect(1, "alice", &["member"]);
+        h.connect(2, "bob", &["member"]);
+        for i in 0..4 {
+            h.send(1, json!({"type":"message","content":format!("m{i}")}));
+        }
+        h
+    };
+    assert_eq!(seqs(&run("skip-seq").timeline(2)), vec![1, 2, 4, 5]);
+    assert_eq!(
+        seqs(&run("reorder-broadcast").timeline(2)),
+        vec![2, 1, 3, 4]
+    );
+    assert_eq!(seqs(&run("drop-broadcast").timeline(2)).len(), 3);
+    assert!(run("no-ack").acks(1).is_empty());
+    let h = run("ack-before-store");
+    assert_eq!(h.acks(1)[0].seq, Some(1));
+    assert_eq!(
+        seqs(&h.timeline(2)),
+        vec![1, 2, 3],
+        "acked seq 1 was reused"
+    );
+    assert!(run("ghost-presence").room.connection_count() == 2);
+}
