@@ -1,1 +1,92 @@
-//! Conformance runner.
+//! # fluxy-conformance
+//!
+//! The conformance runner of Fluxy protocol v1 (`spec/fluxy-v1.md`). Every case has a stable
+//! hierarchical id (`ord/multi-sender-total-order`) and names the clauses it checks; verdicts are
+//! pass, fail, non-strict (a SHOULD violated), skipped (with a reason) and error (the runner
+//! could not tell). The runner drives any server through its HTTP and WebSocket surface using
+//! only a base URL and API keys, or starts the embedded reference server.
+
+pub mod case;
+pub mod cases;
+pub mod coverage;
+pub mod ctx;
+pub mod embedded;
+pub mod env;
+pub mod fuzz;
+pub mod property;
+pub mod proxy;
+pub mod report;
+pub mod runner;
+pub mod transcript;
+
+use std::sync::Arc;
+
+pub use case::{Case, CaseError, Verdict};
+pub use env::{DevJson, RunError, Target};
+pub use runner::{Report, RunOptions};
+
+/// Settings of a whole run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The server to test; `None` starts the embedded reference server.
+    pub target: Option<Target>,
+    /// Case selection and strictness.
+    pub options: RunOptions,
+    /// Multiplier for every deadline.
+    pub timeout_scale: f64,
+    /// Seed of the randomised groups.
+    pub seed: u64,
+    /// Schedules of the property group.
+    pub schedules: u32,
+    /// Settings of the embedded server.
+    pub embedded: embedded::EmbeddedOptions,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            target: None,
+            options: RunOptions::default(),
+            timeout_scale: 1.0,
+            seed: 1,
+            schedules: 8,
+            embedded: embedded::EmbeddedOptions::default(),
+        }
+    }
+}
+
+/// The selected cases, in report order.
+pub fn select(filters: &[String]) -> Vec<Case> {
+    cases::all()
+        .into_iter()
+        .filter(|c| runner::selected(c, filters))
+        .collect()
+}
+
+/// Run the suite: start the embedded server when no target is given, check the target,
+/// run the selected cases and return the report.
+pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
+    let selected = select(&config.options.filters);
+    if selected.is_empty() {
+        return Err(RunError::Config(format!(
+            "no case matches --filter {:?}; `fluxy-conformance list` shows the ids",
+            config.options.filters
+        )));
+    }
+    let (target, server) = match &config.target {
+        Some(t) => (t.clone(), None),
+        None => {
+            let e = embedded::Embedded::start(&config.embedded).await?;
+            (e.target.clone(), Some(e))
+        }
+    };
+    let env = env::Env::prepare(target, config.timeout_scale, config.seed, config.schedules).await;
+    let report = match env {
+        Ok(env) => Ok(runner::run_cases(Arc::new(env), &selected, &config.options, server.is_some()).await),
+        Err(e) => Err(e),
+    };
+    if let Some(s) = server {
+        s.shutdown().await;
+    }
+    report
+}

@@ -1,1 +1,204 @@
-fn main() {}
+//! `fluxy-conformance`: run the Fluxy v1 conformance suite against a server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use fluxy_conformance::report::{self, Format};
+use fluxy_conformance::{coverage, DevJson, RunConfig, RunError, RunOptions, Target};
+
+/// Fluxy protocol v1 conformance runner.
+#[derive(Debug, Parser)]
+#[command(name = "fluxy-conformance", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the suite (against the embedded reference server when no endpoint is given).
+    Run(RunArgs),
+    /// List every case with its clauses.
+    List {
+        /// Only cases matching these globs (case or clause ids).
+        #[arg(long)]
+        filter: Vec<String>,
+    },
+    /// List every clause with the cases covering it; exits 1 if a MUST clause has none.
+    Coverage,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Base URL of the server under test, e.g. http://127.0.0.1:8787.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// API key of the first tenant.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// API key of a second tenant (enables tenancy cases).
+    #[arg(long = "api-key-2")]
+    api_key2: Option<String>,
+    /// JWT secret of the first tenant (enables crafted-token cases).
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// JWT secret of the second tenant.
+    #[arg(long = "jwt-secret-2")]
+    jwt_secret2: Option<String>,
+    /// The JSON line printed by `fluxy-server --dev` (endpoint, keys and secrets).
+    #[arg(long, conflicts_with = "dev_json_file")]
+    dev_json: Option<String>,
+    /// A file holding that JSON line.
+    #[arg(long)]
+    dev_json_file: Option<PathBuf>,
+    /// Glob on case ids or clause ids (repeatable), e.g. 'ord/*' or 'FX-RES-*'.
+    #[arg(long)]
+    filter: Vec<String>,
+    /// SHOULD violations fail the run.
+    #[arg(long)]
+    strict: bool,
+    /// Multiply every deadline by this factor (slow servers, CI).
+    #[arg(long, default_value_t = 1.0)]
+    timeout_scale: f64,
+    /// Seed of the randomised groups (property, fuzz); a failing schedule replays with it.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output formats, comma-separated or repeated: console, json, junit, html.
+    #[arg(long, value_delimiter = ',', default_value = "console")]
+    format: Vec<Format>,
+    /// Directory for report.json, junit.xml and report.html.
+    #[arg(long, default_value = "conformance-report")]
+    out: PathBuf,
+    /// Cases run concurrently.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Schedules of the property group.
+    #[arg(long, default_value_t = 8)]
+    schedules: u32,
+}
+
+fn target_from(a: &RunArgs) -> Result<Option<Target>, RunError> {
+    let dev = match (&a.dev_json, &a.dev_json_file) {
+        (Some(s), _) => Some(DevJson::parse(s)?),
+        (None, Some(p)) => {
+            let text = std::fs::read_to_string(p).map_err(|e| RunError::Config(format!("reading {}: {e}", p.display())))?;
+            Some(DevJson::parse(&text)?)
+        }
+        _ => None,
+    };
+    let mut t = match (dev, &a.endpoint) {
+        (Some(d), _) => d.target(),
+        (None, Some(e)) => Target {
+            endpoint: e.clone(),
+            api_key: a
+                .api_key
+                .clone()
+                .ok_or_else(|| RunError::Config("--endpoint needs --api-key (or pass --dev-json)".into()))?,
+            ..Target::default()
+        },
+        (None, None) => {
+            if a.api_key.is_some() || a.api_key2.is_some() {
+                return Err(RunError::Config("--api-key needs --endpoint".into()));
+            }
+            return Ok(None);
+        }
+    };
+    if let Some(e) = &a.endpoint {
+        t.endpoint = e.clone();
+    }
+    if let Some(k) = &a.api_key {
+        t.api_key = k.clone();
+    }
+    if a.api_key2.is_some() {
+        t.api_key2 = a.api_key2.clone();
+    }
+    if a.jwt_secret.is_some() {
+        t.jwt_secret = a.jwt_secret.clone();
+    }
+    if a.jwt_secret2.is_some() {
+        t.jwt_secret2 = a.jwt_secret2.clone();
+    }
+    Ok(Some(t))
+}
+
+async fn run(a: RunArgs) -> Result<i32, RunError> {
+    let target = target_from(&a)?;
+    let config = RunConfig {
+        target,
+        options: RunOptions {
+            filters: a.filter.clone(),
+            strict: a.strict,
+            jobs: a.jobs.max(1),
+        },
+        timeout_scale: a.timeout_scale,
+        seed: a.seed,
+        schedules: a.schedules,
+        ..RunConfig::default()
+    };
+    let rep = fluxy_conformance::run(&config).await?;
+    let mut files = Vec::new();
+    for f in &a.format {
+        let (name, body) = match f {
+            Format::Console => {
+                print!("{}", report::console(&rep));
+                continue;
+            }
+            Format::Json => ("report.json", report::json(&rep)),
+            Format::Junit => ("junit.xml", report::junit(&rep)),
+            Format::Html => ("report.html", report::html(&rep)),
+        };
+        std::fs::create_dir_all(&a.out).map_err(|e| RunError::Io(format!("{}: {e}", a.out.display())))?;
+        let p = a.out.join(name);
+        std::fs::write(&p, body).map_err(|e| RunError::Io(format!("{}: {e}", p.display())))?;
+        files.push(p);
+    }
+    for p in files {
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(rep.exit_code())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::List { filter } => {
+            for c in fluxy_conformance::select(&filter) {
+                println!("{:<48} {:<40} {}", c.id, c.clauses.join(","), c.title);
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Coverage => {
+            let cases = fluxy_conformance::cases::all();
+            let cov = coverage::coverage(&cases);
+            print!("{}", coverage::render(&cov));
+            let unknown = coverage::unknown_clauses(&cases);
+            if !unknown.is_empty() {
+                println!("cases name clauses that are not in the spec: {}", unknown.join(", "));
+            }
+            let missing = coverage::uncovered_must(&cov);
+            if missing.is_empty() && unknown.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                println!("MUST clauses without a case: {}", missing.join(", "));
+                ExitCode::from(1)
+            }
+        }
+        Cmd::Run(a) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fluxy-conformance: cannot start the async runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(run(a)) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => {
+                    eprintln!("fluxy-conformance: the run could not proceed: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

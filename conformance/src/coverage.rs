@@ -1,0 +1,80 @@
+//! Clause coverage: which cases check which clauses.
+
+use std::fmt::Write as _;
+
+use fluxy_protocol::spec::{self, Level};
+use serde::Serialize;
+
+use crate::case::Case;
+
+/// One clause and the cases covering it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClauseCoverage {
+    /// Clause id.
+    pub id: String,
+    /// Level.
+    pub level: String,
+    /// Case ids.
+    pub cases: Vec<String>,
+}
+
+/// Coverage of every clause of the spec by `cases`.
+pub fn coverage(cases: &[Case]) -> Vec<ClauseCoverage> {
+    spec::clauses()
+        .into_iter()
+        .map(|c| ClauseCoverage {
+            cases: cases
+                .iter()
+                .filter(|k| k.clauses.contains(&c.id.as_str()))
+                .map(|k| k.id.to_string())
+                .collect(),
+            level: c.level.as_str().to_string(),
+            id: c.id,
+        })
+        .collect()
+}
+
+/// MUST clauses (tombstones excluded) with no case.
+pub fn uncovered_must(cov: &[ClauseCoverage]) -> Vec<String> {
+    cov.iter()
+        .filter(|c| c.level == Level::Must.as_str() && c.cases.is_empty())
+        .map(|c| c.id.clone())
+        .collect()
+}
+
+/// Clause ids named by cases that are not in the spec.
+pub fn unknown_clauses(cases: &[Case]) -> Vec<String> {
+    let all: Vec<String> = spec::clauses().into_iter().map(|c| c.id).collect();
+    let mut out: Vec<String> = cases
+        .iter()
+        .flat_map(|k| k.clauses.iter())
+        .filter(|c| !all.iter().any(|a| a == *c))
+        .map(|c| c.to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Text table of the coverage.
+pub fn render(cov: &[ClauseCoverage]) -> String {
+    let mut s = String::new();
+    for c in cov {
+        let cases = if c.cases.is_empty() {
+            if c.level == "MUST" {
+                "UNCOVERED".to_string()
+            } else {
+                "(uncovered)".to_string()
+            }
+        } else {
+            c.cases.join(", ")
+        };
+        let _ = writeln!(s, "{:<11} {:<7} {}", c.id, c.level, cases);
+    }
+    let must: Vec<&ClauseCoverage> = cov.iter().filter(|c| c.level == "MUST").collect();
+    let covered = must.iter().filter(|c| !c.cases.is_empty()).count();
+    let other: Vec<&ClauseCoverage> = cov.iter().filter(|c| c.level == "SHOULD" || c.level == "MAY").collect();
+    let ocov = other.iter().filter(|c| !c.cases.is_empty()).count();
+    let _ = writeln!(s, "\nMUST clauses covered: {covered}/{}; SHOULD/MAY covered: {ocov}/{}", must.len(), other.len());
+    s
+}

@@ -1,0 +1,1225 @@
+//! Per-case context: users, rooms, HTTP, WebSocket and SSE clients that record every frame.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fluxy_protocol::http::{
+    CreateRoomRequest, HistoryPage, MemberSpec, TokenRequest, TokenResponse,
+};
+use fluxy_protocol::server::{AckFrame, ErrorFrame, HistoryFrame, ReplayFrame, WelcomeFrame};
+use fluxy_protocol::{ClientFrame, ErrorCode, ServerFrame, TimelineEvent};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::case::{fail, CaseError};
+use crate::env::{error_chain, Env, BASE_WAIT};
+use crate::transcript::{Dir, Transcript};
+
+/// A user of the target with a token.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// User id (token `sub`).
+    pub id: String,
+    /// Bearer token.
+    pub token: String,
+    /// Tenant id (token `tid`).
+    pub tenant: String,
+    /// Granted roles.
+    pub roles: Vec<String>,
+}
+
+/// One recorded HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResp {
+    /// Status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Body text.
+    pub text: String,
+}
+
+impl HttpResp {
+    /// Body as JSON, if it is.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_str(&self.text).ok()
+    }
+
+    /// Decode the body as `T`, failing `clause` otherwise.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self, clause: &str, what: &str) -> Result<T, CaseError> {
+        serde_json::from_str(&self.text).map_err(|e| {
+            fail(
+                clause,
+                format!("a {what} body"),
+                format!("{} {} ({e})", self.status, short(&self.text, 400)),
+            )
+        })
+    }
+
+    /// The `error` code of an `ErrorBody`.
+    pub fn error_code(&self) -> Option<String> {
+        self.json()?.get("error")?.as_str().map(str::to_owned)
+    }
+
+    /// Fail `clause` unless status is `status`.
+    pub fn expect_status(&self, clause: &str, what: &str, status: u16) -> Result<(), CaseError> {
+        if self.status == status {
+            Ok(())
+        } else {
+            Err(fail(
+                clause,
+                format!("{what}: HTTP {status}"),
+                format!("HTTP {} {}", self.status, short(&self.text, 400)),
+            ))
+        }
+    }
+
+    /// Fail `clause` unless this is an `ErrorBody` with `code` and the code's status.
+    pub fn expect_error(&self, clause: &str, what: &str, code: ErrorCode) -> Result<(), CaseError> {
+        let st = code.http_status();
+        if self.status == st && self.error_code().as_deref() == Some(code.as_str()) {
+            Ok(())
+        } else {
+            Err(fail(
+                clause,
+                format!("{what}: HTTP {st} with ErrorBody error={code}"),
+                format!("HTTP {} {}", self.status, short(&self.text, 400)),
+            ))
+        }
+    }
+}
+
+/// Shorten text for messages.
+pub fn short(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        return s.to_string();
+    }
+    let mut cut = n;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+/// Everything a case needs: the run environment, its transcript and unique names.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Run-wide environment.
+    pub env: Arc<Env>,
+    /// This case's transcript.
+    pub tr: Transcript,
+    /// Case id.
+    pub case_id: &'static str,
+    n: AtomicU64,
+}
+
+/// Options for minting a token.
+#[derive(Debug, Clone, Default)]
+pub struct TokenOpts {
+    /// Roles (empty: server default).
+    pub roles: Vec<String>,
+    /// ttlSeconds.
+    pub ttl: Option<u64>,
+    /// Use the second tenant's key.
+    pub second_tenant: bool,
+}
+
+impl Ctx {
+    /// A context for `case_id`.
+    pub fn new(env: Arc<Env>, case_id: &'static str) -> Ctx {
+        Ctx {
+            env,
+            tr: Transcript::new(),
+            case_id,
+            n: AtomicU64::new(0),
+        }
+    }
+
+    /// The default deadline for one awaited condition (5 s × scale).
+    pub fn wait(&self) -> Duration {
+        self.env.scaled(BASE_WAIT)
+    }
+
+    /// `ms` milliseconds, scaled.
+    pub fn ms(&self, ms: u64) -> Duration {
+        self.env.scaled(Duration::from_millis(ms))
+    }
+
+    /// A fresh `ref`.
+    pub fn r(&self) -> String {
+        format!("r{}", self.n.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A unique id with `label` (matches the id pattern).
+    pub fn uid(&self, label: &str) -> String {
+        let label: String = label
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .take(24)
+            .collect();
+        format!("{}-{}{}", self.env.run_id, label, self.env.next())
+    }
+
+    /// A unique `clientMessageId`.
+    pub fn cmid(&self) -> String {
+        format!("cm{}x{}", self.env.run_id, self.env.next())
+    }
+
+    /// Note something in the transcript.
+    pub fn note(&self, text: &str) {
+        self.tr.push("runner", Dir::Note, text);
+    }
+
+    /// The first tenant's JWT secret, or skip.
+    pub fn secret(&self) -> Result<Vec<u8>, CaseError> {
+        self.env
+            .target
+            .jwt_secret
+            .as_ref()
+            .map(|s| s.as_bytes().to_vec())
+            .ok_or_else(|| CaseError::Skip("needs --jwt-secret to sign crafted tokens".into()))
+    }
+
+    /// Skip unless a second tenant is configured.
+    pub fn need_tenant2(&self) -> Result<(), CaseError> {
+        if self.env.target.api_key2.is_some() {
+            Ok(())
+        } else {
+            Err(CaseError::Skip("needs a second tenant (--api-key-2)".into()))
+        }
+    }
+
+    /// Send one HTTP request and record it. `path` starts with `/`.
+    pub async fn http(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<HttpResp, CaseError> {
+        self.http_with(method, path, token, body, &[], None).await
+    }
+
+    /// [`Ctx::http`] with extra headers and a request timeout.
+    pub async fn http_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        timeout: Option<Duration>,
+    ) -> Result<HttpResp, CaseError> {
+        let url = format!("{}{}", self.env.target.endpoint, path);
+        let mut rb = self.env.http.request(method.clone(), &url);
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        if let Some(t) = timeout {
+            rb = rb.timeout(t);
+        }
+        let line = match body {
+            Some(b) => format!("{method} {path} {b}"),
+            None => format!("{method} {path}"),
+        };
+        self.tr.push("http", Dir::Sent, &line);
+        let res = rb.send().await.map_err(|e| {
+            self.tr.push("http", Dir::Note, &format!("transport error: {}", error_chain(&e)));
+            CaseError::Error(format!("{method} {path}: {}", error_chain(&e)))
+        })?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res
+            .text()
+            .await
+            .map_err(|e| CaseError::Error(format!("{method} {path}: reading body: {}", error_chain(&e))))?;
+        self.tr.push("http", Dir::Received, &format!("{status} {text}"));
+        Ok(HttpResp {
+            status,
+            headers,
+            text,
+        })
+    }
+
+    /// GET with a token.
+    pub async fn get(&self, path: &str, token: &str) -> Result<HttpResp, CaseError> {
+        self.http(reqwest::Method::GET, path, Some(token), None).await
+    }
+
+    /// POST JSON with a token.
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Result<HttpResp, CaseError> {
+        self.http(reqwest::Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// POST /auth/token for a new unique user.
+    pub async fn mint(&self, label: &str, opts: TokenOpts) -> Result<User, CaseError> {
+        let id = self.uid(label);
+        self.mint_for(&id, opts).await
+    }
+
+    /// POST /auth/token for the given user id.
+    pub async fn mint_for(&self, id: &str, opts: TokenOpts) -> Result<User, CaseError> {
+        let key = if opts.second_tenant {
+            self.need_tenant2()?;
+            self.env.target.api_key2.clone().unwrap_or_default()
+        } else {
+            self.env.target.api_key.clone()
+        };
+        let req = TokenRequest {
+            user_id: id.to_string(),
+            roles: opts.roles.clone(),
+            ttl_seconds: opts.ttl,
+        };
+        let body = serde_json::to_value(&req).unwrap_or(Value::Null);
+        let res = self
+            .http_with(
+                reqwest::Method::POST,
+                "/auth/token",
+                None,
+                Some(&body),
+                &[("X-Fluxy-Api-Key", key.as_str())],
+                None,
+            )
+            .await?;
+        if res.status != 200 && res.status != 201 {
+            return Err(CaseError::Error(format!(
+                "set-up: POST /auth/token answered {} {}",
+                res.status,
+                short(&res.text, 300)
+            )));
+        }
+        let t: TokenResponse = serde_json::from_str(&res.text)
+            .map_err(|e| CaseError::Error(format!("set-up: token response: {e}")))?;
+        Ok(User {
+            id: t.claims.sub,
+            token: t.token,
+            tenant: t.claims.tid,
+            roles: t.claims.roles,
+        })
+    }
+
+    /// A new member user.
+    pub async fn user(&self, label: &str) -> Result<User, CaseError> {
+        self.mint(label, TokenOpts::default()).await
+    }
+
+    /// A new user with `roles`.
+    pub async fn user_roles(&self, label: &str, roles: &[&str]) -> Result<User, CaseError> {
+        self.mint(
+            label,
+            TokenOpts {
+                roles: roles.iter().map(|s| s.to_string()).collect(),
+                ..TokenOpts::default()
+            },
+        )
+        .await
+    }
+
+    /// A new user of the second tenant (skips without one).
+    pub async fn user2(&self, label: &str) -> Result<User, CaseError> {
+        self.mint(
+            label,
+            TokenOpts {
+                second_tenant: true,
+                ..TokenOpts::default()
+            },
+        )
+        .await
+    }
+
+    /// Create a room owned by `owner` with `members` (role member); returns its id.
+    pub async fn room(&self, owner: &User, members: &[&User]) -> Result<String, CaseError> {
+        let req = CreateRoomRequest {
+            id: Some(self.uid("room")),
+            name: format!("conformance {}", self.case_id),
+            room_type: None,
+            members: members
+                .iter()
+                .map(|u| MemberSpec {
+                    user_id: u.id.clone(),
+                    role: None,
+                })
+                .collect(),
+        };
+        self.room_req(owner, req).await
+    }
+
+    /// Create a room from a full request; returns its id.
+    pub async fn room_req(&self, owner: &User, req: CreateRoomRequest) -> Result<String, CaseError> {
+        let body = serde_json::to_value(&req).unwrap_or(Value::Null);
+        let res = self.post("/rooms", &owner.token, &body).await?;
+        if res.status != 201 {
+            return Err(CaseError::Error(format!(
+                "set-up: POST /rooms answered {} {}",
+                res.status,
+                short(&res.text, 300)
+            )));
+        }
+        let v = res.json().unwrap_or(Value::Null);
+        v.pointer("/room/id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| CaseError::Error(format!("set-up: POST /rooms body: {}", short(&res.text, 300))))
+    }
+
+    /// GET a history page.
+    pub async fn history(&self, user: &User, room: &str, query: &str) -> Result<HistoryPage, CaseError> {
+        let path = if query.is_empty() {
+            format!("/rooms/{room}/history")
+        } else {
+            format!("/rooms/{room}/history?{query}")
+        };
+        let res = self.get(&path, &user.token).await?;
+        res.expect_status("FX-HIS-1", &format!("GET {path}"), 200)?;
+        res.parse("FX-HIS-1", "HistoryPage")
+    }
+
+    /// Walk the whole timeline forward with `limit`; returns every event (as parsed and as JSON).
+    pub async fn walk_forward(
+        &self,
+        user: &User,
+        room: &str,
+        limit: u32,
+    ) -> Result<Vec<(TimelineEvent, Value)>, CaseError> {
+        let mut out = Vec::new();
+        let mut q = format!("direction=forward&limit={limit}");
+        for _ in 0..10_000 {
+            let res = self.get(&format!("/rooms/{room}/history?{q}"), &user.token).await?;
+            res.expect_status("FX-HIS-1", "history page", 200)?;
+            let v: Value = res.parse("FX-HIS-1", "HistoryPage")?;
+            let page: HistoryPage = res.parse("FX-HIS-1", "HistoryPage")?;
+            let raws = v.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+            for (e, raw) in page.events.iter().cloned().zip(raws) {
+                out.push((e, raw));
+            }
+            if !page.has_more || page.events.is_empty() {
+                break;
+            }
+            let c = page.next_cursor.ok_or_else(|| {
+                fail("FX-HIS-6", "a forward page carries nextCursor", "no nextCursor")
+            })?;
+            q = format!("direction=forward&limit={limit}&cursor={}", urlenc(&c));
+        }
+        Ok(out)
+    }
+
+    /// Open a WebSocket as `user` on `room` and wait for the connect sequence
+    /// (welcome, snapshot, subscription_succeeded).
+    pub async fn connect(&self, user: &User, room: &str) -> Result<Conn, CaseError> {
+        self.connect_q(user, room, "").await
+    }
+
+    /// [`Ctx::connect`] with extra query parameters (`a=b&c=d`).
+    pub async fn connect_q(&self, user: &User, room: &str, query: &str) -> Result<Conn, CaseError> {
+        let mut q = format!("token={}", urlenc(&user.token));
+        if !query.is_empty() {
+            q.push('&');
+            q.push_str(query);
+        }
+        let mut c = self
+            .connect_raw(&user.id, &format!("/ws/room/{room}?{q}"), &[])
+            .await?;
+        c.handshake().await?;
+        Ok(c)
+    }
+
+    /// Open a WebSocket on `path_and_query` without waiting for anything.
+    pub async fn connect_raw(
+        &self,
+        label: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Conn, CaseError> {
+        let url = format!("{}{}", self.env.ws_base(), path_and_query);
+        Conn::open(self, label, &url, headers).await
+    }
+
+    /// Open an SSE stream on a room.
+    pub async fn sse(
+        &self,
+        user: &User,
+        room: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Sse, CaseError> {
+        let path = if query.is_empty() {
+            format!("/rooms/{room}/stream")
+        } else {
+            format!("/rooms/{room}/stream?{query}")
+        };
+        Sse::open(self, &user.id, &path, &user.token, headers).await
+    }
+}
+
+/// Percent-encode a query value.
+pub fn urlenc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+/// Something a WebSocket connection delivered.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// A text frame.
+    Text {
+        /// Raw text.
+        text: String,
+        /// Parsed JSON.
+        value: Option<Value>,
+        /// Decoded server frame.
+        frame: Option<ServerFrame>,
+    },
+    /// A binary frame (never allowed from a server).
+    Binary(usize),
+    /// The server closed (code and reason of its close frame).
+    Closed {
+        /// Close code, when a close frame was received.
+        code: Option<u16>,
+        /// Close reason.
+        reason: String,
+    },
+    /// The upgrade was refused with an HTTP response.
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Body.
+        body: String,
+    },
+    /// The transport failed.
+    Broken(String),
+}
+
+impl Incoming {
+    /// The decoded frame, if this is one.
+    pub fn frame(&self) -> Option<&ServerFrame> {
+        match self {
+            Incoming::Text { frame, .. } => frame.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// True for close, refusal or transport failure.
+    pub fn is_end(&self) -> bool {
+        matches!(
+            self,
+            Incoming::Closed { .. } | Incoming::Refused { .. } | Incoming::Broken(_)
+        )
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Incoming::Text { text, .. } => short(text, 300),
+            Incoming::Binary(n) => format!("binary frame of {n} bytes"),
+            Incoming::Closed { code, reason } => format!("close {code:?} {reason:?}"),
+            Incoming::Refused { status, body } => format!("upgrade refused: HTTP {status} {}", short(body, 200)),
+            Incoming::Broken(e) => format!("transport error: {e}"),
+        }
+    }
+}
+
+/// A recorded WebSocket connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// Transcript label.
+    pub label: String,
+    tr: Transcript,
+    out: Option<mpsc::UnboundedSender<Message>>,
+    rx: mpsc::UnboundedReceiver<Incoming>,
+    /// Everything received so far.
+    pub log: Vec<Incoming>,
+    pos: usize,
+    wait: Duration,
+    /// The `welcome` frame, once the handshake completed.
+    pub welcome: Option<WelcomeFrame>,
+    /// The connect `history` snapshot.
+    pub snapshot: Option<HistoryFrame>,
+    /// The connect `replay` (with `?lastSeq=`).
+    pub replay: Option<ReplayFrame>,
+    /// Raw JSON of the snapshot or replay events.
+    pub snapshot_raw: Vec<Value>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Negotiated subprotocol.
+    pub subprotocol: Option<String>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+static CONN_SEQ: AtomicU64 = AtomicU64::new(1);
+
+impl Conn {
+    async fn open(ctx: &Ctx, label: &str, url: &str, headers: &[(&str, &str)]) -> Result<Conn, CaseError> {
+        let label = format!("ws:{}#{}", label.rsplit('-').next().unwrap_or(label), CONN_SEQ.fetch_add(1, Ordering::Relaxed));
+        let tr = ctx.tr.clone();
+        let shown = url.split("token=").next().unwrap_or(url);
+        tr.push(&label, Dir::Note, &format!("connect {}{}", shown, if url.contains("token=") { "token=…" } else { "" }));
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| CaseError::Error(format!("bad WebSocket URL {url}: {e}")))?;
+        for (k, v) in headers {
+            if let (Ok(name), Ok(val)) = (
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                req.headers_mut().insert(name, val);
+            }
+        }
+        let (tx_in, rx) = mpsc::unbounded_channel();
+        let wait = ctx.wait();
+        let connecting = tokio::time::timeout(wait, tokio_tungstenite::connect_async(req)).await;
+        let mut conn = Conn {
+            label: label.clone(),
+            tr: tr.clone(),
+            out: None,
+            rx,
+            log: Vec::new(),
+            pos: 0,
+            wait,
+            welcome: None,
+            snapshot: None,
+            replay: None,
+            snapshot_raw: Vec::new(),
+            tasks: Vec::new(),
+            subprotocol: None,
+        };
+        let (ws, resp) = match connecting {
+            Err(_) => {
+                return Err(CaseError::Error(format!("WebSocket connect to {shown} timed out")));
+            }
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                tr.push(&label, Dir::Received, &format!("upgrade refused: HTTP {status} {body}"));
+                conn.log.push(Incoming::Refused { status, body });
+                return Ok(conn);
+            }
+            Ok(Err(e)) => {
+                let msg = error_chain(&e);
+                tr.push(&label, Dir::Note, &format!("connect failed: {msg}"));
+                return Err(CaseError::Error(format!("WebSocket connect failed: {msg}")));
+            }
+            Ok(Ok(x)) => x,
+        };
+        conn.subprotocol = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (mut sink, mut stream) = ws.split();
+        let (tx_out, mut rx_out) = mpsc::unbounded_channel::<Message>();
+        let writer = tokio::spawn(async move {
+            while let Some(m) = rx_out.recv().await {
+                if sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let tr2 = tr.clone();
+        let label2 = label.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(m) = stream.next().await {
+                let item = match m {
+                    Ok(Message::Text(t)) => {
+                        let text = t.to_string();
+                        tr2.push(&label2, Dir::Received, &text);
+                        let value = serde_json::from_str(&text).ok();
+                        let frame = ServerFrame::decode(&text).ok();
+                        Incoming::Text { text, value, frame }
+                    }
+                    Ok(Message::Binary(b)) => {
+                        tr2.push(&label2, Dir::Received, &format!("binary frame of {} bytes", b.len()));
+                        Incoming::Binary(b.len())
+                    }
+                    Ok(Message::Close(cf)) => {
+                        let (code, reason) = match cf {
+                            Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
+                            None => (None, String::new()),
+                        };
+                        tr2.push(&label2, Dir::Received, &format!("close {} {reason:?}", code.map(|c| c.to_string()).unwrap_or_else(|| "(no code)".into())));
+                        let _ = tx_in.send(Incoming::Closed { code, reason });
+                        return;
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        let msg = error_chain(&e);
+                        tr2.push(&label2, Dir::Note, &format!("transport: {msg}"));
+                        let _ = tx_in.send(Incoming::Broken(msg));
+                        return;
+                    }
+                };
+                if tx_in.send(item).is_err() {
+                    return;
+                }
+            }
+            tr2.push(&label2, Dir::Note, "stream ended without close frame");
+            let _ = tx_in.send(Incoming::Broken("stream ended without close frame".into()));
+        });
+        conn.out = Some(tx_out);
+        conn.tasks.push(writer);
+        conn.tasks.push(reader);
+        Ok(conn)
+    }
+
+    /// Wait for the connect sequence: `welcome`, then `history`/`replay` (if any), then
+    /// `subscription_succeeded`.
+    pub async fn handshake(&mut self) -> Result<(), CaseError> {
+        let first = self.next_item().await;
+        let w = match first {
+            Some(Incoming::Text { frame: Some(ServerFrame::Welcome(w)), .. }) => w,
+            Some(other) => {
+                return Err(fail("FX-HS-5", "first frame is `welcome`", other.describe()));
+            }
+            None => return Err(fail("FX-HS-5", "a `welcome` frame", "nothing within the deadline")),
+        };
+        self.welcome = Some(w);
+        self.pos = self.log.len();
+        loop {
+            let it = self
+                .next_item()
+                .await
+                .ok_or_else(|| fail("FX-HS-8", "`subscription_succeeded` after the snapshot", "nothing within the deadline"))?;
+            self.pos = self.log.len();
+            match &it {
+                Incoming::Text { frame: Some(ServerFrame::History(h)), value, .. } => {
+                    self.snapshot = Some(h.clone());
+                    self.snapshot_raw = raw_events(value);
+                }
+                Incoming::Text { frame: Some(ServerFrame::Replay(r)), value, .. } => {
+                    self.replay = Some(r.clone());
+                    self.snapshot_raw = raw_events(value);
+                }
+                Incoming::Text { frame: Some(ServerFrame::SubscriptionSucceeded(_)), .. } => return Ok(()),
+                other => {
+                    return Err(fail(
+                        "FX-HS-8",
+                        "`history`/`replay` then `subscription_succeeded` after `welcome`",
+                        other.describe(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The default deadline of this connection's waits.
+    pub fn wait_dur(&self) -> Duration {
+        self.wait
+    }
+
+    /// The welcome's `currentSeq` (0 before the handshake).
+    pub fn current_seq(&self) -> u64 {
+        self.welcome.as_ref().map(|w| w.current_seq).unwrap_or(0)
+    }
+
+    async fn next_item(&mut self) -> Option<Incoming> {
+        self.next_item_until(Instant::now() + self.wait).await
+    }
+
+    async fn next_item_until(&mut self, deadline: Instant) -> Option<Incoming> {
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        match tokio::time::timeout(deadline - now, self.rx.recv()).await {
+            Ok(Some(it)) => {
+                self.log.push(it.clone());
+                Some(it)
+            }
+            _ => None,
+        }
+    }
+
+    /// Send a client frame.
+    pub fn send(&self, f: &ClientFrame) -> Result<(), CaseError> {
+        self.send_text(&f.encode())
+    }
+
+    /// Send raw JSON.
+    pub fn send_json(&self, v: &Value) -> Result<(), CaseError> {
+        self.send_text(&v.to_string())
+    }
+
+    /// Send a raw text frame.
+    pub fn send_text(&self, t: &str) -> Result<(), CaseError> {
+        self.tr.push(&self.label, Dir::Sent, t);
+        self.raw(Message::text(t.to_string()))
+    }
+
+    /// Send a binary frame.
+    pub fn send_binary(&self, b: Vec<u8>) -> Result<(), CaseError> {
+        self.tr.push(&self.label, Dir::Sent, &format!("binary frame of {} bytes", b.len()));
+        self.raw(Message::binary(b))
+    }
+
+    fn raw(&self, m: Message) -> Result<(), CaseError> {
+        match &self.out {
+            Some(o) => o
+                .send(m)
+                .map_err(|_| CaseError::Error(format!("{}: connection already gone", self.label))),
+            None => Err(CaseError::Error(format!("{}: not connected", self.label))),
+        }
+    }
+
+    /// Close the connection normally (1000).
+    pub fn close(&self) {
+        self.tr.push(&self.label, Dir::Sent, "close 1000");
+        let _ = self.raw(Message::Close(Some(CloseFrame {
+            code: WsCloseCode::Normal,
+            reason: "normal".into(),
+        })));
+    }
+
+    /// Drop the TCP connection without a close frame.
+    pub fn kill(mut self) {
+        self.tr.push(&self.label, Dir::Note, "drop TCP connection without close frame");
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Wait for the next unconsumed item matching `pred`; non-matching items are skipped
+    /// (they stay in `log`). Fails `clause` on deadline or connection end.
+    pub async fn wait_item(
+        &mut self,
+        clause: &str,
+        what: &str,
+        mut pred: impl FnMut(&Incoming) -> bool + Send,
+    ) -> Result<Incoming, CaseError> {
+        self.wait_item_for(clause, what, self.wait, &mut pred).await
+    }
+
+    /// [`Conn::wait_item`] with an explicit deadline.
+    pub async fn wait_item_for(
+        &mut self,
+        clause: &str,
+        what: &str,
+        dur: Duration,
+        pred: &mut (dyn FnMut(&Incoming) -> bool + Send),
+    ) -> Result<Incoming, CaseError> {
+        while self.pos < self.log.len() {
+            let it = &self.log[self.pos];
+            self.pos += 1;
+            if pred(it) {
+                return Ok(it.clone());
+            }
+            if it.is_end() {
+                return Err(fail(clause, what, format!("connection ended first: {}", it.describe())));
+            }
+        }
+        let deadline = Instant::now() + dur;
+        loop {
+            match self.next_item_until(deadline).await {
+                Some(it) => {
+                    self.pos = self.log.len();
+                    if pred(&it) {
+                        return Ok(it);
+                    }
+                    if it.is_end() {
+                        return Err(fail(clause, what, format!("connection ended first: {}", it.describe())));
+                    }
+                }
+                None => {
+                    let last: Vec<String> = self.log.iter().rev().take(3).map(Incoming::describe).collect();
+                    return Err(fail(
+                        clause,
+                        what,
+                        format!(
+                            "nothing matching on {} within {:.1}s (last received: {})",
+                            self.label,
+                            dur.as_secs_f64(),
+                            if last.is_empty() { "nothing".to_string() } else { last.join(" | ") }
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Wait for a decoded frame matching `pred`.
+    pub async fn wait_frame(
+        &mut self,
+        clause: &str,
+        what: &str,
+        mut pred: impl FnMut(&ServerFrame) -> bool + Send,
+    ) -> Result<ServerFrame, CaseError> {
+        let it = self
+            .wait_item(clause, what, |i| i.frame().is_some_and(&mut pred))
+            .await?;
+        it.frame()
+            .cloned()
+            .ok_or_else(|| CaseError::Error("matched item has no frame".into()))
+    }
+
+    /// Wait for the `ack` or `error` answering `reference`; an error fails `clause`.
+    pub async fn ack(&mut self, clause: &str, reference: &str) -> Result<AckFrame, CaseError> {
+        match self.answer(clause, reference).await? {
+            ServerFrame::Ack(a) => Ok(a),
+            other => Err(fail(
+                clause,
+                format!("an `ack` with ref {reference}"),
+                other.encode(),
+            )),
+        }
+    }
+
+    /// Wait for any frame carrying `ref` = `reference` (ack, error, replay, token_refreshed).
+    pub async fn answer(&mut self, clause: &str, reference: &str) -> Result<ServerFrame, CaseError> {
+        let what = format!("an answer with ref {reference}");
+        self.wait_frame(clause, &what, |f| frame_ref(f) == Some(reference)).await
+    }
+
+    /// Wait for the `error` answering `reference` and check its code.
+    pub async fn expect_error(
+        &mut self,
+        clause: &str,
+        reference: &str,
+        code: ErrorCode,
+    ) -> Result<ErrorFrame, CaseError> {
+        match self.answer(clause, reference).await? {
+            ServerFrame::Error(e) if e.code == code => Ok(e),
+            other => Err(fail(
+                clause,
+                format!("`error {code}` with ref {reference}"),
+                other.encode(),
+            )),
+        }
+    }
+
+    /// Wait for an `error` frame (any ref) with `code`.
+    pub async fn expect_error_any(&mut self, clause: &str, code: ErrorCode) -> Result<ErrorFrame, CaseError> {
+        let what = format!("`error {code}`");
+        match self
+            .wait_frame(clause, &what, |f| matches!(f, ServerFrame::Error(_)))
+            .await?
+        {
+            ServerFrame::Error(e) if e.code == code => Ok(e),
+            other => Err(fail(clause, what, other.encode())),
+        }
+    }
+
+    /// Wait for the connection to end; returns the close code.
+    pub async fn wait_close(&mut self, clause: &str, dur: Duration) -> Result<Option<u16>, CaseError> {
+        let it = self
+            .wait_item_for(clause, "the server closes the connection", dur, &mut |i| i.is_end())
+            .await?;
+        Ok(match it {
+            Incoming::Closed { code, .. } => code,
+            _ => None,
+        })
+    }
+
+    /// Round-trip a ping: everything the server sent before the pong is in `log` afterwards.
+    pub async fn sync(&mut self, clause: &str) -> Result<(), CaseError> {
+        let ts = 1_000_000 + CONN_SEQ.fetch_add(1, Ordering::Relaxed);
+        self.send(&ClientFrame::Ping(fluxy_protocol::client::PingFrame { ts: Some(ts) }))?;
+        self.wait_frame(clause, "`pong` echoing the ping's ts", |f| {
+            matches!(f, ServerFrame::Pong(p) if p.echo == Some(ts))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every live timeline event received so far (decoded and raw).
+    pub fn timeline(&self) -> Vec<(TimelineEvent, Value)> {
+        self.log
+            .iter()
+            .filter_map(|i| match i {
+                Incoming::Text { frame: Some(f), value: Some(v), .. } => {
+                    f.clone().into_timeline().map(|e| (e, v.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Wait until a live timeline event with `seq >= seq` has arrived.
+    pub async fn wait_seq(&mut self, clause: &str, seq: u64) -> Result<(), CaseError> {
+        if self.timeline().iter().any(|(e, _)| e.seq() >= seq) {
+            return Ok(());
+        }
+        let what = format!("a live timeline event with seq {seq}");
+        self.wait_frame(clause, &what, |f| {
+            f.clone().into_timeline().is_some_and(|e| e.seq() >= seq)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Wait until `n` live timeline events have arrived in total.
+    pub async fn wait_count(&mut self, clause: &str, n: usize) -> Result<(), CaseError> {
+        let what = format!("{n} live timeline events");
+        loop {
+            if self.timeline().len() >= n {
+                return Ok(());
+            }
+            self.wait_frame(clause, &what, |f| f.clone().into_timeline().is_some())
+                .await?;
+        }
+    }
+
+    /// Every frame received so far, decoded.
+    pub fn frames(&self) -> Vec<ServerFrame> {
+        self.log.iter().filter_map(|i| i.frame().cloned()).collect()
+    }
+}
+
+/// The `ref` a server frame carries.
+pub fn frame_ref(f: &ServerFrame) -> Option<&str> {
+    match f {
+        ServerFrame::Ack(a) => a.reference.as_deref(),
+        ServerFrame::Error(e) => e.reference.as_deref(),
+        ServerFrame::Replay(r) => r.reference.as_deref(),
+        ServerFrame::TokenRefreshed(t) => t.reference.as_deref(),
+        _ => None,
+    }
+}
+
+fn raw_events(v: &Option<Value>) -> Vec<Value> {
+    v.as_ref()
+        .and_then(|v| v.get("events"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `id:` line.
+    pub id: Option<String>,
+    /// `event:` line (default `message`).
+    pub event: String,
+    /// Joined `data:` lines.
+    pub data: String,
+}
+
+/// A recorded SSE stream.
+#[derive(Debug)]
+pub struct Sse {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Body, when the status is not 200.
+    pub body: String,
+    rx: mpsc::UnboundedReceiver<Option<SseEvent>>,
+    /// Every event so far.
+    pub log: Vec<SseEvent>,
+    /// True once the stream ended.
+    pub ended: bool,
+    wait: Duration,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Sse {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+impl Sse {
+    async fn open(ctx: &Ctx, who: &str, path: &str, token: &str, headers: &[(&str, &str)]) -> Result<Sse, CaseError> {
+        let label = format!("sse:{}#{}", who.rsplit('-').next().unwrap_or(who), CONN_SEQ.fetch_add(1, Ordering::Relaxed));
+        let url = format!("{}{}", ctx.env.target.endpoint, path);
+        let mut rb = ctx
+            .env
+            .http
+            .get(&url)
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(3600));
+        let mut has_accept = false;
+        for (k, v) in headers {
+            has_accept |= k.eq_ignore_ascii_case("accept");
+            rb = rb.header(*k, *v);
+        }
+        if !has_accept {
+            rb = rb.header("Accept", "text/event-stream");
+        }
+        ctx.tr.push(&label, Dir::Sent, &format!("GET {path} {headers:?}"));
+        let res = tokio::time::timeout(ctx.wait(), rb.send())
+            .await
+            .map_err(|_| CaseError::Error(format!("GET {path}: no response headers within the deadline")))?
+            .map_err(|e| CaseError::Error(format!("GET {path}: {}", error_chain(&e))))?;
+        let status = res.status().as_u16();
+        let hdrs = res.headers().clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut sse = Sse {
+            status,
+            headers: hdrs.clone(),
+            body: String::new(),
+            rx,
+            log: Vec::new(),
+            ended: false,
+            wait: ctx.wait(),
+            task: None,
+        };
+        ctx.tr.push(&label, Dir::Received, &format!("{status} content-type={:?}", hdrs.get("content-type")));
+        if status != 200 {
+            sse.body = tokio::time::timeout(ctx.wait(), res.text())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            ctx.tr.push(&label, Dir::Received, &sse.body);
+            sse.ended = true;
+            return Ok(sse);
+        }
+        let tr = ctx.tr.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = res.bytes_stream();
+            let mut buf = String::new();
+            let mut cur = SseEvent { id: None, event: String::new(), data: String::new() };
+            let mut has_data = false;
+            while let Some(chunk) = stream.next().await {
+                let Ok(chunk) = chunk else { break };
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(nl) = buf.find('\n') {
+                    let line = buf[..nl].trim_end_matches('\r').to_string();
+                    buf.drain(..=nl);
+                    if line.is_empty() {
+                        if has_data || cur.id.is_some() || !cur.event.is_empty() {
+                            let mut ev = std::mem::replace(&mut cur, SseEvent { id: None, event: String::new(), data: String::new() });
+                            if ev.event.is_empty() {
+                                ev.event = "message".into();
+                            }
+                            tr.push(&label, Dir::Received, &format!("id:{} event:{} data:{}", ev.id.as_deref().unwrap_or("-"), ev.event, ev.data));
+                            if tx.send(Some(ev)).is_err() {
+                                return;
+                            }
+                        }
+                        has_data = false;
+                    } else if let Some(c) = line.strip_prefix(':') {
+                        tr.push(&label, Dir::Received, &format!(":{c}"));
+                    } else {
+                        let (field, val) = match line.find(':') {
+                            Some(i) => (&line[..i], line[i + 1..].strip_prefix(' ').unwrap_or(&line[i + 1..])),
+                            None => (line.as_str(), ""),
+                        };
+                        match field {
+                            "id" => cur.id = Some(val.to_string()),
+                            "event" => cur.event = val.to_string(),
+                            "data" => {
+                                if has_data {
+                                    cur.data.push('\n');
+                                }
+                                cur.data.push_str(val);
+                                has_data = true;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            tr.push(&label, Dir::Note, "stream ended");
+            let _ = tx.send(None);
+        });
+        sse.task = Some(task);
+        Ok(sse)
+    }
+
+    /// Wait for the next event matching `pred` (events are kept in `log`).
+    pub async fn wait_event(
+        &mut self,
+        clause: &str,
+        what: &str,
+        mut pred: impl FnMut(&SseEvent) -> bool + Send,
+    ) -> Result<SseEvent, CaseError> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            if self.ended {
+                return Err(fail(clause, what, "the stream ended first"));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(fail(clause, what, format!("nothing matching within {:.1}s", self.wait.as_secs_f64())));
+            }
+            match tokio::time::timeout(deadline - now, self.rx.recv()).await {
+                Ok(Some(Some(ev))) => {
+                    self.log.push(ev.clone());
+                    if pred(&ev) {
+                        return Ok(ev);
+                    }
+                }
+                Ok(_) => self.ended = true,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Wait for the stream to end.
+    pub async fn wait_end(&mut self, clause: &str) -> Result<(), CaseError> {
+        let deadline = Instant::now() + self.wait;
+        while !self.ended {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(fail(clause, "the stream ends", "it stayed open"));
+            }
+            match tokio::time::timeout(deadline - now, self.rx.recv()).await {
+                Ok(Some(Some(ev))) => self.log.push(ev),
+                Ok(_) => self.ended = true,
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Timeline events received so far (events with an `id:`), with their ids.
+    pub fn timeline(&self) -> Vec<(Option<String>, TimelineEvent, Value)> {
+        self.log
+            .iter()
+            .filter(|e| fluxy_protocol::events::TIMELINE_TYPES.contains(&e.event.as_str()))
+            .filter_map(|e| {
+                let v: Value = serde_json::from_str(&e.data).ok()?;
+                let f = ServerFrame::decode(&e.data).ok()?.into_timeline()?;
+                Some((e.id.clone(), f, v))
+            })
+            .collect()
+    }
+
+    /// Wait until a timeline event with `seq >= seq` arrived.
+    pub async fn wait_seq(&mut self, clause: &str, seq: u64) -> Result<(), CaseError> {
+        if self.timeline().iter().any(|(_, e, _)| e.seq() >= seq) {
+            return Ok(());
+        }
+        let what = format!("an SSE timeline event with seq {seq}");
+        self.wait_event(clause, &what, |e| {
+            ServerFrame::decode(&e.data)
+                .ok()
+                .and_then(ServerFrame::into_timeline)
+                .is_some_and(|t| t.seq() >= seq)
+        })
+        .await?;
+        Ok(())
+    }
+}

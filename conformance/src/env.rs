@@ -1,0 +1,350 @@
+//! The target under test, run-wide settings and the preflight that checks the target is usable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fluxy_protocol::http::{CreateRoomRequest, TokenRequest, TokenResponse};
+use serde::Deserialize;
+
+/// How to reach a server and authenticate against it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    /// Base URL, e.g. `http://127.0.0.1:8787`.
+    pub endpoint: String,
+    /// API key of the first tenant.
+    pub api_key: String,
+    /// API key of a second tenant (tenancy cases are skipped without it).
+    pub api_key2: Option<String>,
+    /// HS256 secret of the first tenant (crafted-token cases are skipped without it).
+    pub jwt_secret: Option<String>,
+    /// HS256 secret of the second tenant.
+    pub jwt_secret2: Option<String>,
+}
+
+/// The JSON line a `fluxy-server --dev` prints once listening.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DevJson {
+    /// Base URL.
+    pub endpoint: String,
+    /// First tenant's API key.
+    pub api_key: String,
+    /// Second tenant's API key.
+    #[serde(default)]
+    pub api_key2: Option<String>,
+    /// First tenant id.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Second tenant id.
+    #[serde(default)]
+    pub tenant2: Option<String>,
+    /// First tenant's JWT secret.
+    #[serde(default)]
+    pub jwt_secret: Option<String>,
+    /// Second tenant's JWT secret.
+    #[serde(default)]
+    pub jwt_secret2: Option<String>,
+}
+
+impl DevJson {
+    /// Parse the dev line (the first line that is a JSON object).
+    pub fn parse(text: &str) -> Result<DevJson, RunError> {
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with('{'))
+            .ok_or_else(|| RunError::Config("no JSON object found in the --dev-json input".into()))?;
+        serde_json::from_str(line)
+            .map_err(|e| RunError::Config(format!("--dev-json is not the server's dev line: {e}")))
+    }
+
+    /// The target it describes.
+    pub fn target(&self) -> Target {
+        Target {
+            endpoint: self.endpoint.clone(),
+            api_key: self.api_key.clone(),
+            api_key2: self.api_key2.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            jwt_secret2: self.jwt_secret2.clone(),
+        }
+    }
+}
+
+/// A run that could not proceed (exit code 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// Bad command line or configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Nothing answers at the endpoint.
+    #[error("cannot reach {endpoint}: {detail}. Check that the server is running and that --endpoint is its base URL (http://HOST:PORT).")]
+    Unreachable {
+        /// Base URL tried.
+        endpoint: String,
+        /// Transport error.
+        detail: String,
+    },
+    /// The API key was refused.
+    #[error("{flag} was refused by POST /auth/token ({status}: {body}). Pass an API key the server knows (its --dev line prints one).")]
+    BadApiKey {
+        /// Which flag.
+        flag: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// Response body (truncated).
+        body: String,
+    },
+    /// The server answered set-up requests wrongly, so no case can run.
+    #[error("set-up request {what} failed: {detail}. The runner needs POST /auth/token and POST /rooms to work before any case can run; fix them first.")]
+    Setup {
+        /// The request.
+        what: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The embedded reference server could not start.
+    #[error("embedded reference server failed to start: {0}")]
+    Embedded(String),
+    /// Writing reports failed.
+    #[error("writing reports: {0}")]
+    Io(String),
+}
+
+/// Run-wide state shared by every case.
+#[derive(Debug)]
+pub struct Env {
+    /// The target.
+    pub target: Target,
+    /// HTTP client (rustls, no proxy).
+    pub http: reqwest::Client,
+    /// Unique prefix of every user, room and key this run creates.
+    pub run_id: String,
+    /// Multiplier for every deadline.
+    pub scale: f64,
+    /// Seed for randomised groups.
+    pub seed: u64,
+    /// Number of schedules of the property group.
+    pub schedules: u32,
+    /// First tenant id (from the token claims).
+    pub tenant: String,
+    /// Second tenant id, when `api_key2` is set.
+    pub tenant2: Option<String>,
+    counter: AtomicU64,
+}
+
+/// Base deadline for one awaited condition, before scaling.
+pub const BASE_WAIT: Duration = Duration::from_secs(5);
+
+fn short(s: &str) -> String {
+    let s = s.trim();
+    if s.len() > 300 {
+        let mut cut = 300;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}…", &s[..cut])
+    } else {
+        s.to_string()
+    }
+}
+
+impl Env {
+    /// Check the target is reachable and the keys work, then build the run environment.
+    pub async fn prepare(
+        target: Target,
+        scale: f64,
+        seed: u64,
+        schedules: u32,
+    ) -> Result<Env, RunError> {
+        let scale = if scale.is_finite() && scale > 0.0 { scale } else { 1.0 };
+        let endpoint = target.endpoint.trim_end_matches('/').to_string();
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(RunError::Config(format!(
+                "--endpoint must start with http:// or https://, got {endpoint:?}"
+            )));
+        }
+        let target = Target {
+            endpoint,
+            ..target
+        };
+        let http = reqwest::Client::builder()
+            .timeout(BASE_WAIT.mul_f64(2.0 * scale))
+            .connect_timeout(BASE_WAIT.mul_f64(scale))
+            .no_proxy()
+            .build()
+            .map_err(|e| RunError::Config(format!("HTTP client: {e}")))?;
+        let run_id = make_run_id(seed);
+        // 1. Reachability.
+        let health = format!("{}/health", target.endpoint);
+        if let Err(e) = http.get(&health).send().await {
+            if e.is_connect() || e.is_timeout() || e.is_request() {
+                return Err(RunError::Unreachable {
+                    endpoint: target.endpoint.clone(),
+                    detail: error_chain(&e),
+                });
+            }
+        }
+        // 2. Tokens for each key.
+        let tenant = mint_probe(&http, &target.endpoint, &target.api_key, "--api-key", &run_id).await?;
+        let tenant2 = match &target.api_key2 {
+            Some(k) => Some(
+                mint_probe(&http, &target.endpoint, k, "--api-key-2", &run_id)
+                    .await?
+                    .0,
+            ),
+            None => None,
+        };
+        // 3. Rooms can be created.
+        let (tenant, token) = tenant;
+        let body = CreateRoomRequest {
+            id: Some(format!("{run_id}-probe")),
+            name: "conformance probe".into(),
+            room_type: None,
+            members: vec![],
+        };
+        let res = http
+            .post(format!("{}/rooms", target.endpoint))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| RunError::Setup {
+                what: "POST /rooms".into(),
+                detail: if e.is_timeout() {
+                    format!("timed out after {:?}", BASE_WAIT.mul_f64(2.0 * scale))
+                } else {
+                    error_chain(&e)
+                },
+            })?;
+        let status = res.status().as_u16();
+        let text = res.text().await.map_err(|e| RunError::Setup {
+            what: "POST /rooms".into(),
+            detail: if e.is_timeout() {
+                "timed out reading the body".into()
+            } else {
+                error_chain(&e)
+            },
+        })?;
+        if status != 201 {
+            return Err(RunError::Setup {
+                what: "POST /rooms".into(),
+                detail: format!("expected 201, got {status}: {}", short(&text)),
+            });
+        }
+        Ok(Env {
+            target,
+            http,
+            run_id,
+            scale,
+            seed,
+            schedules,
+            tenant,
+            tenant2,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// A number unique within this run.
+    pub fn next(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A deadline of `d` scaled by `--timeout-scale`.
+    pub fn scaled(&self, d: Duration) -> Duration {
+        d.mul_f64(self.scale)
+    }
+
+    /// WebSocket base URL (`ws://HOST:PORT`).
+    pub fn ws_base(&self) -> String {
+        if let Some(rest) = self.target.endpoint.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.target.endpoint.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            self.target.endpoint.clone()
+        }
+    }
+}
+
+/// Render a reqwest error with its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn make_run_id(seed: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = now ^ seed.rotate_left(17) ^ u64::from(std::process::id());
+    let mut out = String::from("c");
+    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    for _ in 0..7 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push(ALPHA[(x % ALPHA.len() as u64) as usize] as char);
+    }
+    out
+}
+
+async fn mint_probe(
+    http: &reqwest::Client,
+    endpoint: &str,
+    key: &str,
+    flag: &'static str,
+    run_id: &str,
+) -> Result<(String, String), RunError> {
+    let what = format!("POST /auth/token (with {flag})");
+    let res = http
+        .post(format!("{endpoint}/auth/token"))
+        .header("X-Fluxy-Api-Key", key)
+        .json(&TokenRequest {
+            user_id: format!("{run_id}-probe"),
+            roles: vec![],
+            ttl_seconds: None,
+        })
+        .send()
+        .await
+        .map_err(|e| RunError::Setup {
+            what: what.clone(),
+            detail: if e.is_timeout() {
+                "timed out".into()
+            } else {
+                error_chain(&e)
+            },
+        })?;
+    let status = res.status().as_u16();
+    let text = res.text().await.map_err(|e| RunError::Setup {
+        what: what.clone(),
+        detail: error_chain(&e),
+    })?;
+    if status == 401 || status == 403 {
+        return Err(RunError::BadApiKey {
+            flag,
+            status,
+            body: short(&text),
+        });
+    }
+    if status != 200 && status != 201 {
+        return Err(RunError::Setup {
+            what,
+            detail: format!("expected 200, got {status}: {}", short(&text)),
+        });
+    }
+    let tok: TokenResponse = serde_json::from_str(&text).map_err(|e| RunError::Setup {
+        what: what.clone(),
+        detail: format!("body is not a TokenResponse ({e}): {}", short(&text)),
+    })?;
+    Ok((tok.claims.tid, tok.token))
+}

@@ -1,0 +1,8 @@
+//! Group fuzz.
+
+use crate::case::Case;
+
+/// Cases of this group.
+pub fn cases() -> Vec<Case> {
+    vec![]
+}
