@@ -126,6 +126,17 @@ impl RunningServer {
         for r in rooms {
             r.send(rooms::RoomMsg::Shutdown);
         }
+        // Let the 1001 close handshakes finish (bounded).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while self
+            .app
+            .live_sessions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let mut task = self.task;
         if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
             .await
@@ -150,6 +161,8 @@ pub(crate) struct App {
     pub(crate) secrets: RwLock<HashMap<String, Vec<u8>>>,
     pub(crate) cursor_key: Vec<u8>,
     pub(crate) next_conn: std::sync::atomic::AtomicU64,
+    /// Live WebSocket sessions (shutdown waits for their close handshakes).
+    pub(crate) live_sessions: std::sync::atomic::AtomicUsize,
     pub(crate) stop: watch::Receiver<bool>,
 }
 
@@ -261,6 +274,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         secrets: RwLock::new(HashMap::new()),
         cursor_key,
         next_conn: std::sync::atomic::AtomicU64::new(1),
+        live_sessions: std::sync::atomic::AtomicUsize::new(0),
         stop: stop_rx.clone(),
     });
     let router = http::router(app.clone());

@@ -137,6 +137,7 @@ async fn session(
         .await;
     };
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
+    app.live_sessions.fetch_add(1, Ordering::Relaxed);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Out>();
     h.send(RoomMsg::Open {
         conn,
@@ -190,4 +191,5 @@ async fn session(
     }
     h.send(RoomMsg::Closed(conn));
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    app.live_sessions.fetch_sub(1, Ordering::Relaxed);
 }

@@ -1,0 +1,955 @@
+//! `RoomDurableObject`: one object per (tenant, room), the single writer of its room. A thin
+//! driver of the `fluxy-room` engine: it feeds inputs (socket frames, posts, commits, timers),
+//! carries out the engine's effects (sends, broadcasts, closes, D1 batches), and keeps whatever
+//! a connection needs after hibernation in the socket's attachment.
+//!
+//! - WebSockets use the hibernation API (`state.accept_web_socket`); after eviction the next
+//!   event rebuilds the engine from D1 inside `blockConcurrencyWhile` and re-registers every
+//!   hibernated socket from its attachment before any frame is handled.
+//! - Group commit: the engine emits one `Persist` at a time; everything accepted while a D1
+//!   `batch()` is in flight goes into the next one. Acks and broadcasts are released in seq
+//!   order as each batch commits.
+//! - Idle and token-expiry deadlines run on the object's alarm.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fluxy_protocol::common::{MAX_PAGE_LIMIT, SUBPROTOCOL};
+use fluxy_protocol::cursor::Cursor;
+use fluxy_protocol::events::TimelineEvent;
+use fluxy_protocol::http::{Direction, PostMessageResponse};
+use fluxy_protocol::server::ErrorFrame;
+use fluxy_protocol::{ErrorCode};
+use fluxy_room::sql::{self, SqlValue, Stmt};
+use fluxy_room::{
+    ConnId, ConnectOptions, Effect, IdempotencyRow, Input, LoadedRoom, MessageRow, PostOutcome,
+    Room, RoomConfig,
+};
+use futures_channel::{mpsc, oneshot};
+use futures_util::future::{select, Either};
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{
+    durable_object, D1Database, DurableObject, Env, Headers, Request, Response, State, WebSocket,
+    WebSocketIncomingMessage, WebSocketPair,
+};
+
+use crate::api::{EventHead, RawHistoryPage};
+use crate::config::{config, Config};
+use crate::db::{self, first, int, now_ms, only, prepare, prepare_stmt, rows, text};
+use crate::error::{json_response, ApiError, ApiResult};
+use crate::forward::{Forward, IdentityWire, Op};
+
+/// Idempotency keys are honoured for at least this long `[FX-ACK-5]`.
+const IDEMPOTENCY_MS: u64 = 24 * 3600 * 1000;
+/// SSE keep-alive comment period `[FX-TRN-6]`.
+const SSE_PING: Duration = Duration::from_secs(15);
+
+#[wasm_bindgen]
+extern "C" {
+    /// A WebSocket seen through its `send` method only.
+    type RawSocket;
+    /// `WebSocket.send` with an already converted JS string (one UTF-8 decode per broadcast,
+    /// not one per receiver).
+    #[wasm_bindgen(method, catch, js_name = send)]
+    fn send_js(this: &RawSocket, data: &JsValue) -> Result<(), JsValue>;
+}
+
+/// What a hibernatable socket carries across eviction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Attachment {
+    /// Tenant id.
+    t: String,
+    /// Room id.
+    r: String,
+    /// Connection id within the room.
+    c: ConnId,
+    /// Verified identity (user, roles, room role, token expiry).
+    id: IdentityWire,
+    /// Last time a frame was received (epoch ms, refreshed at most every [`RX_SAVE_MS`]).
+    rx: u64,
+    /// Highest committed seq when `rx` was saved (the connection had been delivered every
+    /// event up to it: broadcasts are sent synchronously at commit).
+    s: u64,
+}
+
+/// How often the idle clock in a socket's attachment is refreshed.
+fn rx_save_ms(cfg: &Config) -> u64 {
+    (cfg.idle_timeout_ms / 10).clamp(100, 5000)
+}
+
+struct Sock {
+    ws: WebSocket,
+    att: Attachment,
+}
+
+struct SseSub {
+    tx: mpsc::UnboundedSender<Result<Vec<u8>, worker::Error>>,
+    last: u64,
+}
+
+#[derive(Default)]
+struct Core {
+    key: Option<(Arc<str>, Arc<str>)>,
+    room: Option<Room>,
+    loading: bool,
+    load_waiters: Vec<oneshot::Sender<()>>,
+    /// Hibernated sockets have been re-registered (only once per instance).
+    restored: bool,
+    sockets: HashMap<ConnId, Sock>,
+    next_conn: ConnId,
+    persist: VecDeque<(u64, Vec<Stmt>)>,
+    committing: bool,
+    posts: HashMap<u64, oneshot::Sender<Result<PostOutcome, ErrorFrame>>>,
+    next_request: u64,
+    sse: Vec<SseSub>,
+    pollers: Vec<(u64, oneshot::Sender<()>)>,
+    alarm_at: Option<u64>,
+}
+
+struct Shell {
+    state: State,
+    env: Env,
+    cfg: Rc<Config>,
+    core: RefCell<Core>,
+}
+
+/// The Durable Object class (exported to JS under this name).
+#[durable_object]
+pub struct RoomDurableObject {
+    shell: Rc<Shell>,
+}
+
+impl DurableObject for RoomDurableObject {
+    fn new(state: State, env: Env) -> Self {
+        let cfg = config(&env);
+        RoomDurableObject {
+            shell: Rc::new(Shell {
+                state,
+                env,
+                cfg,
+                core: RefCell::new(Core {
+                    next_conn: 1,
+                    next_request: 1,
+                    ..Core::default()
+                }),
+            }),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let Some(fwd) = Forward::from_request(&req) else {
+            return ApiError::new(ErrorCode::NotFound, "no such route").into_response();
+        };
+        let body = if matches!(fwd.op, Op::Post { .. }) {
+            Some(req.text().await?)
+        } else {
+            None
+        };
+        match self.shell.serve(fwd, body).await {
+            Ok(r) => Ok(r),
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> worker::Result<()> {
+        let Some(att) = attachment(&ws) else {
+            return Ok(());
+        };
+        if self.shell.ensure_loaded(&att.t, &att.r).await.is_err() {
+            let _ = ws.close(Some(1011), Some("internal_error"));
+            return Ok(());
+        }
+        let conn = att.c;
+        let input = match message {
+            WebSocketIncomingMessage::String(text) => Input::Text { conn, text },
+            WebSocketIncomingMessage::Binary(_) => Input::Binary { conn },
+        };
+        self.shell.touch(conn);
+        self.shell.drive(input).await;
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        _code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> worker::Result<()> {
+        self.shell.socket_gone(&ws).await;
+        // Complete the closing handshake (a no-op if the runtime already did).
+        let _ = ws.close(Some(1000), Some("normal"));
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
+        self.shell.socket_gone(&ws).await;
+        Ok(())
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        self.shell.on_alarm().await;
+        Response::ok("")
+    }
+}
+
+fn attachment(ws: &WebSocket) -> Option<Attachment> {
+    ws.deserialize_attachment::<Attachment>().ok().flatten()
+}
+
+fn sse_bytes(seq: Option<u64>, kind: &str, data: &str) -> Vec<u8> {
+    let mut s = String::with_capacity(data.len() + 48);
+    if let Some(seq) = seq {
+        s.push_str("id: ");
+        s.push_str(&seq.to_string());
+        s.push('\n');
+    }
+    s.push_str("event: ");
+    s.push_str(kind);
+    s.push_str("\ndata: ");
+    s.push_str(data);
+    s.push_str("\n\n");
+    s.into_bytes()
+}
+
+impl Shell {
+    fn db(&self) -> ApiResult<D1Database> {
+        db::database(&self.env)
+    }
+
+    // ------------------------------------------------------------------ loading
+
+    /// Make sure the engine for (tenant, room) is loaded. Loading runs inside
+    /// `blockConcurrencyWhile`, so no other event is delivered until the engine (and every
+    /// hibernated socket) is in place.
+    async fn ensure_loaded(self: &Rc<Self>, tenant: &str, room: &str) -> ApiResult<()> {
+        loop {
+            let wait = {
+                let mut core = self.core.borrow_mut();
+                if core.room.is_some() {
+                    return match &core.key {
+                        Some((t, r)) if &**t == tenant && &**r == room => Ok(()),
+                        _ => Err(ApiError::internal("room object", "named for another room")),
+                    };
+                }
+                if core.loading {
+                    let (tx, rx) = oneshot::channel();
+                    core.load_waiters.push(tx);
+                    Some(rx)
+                } else {
+                    core.loading = true;
+                    None
+                }
+            };
+            if let Some(rx) = wait {
+                let _ = rx.await;
+                continue;
+            }
+            let shell = self.clone();
+            let (t, r) = (tenant.to_owned(), room.to_owned());
+            let res = self
+                .state
+                .block_concurrency_while(async move {
+                    let res = shell.load(&t, &r).await;
+                    Ok::<_, worker::Error>(res.map_err(|e| e.0.message))
+                })
+                .await;
+            let waiters = {
+                let mut core = self.core.borrow_mut();
+                core.loading = false;
+                std::mem::take(&mut core.load_waiters)
+            };
+            for w in waiters {
+                let _ = w.send(());
+            }
+            match res {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => return Err(ApiError::internal("loading room", e)),
+                Err(e) => return Err(ApiError::internal("loading room", e)),
+            }
+        }
+    }
+
+    /// Read the room from D1 (two round trips), build the engine, re-register hibernated
+    /// sockets, install it.
+    async fn load(self: &Rc<Self>, tenant: &str, room: &str) -> ApiResult<()> {
+        let db = self.db()?;
+        let (t, r): (SqlValue, SqlValue) = (tenant.into(), room.into());
+        let head = db::batch(
+            &db,
+            vec![
+                prepare(&db, sql::LOAD_ROOM_TYPE, &[t.clone(), r.clone()])?,
+                prepare(&db, sql::LOAD_MAX_SEQ, &[t.clone(), r.clone()])?,
+                prepare(&db, sql::TENANT_SECRET, &[t.clone()])?,
+            ],
+        )
+        .await?;
+        let room_type = head
+            .first()
+            .map(first)
+            .transpose()?
+            .flatten()
+            .and_then(|row| text(&row, "type"))
+            .map(|s| serde_json::from_value(serde_json::Value::String(s)).unwrap_or_default())
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such room"))?;
+        let current = head
+            .get(1)
+            .map(first)
+            .transpose()?
+            .flatten()
+            .and_then(|row| only(&row).and_then(serde_json::Value::as_u64))
+            .unwrap_or(0);
+        let secret = head
+            .get(2)
+            .map(first)
+            .transpose()?
+            .flatten()
+            .and_then(|row| text(&row, "jwt_secret"))
+            .unwrap_or_default();
+        let window = u64::from(self.cfg.resume_window).max(u64::from(MAX_PAGE_LIMIT));
+        let now = now_ms();
+        let rest = db::batch(
+            &db,
+            vec![
+                prepare(
+                    &db,
+                    sql::LOAD_RECENT,
+                    &[t.clone(), r.clone(), current.saturating_sub(window).into()],
+                )?,
+                prepare(&db, sql::LOAD_MESSAGES, &[t.clone(), r.clone()])?,
+                prepare(&db, sql::LOAD_REACTIONS, &[t.clone(), r.clone()])?,
+                prepare(&db, sql::LOAD_READS, &[t.clone(), r.clone()])?,
+                prepare(
+                    &db,
+                    sql::LOAD_IDEMPOTENCY,
+                    &[t.clone(), r.clone(), now.saturating_sub(IDEMPOTENCY_MS).into()],
+                )?,
+                prepare(&db, sql::LOAD_AGENT_EVENTS, &[t, r])?,
+            ],
+        )
+        .await?;
+        let get = |i: usize| -> ApiResult<Vec<db::Row>> {
+            rest.get(i).map(rows).transpose().map(Option::unwrap_or_default)
+        };
+        let bodies = |i: usize| -> ApiResult<Vec<String>> {
+            Ok(get(i)?.iter().filter_map(|row| text(row, "body")).collect())
+        };
+        let loaded = LoadedRoom {
+            room_type,
+            current_seq: current,
+            recent: bodies(0)?,
+            messages: get(1)?
+                .iter()
+                .filter_map(|row| {
+                    Some(MessageRow {
+                        id: int(row, "id")?,
+                        user_id: text(row, "user_id")?,
+                        version: u32::try_from(int(row, "version")?).unwrap_or(1),
+                        deleted: int(row, "deleted")? != 0,
+                        streaming: int(row, "streaming")? != 0,
+                    })
+                })
+                .collect(),
+            reactions: get(2)?
+                .iter()
+                .filter_map(|row| {
+                    Some((
+                        int(row, "message_id")?,
+                        text(row, "user_id")?,
+                        text(row, "emoji")?,
+                    ))
+                })
+                .collect(),
+            reads: get(3)?
+                .iter()
+                .filter_map(|row| Some((text(row, "user_id")?, int(row, "message_id")?)))
+                .collect(),
+            idempotency: get(4)?
+                .iter()
+                .filter_map(|row| {
+                    Some(IdempotencyRow {
+                        user_id: text(row, "user_id")?,
+                        client_message_id: text(row, "client_message_id")?,
+                        seq: int(row, "seq")?,
+                        message_id: int(row, "message_id"),
+                        created_ms: int(row, "created_at")?,
+                    })
+                })
+                .collect(),
+            agent_events: bodies(5)?,
+        };
+        let (ta, ra): (Arc<str>, Arc<str>) = (Arc::from(tenant), Arc::from(room));
+        let cfg = RoomConfig {
+            tenant: ta.clone(),
+            room_id: ra.clone(),
+            jwt_secret: secret.into_bytes(),
+            idle_timeout_ms: self.cfg.idle_timeout_ms,
+            rate_burst: self.cfg.rate_burst,
+            rate_per_second: self.cfg.rate_per_second,
+            resume_window: self.cfg.resume_window,
+            faults: self.cfg.faults,
+        };
+        let mut engine = Room::new(cfg, loaded);
+        let mut core = self.core.borrow_mut();
+        if !core.restored {
+            core.restored = true;
+            // Re-register hibernated sockets silently: their welcome/snapshot/presence were
+            // sent before the eviction. The idle clock resumes from the saved `rx`.
+            for ws in self.state.get_websockets() {
+                let Some(att) = attachment(&ws) else { continue };
+                if *att.t != *tenant || *att.r != *room {
+                    continue;
+                }
+                engine.handle(
+                    att.rx,
+                    Input::Open {
+                        conn: att.c,
+                        identity: att.id.clone().into(),
+                        options: ConnectOptions {
+                            replay: false,
+                            replay_limit: 0,
+                            last_seq: None,
+                        },
+                    },
+                );
+                while engine.poll_effect().is_some() {}
+                core.next_conn = core.next_conn.max(att.c + 1);
+                core.sockets.insert(att.c, Sock { ws, att });
+            }
+        }
+        core.key = Some((ta, ra));
+        core.room = Some(engine);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ driving
+
+    /// Feed one input, carry out the effects, run the commit loop, arm the alarm.
+    async fn drive(self: &Rc<Self>, input: Input) {
+        {
+            let mut core = self.core.borrow_mut();
+            let Some(room) = core.room.as_mut() else {
+                return;
+            };
+            room.handle(now_ms(), input);
+            self.pump(&mut core);
+        }
+        self.commit_loop().await;
+        self.arm_alarm().await;
+    }
+
+    /// Run D1 batches while the engine has any to write. Only one loop runs at a time; events
+    /// accepted meanwhile are queued by the engine and written together by the next batch.
+    async fn commit_loop(self: &Rc<Self>) {
+        {
+            let mut core = self.core.borrow_mut();
+            if core.committing || core.persist.is_empty() {
+                return;
+            }
+            core.committing = true;
+        }
+        loop {
+            let next = self.core.borrow_mut().persist.pop_front();
+            let Some((batch, statements)) = next else { break };
+            let ok = match self.write(&statements).await {
+                Ok(()) => true,
+                Err(e) => {
+                    worker::console_error!("fluxy-worker: commit of batch {batch} failed: {e}");
+                    false
+                }
+            };
+            let mut core = self.core.borrow_mut();
+            if let Some(room) = core.room.as_mut() {
+                let input = if ok {
+                    Input::Committed { batch }
+                } else {
+                    Input::CommitFailed { batch }
+                };
+                room.handle(now_ms(), input);
+            }
+            self.pump(&mut core);
+        }
+        self.core.borrow_mut().committing = false;
+    }
+
+    async fn write(&self, statements: &[Stmt]) -> ApiResult<()> {
+        let db = self.db()?;
+        let prepared = statements
+            .iter()
+            .map(|s| prepare_stmt(&db, s))
+            .collect::<ApiResult<Vec<_>>>()?;
+        db::batch(&db, prepared).await?;
+        Ok(())
+    }
+
+    /// Carry out every queued effect (synchronously, in order).
+    fn pump(&self, core: &mut Core) {
+        loop {
+            let Some(effect) = core.room.as_mut().and_then(Room::poll_effect) else {
+                break;
+            };
+            match effect {
+                Effect::Send { conn, frame } => {
+                    if let Some(s) = core.sockets.get(&conn) {
+                        let _ = s.ws.send_with_str(&*frame);
+                    }
+                }
+                Effect::Broadcast {
+                    frame,
+                    except,
+                    seq,
+                    kind,
+                } => {
+                    let js = JsValue::from_str(&frame);
+                    for (id, s) in &core.sockets {
+                        if Some(*id) != except {
+                            let raw: &web_sys::WebSocket = s.ws.as_ref();
+                            let _ = raw.unchecked_ref::<RawSocket>().send_js(&js);
+                        }
+                    }
+                    if !core.sse.is_empty() {
+                        let with_id = !self.cfg.faults.sse_no_id;
+                        core.sse.retain_mut(|sub| match seq {
+                            Some(s) if s <= sub.last => true,
+                            Some(s) => {
+                                sub.last = s;
+                                let id = with_id.then_some(s);
+                                sub.tx.unbounded_send(Ok(sse_bytes(id, kind, &frame))).is_ok()
+                            }
+                            None => sub
+                                .tx
+                                .unbounded_send(Ok(sse_bytes(None, kind, &frame)))
+                                .is_ok(),
+                        });
+                    }
+                    if let Some(s) = seq {
+                        if !core.pollers.is_empty() {
+                            let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut core.pollers)
+                                .into_iter()
+                                .partition(|(after, _)| s > *after);
+                            core.pollers = rest;
+                            for (_, w) in ready {
+                                let _ = w.send(());
+                            }
+                        }
+                    }
+                }
+                Effect::Close { conn, code } => {
+                    if let Some(s) = core.sockets.remove(&conn) {
+                        let _ = s.ws.close(Some(code.code()), Some(code.reason()));
+                    }
+                }
+                Effect::Persist { batch, statements } => core.persist.push_back((batch, statements)),
+                Effect::PostDone { request, result } => {
+                    if let Some(tx) = core.posts.remove(&request) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Effect::Reset => {
+                    // Storage failed: the engine closed every connection; rebuild on next use.
+                    core.room = None;
+                    core.sockets.clear();
+                    core.sse.clear();
+                    core.persist.clear();
+                    for (_, w) in core.pollers.drain(..) {
+                        let _ = w.send(());
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Arm the alarm for the engine's next deadline when it is earlier than the armed one.
+    async fn arm_alarm(&self) {
+        let want = {
+            let core = self.core.borrow();
+            let Some(deadline) = core.room.as_ref().and_then(Room::poll_timeout) else {
+                return;
+            };
+            match core.alarm_at {
+                Some(at) if at <= deadline => return,
+                _ => deadline,
+            }
+        };
+        self.core.borrow_mut().alarm_at = Some(want);
+        let when = i64::try_from(want).unwrap_or(i64::MAX);
+        if let Err(e) = self.state.storage().set_alarm(when).await {
+            worker::console_error!("fluxy-worker: set_alarm failed: {e}");
+            self.core.borrow_mut().alarm_at = None;
+        }
+    }
+
+    async fn on_alarm(self: &Rc<Self>) {
+        self.core.borrow_mut().alarm_at = None;
+        let key = {
+            let core = self.core.borrow();
+            core.key.clone()
+        };
+        let key = match key {
+            Some((t, r)) => Some((t.to_string(), r.to_string())),
+            None => self
+                .state
+                .get_websockets()
+                .iter()
+                .find_map(attachment)
+                .map(|a| (a.t, a.r)),
+        };
+        let Some((t, r)) = key else { return };
+        if self.ensure_loaded(&t, &r).await.is_err() {
+            return;
+        }
+        {
+            let mut core = self.core.borrow_mut();
+            if let Some(room) = core.room.as_mut() {
+                room.handle_timeout(now_ms());
+            }
+            self.pump(&mut core);
+        }
+        self.commit_loop().await;
+        self.arm_alarm().await;
+    }
+
+    /// Refresh the idle clock kept in the socket's attachment (at most every few seconds).
+    fn touch(&self, conn: ConnId) {
+        let now = now_ms();
+        let every = rx_save_ms(&self.cfg);
+        let mut core = self.core.borrow_mut();
+        let seq = core.room.as_ref().map_or(0, Room::committed_seq);
+        if let Some(s) = core.sockets.get_mut(&conn) {
+            if now.saturating_sub(s.att.rx) >= every {
+                s.att.rx = now;
+                s.att.s = seq;
+                let _ = s.ws.serialize_attachment(&s.att);
+            }
+        }
+    }
+
+    async fn socket_gone(self: &Rc<Self>, ws: &WebSocket) {
+        let Some(att) = attachment(ws) else { return };
+        let known = {
+            let mut core = self.core.borrow_mut();
+            core.room.is_some() && core.sockets.remove(&att.c).is_some()
+        };
+        if known {
+            self.drive(Input::Closed { conn: att.c }).await;
+        } else if self.ensure_loaded(&att.t, &att.r).await.is_ok() {
+            // Loaded just now: the socket was re-registered from its attachment.
+            let removed = self.core.borrow_mut().sockets.remove(&att.c).is_some();
+            if removed {
+                self.drive(Input::Closed { conn: att.c }).await;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    async fn serve(self: &Rc<Self>, fwd: Forward, body: Option<String>) -> ApiResult<Response> {
+        self.ensure_loaded(&fwd.tenant, &fwd.room).await?;
+        match fwd.op {
+            Op::Connect {
+                identity,
+                replay,
+                replay_limit,
+                last_seq,
+                subprotocol,
+            } => self.connect(&fwd.tenant, &fwd.room, identity, replay, replay_limit, last_seq, subprotocol).await,
+            Op::Post { identity } => self.post(&fwd.tenant, &fwd.room, identity, body.unwrap_or_default()).await,
+            Op::Stream { last_event_id } => self.stream(&fwd.tenant, &fwd.room, last_event_id).await,
+            Op::Poll {
+                after,
+                limit,
+                timeout_ms,
+            } => self.poll(&fwd.tenant, &fwd.room, after, limit, timeout_ms).await,
+            Op::Kick { user_id } => {
+                self.drive(Input::Kick { user_id }).await;
+                Ok(Response::empty()?.with_status(204))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn connect(
+        self: &Rc<Self>,
+        tenant: &str,
+        room: &str,
+        identity: IdentityWire,
+        replay: bool,
+        replay_limit: u32,
+        last_seq: Option<u64>,
+        subprotocol: bool,
+    ) -> ApiResult<Response> {
+        let pair = WebSocketPair::new()?;
+        let now = now_ms();
+        let conn = {
+            let mut core = self.core.borrow_mut();
+            let c = core.next_conn;
+            core.next_conn += 1;
+            let seq = core.room.as_ref().map_or(0, Room::committed_seq);
+            let att = Attachment {
+                t: tenant.to_owned(),
+                r: room.to_owned(),
+                c,
+                id: identity.clone(),
+                rx: now,
+                s: seq,
+            };
+            pair.server.serialize_attachment(&att)?;
+            self.state.accept_web_socket(&pair.server);
+            core.sockets.insert(
+                c,
+                Sock {
+                    ws: pair.server.clone(),
+                    att,
+                },
+            );
+            c
+        };
+        self.drive(Input::Open {
+            conn,
+            identity: identity.into(),
+            options: ConnectOptions {
+                replay,
+                replay_limit,
+                last_seq,
+            },
+        })
+        .await;
+        let resp = Response::from_websocket(pair.client)?;
+        if subprotocol {
+            let h = Headers::new();
+            h.set("sec-websocket-protocol", SUBPROTOCOL)?;
+            return Ok(resp.with_headers(h));
+        }
+        Ok(resp)
+    }
+
+    async fn post(
+        self: &Rc<Self>,
+        tenant: &str,
+        room: &str,
+        identity: IdentityWire,
+        body: String,
+    ) -> ApiResult<Response> {
+        let frame: fluxy_protocol::client::SendMessageFrame =
+            serde_json::from_str(&body).map_err(|e| ApiError::internal("forwarded frame", e))?;
+        let (tx, rx) = oneshot::channel();
+        let request = {
+            let mut core = self.core.borrow_mut();
+            let r = core.next_request;
+            core.next_request += 1;
+            core.posts.insert(r, tx);
+            r
+        };
+        self.drive(Input::Post {
+            request,
+            identity: identity.into(),
+            frame,
+        })
+        .await;
+        let outcome = rx
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "room unavailable"))??;
+        let seq = outcome
+            .ack
+            .seq
+            .ok_or_else(|| ApiError::internal("post", "ack without seq"))?;
+        let body = match outcome.event {
+            Some(b) => b.to_string(),
+            None => {
+                let db = self.db()?;
+                let r = prepare(&db, sql::EVENT_BY_SEQ, &[tenant.into(), room.into(), seq.into()])?
+                    .all()
+                    .await?;
+                first(&r)?
+                    .and_then(|row| text(&row, "body"))
+                    .ok_or_else(|| ApiError::internal("post", "original event missing"))?
+            }
+        };
+        let message = match serde_json::from_str::<TimelineEvent>(&body) {
+            Ok(TimelineEvent::Message(m)) => m,
+            _ => return Err(ApiError::internal("post", "stored event is not a message")),
+        };
+        let status = if outcome.ack.duplicate { 200 } else { 201 };
+        Ok(json_response(
+            status,
+            &PostMessageResponse {
+                message,
+                duplicate: outcome.ack.duplicate,
+            },
+        )?)
+    }
+
+    /// Committed event bodies with seq > `after` (at most `limit`): from the engine's window,
+    /// or from D1 when the window no longer covers `after`.
+    async fn events_after(&self, tenant: &str, room: &str, after: u64, limit: usize) -> ApiResult<Vec<String>> {
+        let recent = self
+            .core
+            .borrow()
+            .room
+            .as_ref()
+            .and_then(|r| r.recent_after(after, limit));
+        if let Some(bodies) = recent {
+            return Ok(bodies.iter().map(|b| b.to_string()).collect());
+        }
+        let db = self.db()?;
+        let r = prepare(
+            &db,
+            sql::HISTORY_AFTER,
+            &[tenant.into(), room.into(), after.into(), (limit as u64).into()],
+        )?
+        .all()
+        .await?;
+        Ok(rows(&r)?.iter().filter_map(|row| text(row, "body")).collect())
+    }
+
+    fn committed(&self) -> ApiResult<u64> {
+        self.core
+            .borrow()
+            .room
+            .as_ref()
+            .map(Room::committed_seq)
+            .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "room is reloading"))
+    }
+
+    async fn stream(self: &Rc<Self>, tenant: &str, room: &str, last: Option<u64>) -> ApiResult<Response> {
+        let (tx, rx) = mpsc::unbounded::<Result<Vec<u8>, worker::Error>>();
+        let with_id = !self.cfg.faults.sse_no_id;
+        match last {
+            None => {
+                let current = self.committed()?;
+                let ready = format!("{{\"currentSeq\":{current}}}");
+                let _ = tx.unbounded_send(Ok(sse_bytes(None, "ready", &ready)));
+                self.core.borrow_mut().sse.push(SseSub {
+                    tx: tx.clone(),
+                    last: current,
+                });
+            }
+            Some(pos) if pos > self.committed()? => {
+                let mut e = ErrorFrame::new(
+                    ErrorCode::ResyncRequired,
+                    "Last-Event-ID is ahead of the room; reload history",
+                );
+                e.field = Some("lastEventId".into());
+                let data = serde_json::to_string(&e).map_err(|e| ApiError::internal("encode", e))?;
+                let _ = tx.unbounded_send(Ok(sse_bytes(None, "error", &data)));
+                drop(tx);
+                return sse_response(rx);
+            }
+            Some(mut pos) => loop {
+                // Catch up from storage until the engine's window covers the position, then
+                // register in the same synchronous step: no gap, no repeat [FX-TRN-3].
+                let covered = {
+                    let core = self.core.borrow();
+                    let room_ = core
+                        .room
+                        .as_ref()
+                        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "room is reloading"))?;
+                    room_
+                        .recent_after(pos, usize::MAX)
+                        .map(|b| (b, room_.committed_seq()))
+                };
+                if let Some((bodies, current)) = covered {
+                    for b in bodies {
+                        let h: EventHead =
+                            serde_json::from_str(&b).map_err(|e| ApiError::internal("event", e))?;
+                        let _ = tx.unbounded_send(Ok(sse_bytes(with_id.then_some(h.seq), &h.kind, &b)));
+                    }
+                    self.core.borrow_mut().sse.push(SseSub {
+                        tx: tx.clone(),
+                        last: current,
+                    });
+                    break;
+                }
+                let bodies = self
+                    .events_after(tenant, room, pos, MAX_PAGE_LIMIT as usize)
+                    .await?;
+                if bodies.is_empty() {
+                    return Err(ApiError::internal("sse", "storage behind the engine"));
+                }
+                for b in bodies {
+                    let h: EventHead =
+                        serde_json::from_str(&b).map_err(|e| ApiError::internal("event", e))?;
+                    pos = h.seq;
+                    let _ = tx.unbounded_send(Ok(sse_bytes(with_id.then_some(h.seq), &h.kind, &b)));
+                }
+            },
+        }
+        // Keep-alive comments until the client goes away [FX-TRN-6].
+        wasm_bindgen_futures::spawn_local(async move {
+            loop {
+                worker::Delay::from(SSE_PING).await;
+                if tx.unbounded_send(Ok(b": ping\n\n".to_vec())).is_err() {
+                    break;
+                }
+            }
+        });
+        sse_response(rx)
+    }
+
+    async fn poll(
+        self: &Rc<Self>,
+        tenant: &str,
+        room: &str,
+        after: u64,
+        limit: u32,
+        timeout_ms: u64,
+    ) -> ApiResult<Response> {
+        let limit_n = limit as usize;
+        if self.committed()? <= after && timeout_ms > 0 {
+            let (tx, rx) = oneshot::channel();
+            self.core.borrow_mut().pollers.push((after, tx));
+            let timer = worker::Delay::from(Duration::from_millis(timeout_ms));
+            match select(rx, timer).await {
+                Either::Left(_) | Either::Right(_) => {}
+            }
+        }
+        let current = self.committed()?;
+        let mut bodies = self.events_after(tenant, room, after, limit_n + 1).await?;
+        let more = bodies.len() > limit_n;
+        bodies.truncate(limit_n);
+        let events = crate::api::raw_events(&bodies)?;
+        let last = match bodies.last() {
+            Some(b) => {
+                serde_json::from_str::<EventHead>(b)
+                    .map_err(|e| ApiError::internal("event", e))?
+                    .seq
+            }
+            None => after,
+        };
+        let key = db::bootstrap(&self.env, &self.db()?).await?;
+        let next = Cursor {
+            tenant: tenant.to_owned(),
+            room: room.to_owned(),
+            seq: last,
+            direction: Direction::Forward,
+        }
+        .encode(&key);
+        Ok(json_response(
+            200,
+            &RawHistoryPage {
+                room_id: room,
+                events,
+                has_more: more,
+                next_cursor: Some(next),
+                current_seq: current.max(last),
+            },
+        )?)
+    }
+}
+
+fn sse_response(rx: mpsc::UnboundedReceiver<Result<Vec<u8>, worker::Error>>) -> ApiResult<Response> {
+    let h = Headers::new();
+    h.set("content-type", "text/event-stream")?;
+    h.set("cache-control", "no-cache")?;
+    Ok(Response::from_stream(rx)?.with_headers(h))
+}
