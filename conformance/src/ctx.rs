@@ -559,6 +559,7 @@ pub struct Conn {
     /// Raw JSON of the snapshot or replay events.
     pub snapshot_raw: Vec<Value>,
     tasks: Vec<JoinHandle<()>>,
+    keepalive: Option<JoinHandle<()>>,
     /// Negotiated subprotocol.
     pub subprotocol: Option<String>,
 }
@@ -568,13 +569,14 @@ impl Drop for Conn {
         for t in &self.tasks {
             t.abort();
         }
+        self.stop_keepalive();
     }
 }
 
 static CONN_SEQ: AtomicU64 = AtomicU64::new(1);
 
 impl Conn {
-    async fn open(ctx: &Ctx, label: &str, url: &str, headers: &[(&str, &str)]) -> Result<Conn, CaseError> {
+    pub(crate) async fn open(ctx: &Ctx, label: &str, url: &str, headers: &[(&str, &str)]) -> Result<Conn, CaseError> {
         let label = format!("ws:{}#{}", label.rsplit('-').next().unwrap_or(label), CONN_SEQ.fetch_add(1, Ordering::Relaxed));
         let tr = ctx.tr.clone();
         let shown = url.split("token=").next().unwrap_or(url);
@@ -606,6 +608,7 @@ impl Conn {
             replay: None,
             snapshot_raw: Vec::new(),
             tasks: Vec::new(),
+            keepalive: None,
             subprotocol: None,
         };
         let (ws, resp) = match connecting {
@@ -701,8 +704,10 @@ impl Conn {
             }
             None => return Err(fail("FX-HS-5", "a `welcome` frame", "nothing within the deadline")),
         };
+        let hb = w.heartbeat_interval_ms.clamp(200, 30_000);
         self.welcome = Some(w);
         self.pos = self.log.len();
+        self.start_keepalive(Duration::from_millis(hb));
         loop {
             let it = self
                 .next_item()
@@ -727,6 +732,31 @@ impl Conn {
                     ))
                 }
             }
+        }
+    }
+
+    /// Send a `ping` every `every` (what a well-behaved client does) until stopped.
+    pub fn start_keepalive(&mut self, every: Duration) {
+        self.stop_keepalive();
+        let Some(out) = self.out.clone() else { return };
+        let tr = self.tr.clone();
+        let label = self.label.clone();
+        self.keepalive = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let t = r#"{"type":"ping"}"#;
+                tr.push(&label, Dir::Sent, &format!("{t} (keepalive)"));
+                if out.send(Message::text(t)).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+
+    /// Stop the keepalive pings (to test the idle timeout).
+    pub fn stop_keepalive(&mut self) {
+        if let Some(k) = self.keepalive.take() {
+            k.abort();
         }
     }
 
@@ -790,7 +820,8 @@ impl Conn {
     }
 
     /// Close the connection normally (1000).
-    pub fn close(&self) {
+    pub fn close(&mut self) {
+        self.stop_keepalive();
         self.tr.push(&self.label, Dir::Sent, "close 1000");
         let _ = self.raw(Message::Close(Some(CloseFrame {
             code: WsCloseCode::Normal,
@@ -801,6 +832,7 @@ impl Conn {
     /// Drop the TCP connection without a close frame.
     pub fn kill(mut self) {
         self.tr.push(&self.label, Dir::Note, "drop TCP connection without close frame");
+        self.stop_keepalive();
         for t in self.tasks.drain(..) {
             t.abort();
         }

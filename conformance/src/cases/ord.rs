@@ -161,7 +161,8 @@ async fn ephemeral(ctx: &Ctx) -> Result<(), CaseError> {
     let c3 = ctx.connect(&a, &room).await?;
     drop(c3);
     cb.wait_frame("FX-ORD-6", "presence after a disconnect", |f| matches!(f, ServerFrame::Presence(_))).await?;
-    let eph = ["welcome", "history", "replay", "subscription_succeeded", "ack", "error", "pong", "token_refreshed", "typing", "agentTyping", "presence", "member_joined", "member_left"];
+    // `ack` is listed as ephemeral in FX-ORD-6 but FX-ACK-1 requires its `seq`: ACK-1 governs.
+    let eph = ["welcome", "history", "replay", "subscription_succeeded", "error", "pong", "token_refreshed", "typing", "agentTyping", "presence", "member_joined", "member_left"];
     for c in [&ca, &cb] {
         for it in &c.log {
             if let Incoming::Text { value: Some(v), text, .. } = it {
