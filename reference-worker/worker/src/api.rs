@@ -137,7 +137,8 @@ async fn body_text(req: &mut Request) -> ApiResult<String> {
     if bytes.len() > MAX_BODY_BYTES {
         return Err(ApiError::new(ErrorCode::PayloadTooLarge, "body too large"));
     }
-    String::from_utf8(bytes).map_err(|_| ApiError::new(ErrorCode::MalformedFrame, "body is not UTF-8"))
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::new(ErrorCode::MalformedFrame, "body is not UTF-8"))
 }
 
 fn bearer(req: &Request) -> Option<String> {
@@ -180,9 +181,13 @@ async fn auth_token(cx: &Ctx, req: &mut Request) -> ApiResult<Response> {
         .headers()
         .get("x-fluxy-api-key")?
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing X-Fluxy-Api-Key"))?;
-    let r = prepare(&cx.db, sql::API_KEY_TENANT, &[db::hash_api_key(&key).as_str().into()])?
-        .all()
-        .await?;
+    let r = prepare(
+        &cx.db,
+        sql::API_KEY_TENANT,
+        &[db::hash_api_key(&key).as_str().into()],
+    )?
+    .all()
+    .await?;
     let tenant = first(&r)?
         .and_then(|row| text(&row, "tenant_id"))
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidApiKey, "unknown or revoked API key"))?;
@@ -426,13 +431,7 @@ async fn create_room(cx: &Ctx, req: &mut Request) -> ApiResult<Response> {
     stmts.push(prepare(
         &cx.db,
         sql::UPSERT_MEMBER,
-        &[
-            tv,
-            rv,
-            room.created_by.as_str().into(),
-            "owner".into(),
-            t,
-        ],
+        &[tv, rv, room.created_by.as_str().into(), "owner".into(), t],
     )?);
     // INSERT_ROOM fails on the primary key if a concurrent create won: the batch rolls back.
     if cx.db.batch(stmts).await.is_err() {
@@ -772,7 +771,10 @@ async fn read_page(
         .and_then(|row| only(&row).and_then(serde_json::Value::as_u64))
         .unwrap_or(0);
     let mut bodies: Vec<String> = match res.get(1) {
-        Some(r) => rows(r)?.iter().filter_map(|row| text(row, "body")).collect(),
+        Some(r) => rows(r)?
+            .iter()
+            .filter_map(|row| text(row, "body"))
+            .collect(),
         None => Vec::new(),
     };
     let more = bodies.len() > limit as usize;
@@ -824,7 +826,11 @@ async fn history(cx: &Ctx, req: &Request, id: &str) -> ApiResult<Response> {
         .map_err(|e| ApiError::internal("stored event", e))?;
     let f = cx.faults;
     let shift = |s: u64| -> u64 {
-        match (f.repeat_row_across_pages, f.skip_row_across_pages, direction) {
+        match (
+            f.repeat_row_across_pages,
+            f.skip_row_across_pages,
+            direction,
+        ) {
             (true, _, Direction::Backward) => s + 1,
             (true, _, Direction::Forward) => s.saturating_sub(1),
             (false, true, Direction::Backward) => s.saturating_sub(1),
@@ -875,7 +881,12 @@ async fn legacy_messages(cx: &Ctx, req: &Request) -> ApiResult<Response> {
     let res = prepare(
         &cx.db,
         stmt,
-        &[t.clone(), r.clone(), bound.into(), (u64::from(limit) + 1).into()],
+        &[
+            t.clone(),
+            r.clone(),
+            bound.into(),
+            (u64::from(limit) + 1).into(),
+        ],
     )?
     .all()
     .await?;
@@ -887,7 +898,13 @@ async fn legacy_messages(cx: &Ctx, req: &Request) -> ApiResult<Response> {
     if !ids.is_empty() {
         let stmts = ids
             .iter()
-            .map(|id| prepare(&cx.db, sql::REACTION_COUNTS, &[t.clone(), r.clone(), (*id).into()]))
+            .map(|id| {
+                prepare(
+                    &cx.db,
+                    sql::REACTION_COUNTS,
+                    &[t.clone(), r.clone(), (*id).into()],
+                )
+            })
             .collect::<ApiResult<Vec<_>>>()?;
         let counts = db::batch(&cx.db, stmts).await?;
         for (id, res) in ids.iter().zip(counts.iter()) {
@@ -919,7 +936,9 @@ async fn legacy_messages(cx: &Ctx, req: &Request) -> ApiResult<Response> {
                 parent_id: int(row, "parent_id"),
                 edited_at: int(row, "edited_at").map(format_timestamp),
                 seq: id,
-                version: int(row, "version").and_then(|v| u32::try_from(v).ok()).unwrap_or(1),
+                version: int(row, "version")
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(1),
                 client_message_id: text(row, "client_message_id"),
                 attachments: text(row, "attachments")
                     .and_then(|s| serde_json::from_str(&s).ok())
@@ -998,7 +1017,9 @@ async fn sse(cx: &Ctx, req: &Request, id: &str) -> ApiResult<Response> {
     let fwd = Forward {
         tenant: a.room.tenant.clone(),
         room: a.room.id.clone(),
-        op: Op::Stream { last_event_id: last },
+        op: Op::Stream {
+            last_event_id: last,
+        },
     };
     Ok(fwd.send(&cx.env, None, None).await?)
 }
@@ -1037,7 +1058,8 @@ fn reject(code: ErrorCode, msg: &str, close: CloseCode, subprotocol: bool) -> Ap
     pair.server.accept()?;
     let frame = ServerFrame::Error(ErrorFrame::new(code, msg)).encode();
     pair.server.send_with_str(&frame)?;
-    pair.server.close(Some(close.code()), Some(close.reason()))?;
+    pair.server
+        .close(Some(close.code()), Some(close.reason()))?;
     let resp = Response::from_websocket(pair.client)?;
     Ok(with_subprotocol(resp, subprotocol)?)
 }
@@ -1126,4 +1148,3 @@ async fn websocket(cx: &Ctx, req: &Request, room_id: &str) -> ApiResult<Response
     init_headers.set("upgrade", "websocket")?;
     Ok(fwd.send(&cx.env, Some(init_headers), None).await?)
 }
-

@@ -163,7 +163,11 @@ pub async fn bootstrap(env: &Env, db: &D1Database) -> ApiResult<Vec<u8>> {
         fluxy_room::sql::INSERT_META,
         &["cursor_key".into(), fresh.as_str().into()],
     )?);
-    stmts.push(prepare(db, fluxy_room::sql::GET_META, &["cursor_key".into()])?);
+    stmts.push(prepare(
+        db,
+        fluxy_room::sql::GET_META,
+        &["cursor_key".into()],
+    )?);
     let res = batch(db, stmts).await?;
     let key = res
         .last()

@@ -78,5 +78,7 @@ pub fn json_response<T: serde::Serialize>(status: u16, body: &T) -> worker::Resu
 pub fn text_response(status: u16, content_type: &str, body: String) -> worker::Result<Response> {
     let headers = Headers::new();
     headers.set("content-type", content_type)?;
-    Ok(Response::ok(body)?.with_status(status).with_headers(headers))
+    Ok(Response::ok(body)?
+        .with_status(status)
+        .with_headers(headers))
 }

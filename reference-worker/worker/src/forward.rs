@@ -109,7 +109,8 @@ impl Forward {
         let mut init = RequestInit::new();
         init.with_headers(headers);
         if let Some(b) = body {
-            init.with_method(Method::Post).with_body(Some(JsValue::from_str(&b)));
+            init.with_method(Method::Post)
+                .with_body(Some(JsValue::from_str(&b)));
         }
         let req = Request::new_with_init("https://room.internal/", &init)?;
         stub.fetch_with_request(req).await

@@ -22,7 +22,7 @@ use fluxy_protocol::cursor::Cursor;
 use fluxy_protocol::events::TimelineEvent;
 use fluxy_protocol::http::{Direction, PostMessageResponse};
 use fluxy_protocol::server::ErrorFrame;
-use fluxy_protocol::{ErrorCode};
+use fluxy_protocol::ErrorCode;
 use fluxy_room::sql::{self, SqlValue, Stmt};
 use fluxy_room::{
     ConnId, ConnectOptions, Effect, IdempotencyRow, Input, LoadedRoom, MessageRow, PostOutcome,
@@ -331,14 +331,21 @@ impl Shell {
                 prepare(
                     &db,
                     sql::LOAD_IDEMPOTENCY,
-                    &[t.clone(), r.clone(), now.saturating_sub(IDEMPOTENCY_MS).into()],
+                    &[
+                        t.clone(),
+                        r.clone(),
+                        now.saturating_sub(IDEMPOTENCY_MS).into(),
+                    ],
                 )?,
                 prepare(&db, sql::LOAD_AGENT_EVENTS, &[t, r])?,
             ],
         )
         .await?;
         let get = |i: usize| -> ApiResult<Vec<db::Row>> {
-            rest.get(i).map(rows).transpose().map(Option::unwrap_or_default)
+            rest.get(i)
+                .map(rows)
+                .transpose()
+                .map(Option::unwrap_or_default)
         };
         let bodies = |i: usize| -> ApiResult<Vec<String>> {
             Ok(get(i)?.iter().filter_map(|row| text(row, "body")).collect())
@@ -459,7 +466,9 @@ impl Shell {
         }
         loop {
             let next = self.core.borrow_mut().persist.pop_front();
-            let Some((batch, statements)) = next else { break };
+            let Some((batch, statements)) = next else {
+                break;
+            };
             let ok = match self.write(&statements).await {
                 Ok(()) => true,
                 Err(e) => {
@@ -523,7 +532,9 @@ impl Shell {
                             Some(s) => {
                                 sub.last = s;
                                 let id = with_id.then_some(s);
-                                sub.tx.unbounded_send(Ok(sse_bytes(id, kind, &frame))).is_ok()
+                                sub.tx
+                                    .unbounded_send(Ok(sse_bytes(id, kind, &frame)))
+                                    .is_ok()
                             }
                             None => sub
                                 .tx
@@ -548,7 +559,9 @@ impl Shell {
                         let _ = s.ws.close(Some(code.code()), Some(code.reason()));
                     }
                 }
-                Effect::Persist { batch, statements } => core.persist.push_back((batch, statements)),
+                Effect::Persist { batch, statements } => {
+                    core.persist.push_back((batch, statements))
+                }
                 Effect::PostDone { request, result } => {
                     if let Some(tx) = core.posts.remove(&request) {
                         let _ = tx.send(result);
@@ -662,14 +675,33 @@ impl Shell {
                 replay_limit,
                 last_seq,
                 subprotocol,
-            } => self.connect(&fwd.tenant, &fwd.room, identity, replay, replay_limit, last_seq, subprotocol).await,
-            Op::Post { identity } => self.post(&fwd.tenant, &fwd.room, identity, body.unwrap_or_default()).await,
-            Op::Stream { last_event_id } => self.stream(&fwd.tenant, &fwd.room, last_event_id).await,
+            } => {
+                self.connect(
+                    &fwd.tenant,
+                    &fwd.room,
+                    identity,
+                    replay,
+                    replay_limit,
+                    last_seq,
+                    subprotocol,
+                )
+                .await
+            }
+            Op::Post { identity } => {
+                self.post(&fwd.tenant, &fwd.room, identity, body.unwrap_or_default())
+                    .await
+            }
+            Op::Stream { last_event_id } => {
+                self.stream(&fwd.tenant, &fwd.room, last_event_id).await
+            }
             Op::Poll {
                 after,
                 limit,
                 timeout_ms,
-            } => self.poll(&fwd.tenant, &fwd.room, after, limit, timeout_ms).await,
+            } => {
+                self.poll(&fwd.tenant, &fwd.room, after, limit, timeout_ms)
+                    .await
+            }
             Op::Kick { user_id } => {
                 self.drive(Input::Kick { user_id }).await;
                 Ok(Response::empty()?.with_status(204))
@@ -767,9 +799,13 @@ impl Shell {
             Some(b) => b.to_string(),
             None => {
                 let db = self.db()?;
-                let r = prepare(&db, sql::EVENT_BY_SEQ, &[tenant.into(), room.into(), seq.into()])?
-                    .all()
-                    .await?;
+                let r = prepare(
+                    &db,
+                    sql::EVENT_BY_SEQ,
+                    &[tenant.into(), room.into(), seq.into()],
+                )?
+                .all()
+                .await?;
                 first(&r)?
                     .and_then(|row| text(&row, "body"))
                     .ok_or_else(|| ApiError::internal("post", "original event missing"))?
@@ -791,7 +827,13 @@ impl Shell {
 
     /// Committed event bodies with seq > `after` (at most `limit`): from the engine's window,
     /// or from D1 when the window no longer covers `after`.
-    async fn events_after(&self, tenant: &str, room: &str, after: u64, limit: usize) -> ApiResult<Vec<String>> {
+    async fn events_after(
+        &self,
+        tenant: &str,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> ApiResult<Vec<String>> {
         let recent = self
             .core
             .borrow()
@@ -805,11 +847,19 @@ impl Shell {
         let r = prepare(
             &db,
             sql::HISTORY_AFTER,
-            &[tenant.into(), room.into(), after.into(), (limit as u64).into()],
+            &[
+                tenant.into(),
+                room.into(),
+                after.into(),
+                (limit as u64).into(),
+            ],
         )?
         .all()
         .await?;
-        Ok(rows(&r)?.iter().filter_map(|row| text(row, "body")).collect())
+        Ok(rows(&r)?
+            .iter()
+            .filter_map(|row| text(row, "body"))
+            .collect())
     }
 
     fn committed(&self) -> ApiResult<u64> {
@@ -821,7 +871,12 @@ impl Shell {
             .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "room is reloading"))
     }
 
-    async fn stream(self: &Rc<Self>, tenant: &str, room: &str, last: Option<u64>) -> ApiResult<Response> {
+    async fn stream(
+        self: &Rc<Self>,
+        tenant: &str,
+        room: &str,
+        last: Option<u64>,
+    ) -> ApiResult<Response> {
         let (tx, rx) = mpsc::unbounded::<Result<Vec<u8>, worker::Error>>();
         let with_id = !self.cfg.faults.sse_no_id;
         match last {
@@ -840,7 +895,8 @@ impl Shell {
                     "Last-Event-ID is ahead of the room; reload history",
                 );
                 e.field = Some("lastEventId".into());
-                let data = serde_json::to_string(&e).map_err(|e| ApiError::internal("encode", e))?;
+                let data =
+                    serde_json::to_string(&e).map_err(|e| ApiError::internal("encode", e))?;
                 let _ = tx.unbounded_send(Ok(sse_bytes(None, "error", &data)));
                 drop(tx);
                 return sse_response(rx);
@@ -850,10 +906,9 @@ impl Shell {
                 // register in the same synchronous step: no gap, no repeat [FX-TRN-3].
                 let covered = {
                     let core = self.core.borrow();
-                    let room_ = core
-                        .room
-                        .as_ref()
-                        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "room is reloading"))?;
+                    let room_ = core.room.as_ref().ok_or_else(|| {
+                        ApiError::new(ErrorCode::Unavailable, "room is reloading")
+                    })?;
                     room_
                         .recent_after(pos, usize::MAX)
                         .map(|b| (b, room_.committed_seq()))
@@ -862,7 +917,8 @@ impl Shell {
                     for b in bodies {
                         let h: EventHead =
                             serde_json::from_str(&b).map_err(|e| ApiError::internal("event", e))?;
-                        let _ = tx.unbounded_send(Ok(sse_bytes(with_id.then_some(h.seq), &h.kind, &b)));
+                        let _ =
+                            tx.unbounded_send(Ok(sse_bytes(with_id.then_some(h.seq), &h.kind, &b)));
                     }
                     self.core.borrow_mut().sse.push(SseSub {
                         tx: tx.clone(),
@@ -947,7 +1003,9 @@ impl Shell {
     }
 }
 
-fn sse_response(rx: mpsc::UnboundedReceiver<Result<Vec<u8>, worker::Error>>) -> ApiResult<Response> {
+fn sse_response(
+    rx: mpsc::UnboundedReceiver<Result<Vec<u8>, worker::Error>>,
+) -> ApiResult<Response> {
     let h = Headers::new();
     h.set("content-type", "text/event-stream")?;
     h.set("cache-control", "no-cache")?;
