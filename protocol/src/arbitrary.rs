@@ -176,12 +176,14 @@ pub fn attachment() -> impl Strategy<Value = Attachment> {
         option::of("[a-z]{1,12}/[a-z0-9.+-]{1,16}"),
         option::of(small_or_any_u64()),
     )
-        .prop_map(|(scheme, rest, name, content_type, size_bytes)| Attachment {
-            url: format!("{scheme}{rest}"),
-            name,
-            content_type,
-            size_bytes,
-        })
+        .prop_map(
+            |(scheme, rest, name, content_type, size_bytes)| Attachment {
+                url: format!("{scheme}{rest}"),
+                name,
+                content_type,
+                size_bytes,
+            },
+        )
 }
 
 fn attachments() -> impl Strategy<Value = Vec<Attachment>> {
@@ -232,14 +234,16 @@ fn stream_frame() -> impl Strategy<Value = StreamFrame> {
         option::of(client_message_id()),
         option::of(reference()),
     )
-        .prop_map(|(content, message_id, parent_id, client_message_id, reference)| StreamFrame {
-            op: StreamOp::Start,
-            content,
-            message_id,
-            parent_id,
-            client_message_id,
-            reference,
-        });
+        .prop_map(
+            |(content, message_id, parent_id, client_message_id, reference)| StreamFrame {
+                op: StreamOp::Start,
+                content,
+                message_id,
+                parent_id,
+                client_message_id,
+                reference,
+            },
+        );
     let delta_end = (
         prop_oneof![Just(StreamOp::Delta), Just(StreamOp::End)],
         content(),
@@ -247,15 +251,21 @@ fn stream_frame() -> impl Strategy<Value = StreamFrame> {
         option::of(client_message_id()),
         option::of(reference()),
     )
-        .prop_map(|(op, content, id, client_message_id, reference)| StreamFrame {
-            op,
-            content,
-            message_id: Some(id),
-            parent_id: None,
-            client_message_id,
-            reference,
-        });
-    let abort = (prop_oneof![Just(String::new()), text(0, 16)], seq(), option::of(reference()))
+        .prop_map(
+            |(op, content, id, client_message_id, reference)| StreamFrame {
+                op,
+                content,
+                message_id: Some(id),
+                parent_id: None,
+                client_message_id,
+                reference,
+            },
+        );
+    let abort = (
+        prop_oneof![Just(String::new()), text(0, 16)],
+        seq(),
+        option::of(reference()),
+    )
         .prop_map(|(content, id, reference)| StreamFrame {
             op: StreamOp::Abort,
             content,
@@ -279,15 +289,17 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
             attachments(),
             r()
         )
-            .prop_map(|(content, client_message_id, parent_id, attachments, reference)| {
-                ClientFrame::Message(SendMessageFrame {
-                    content,
-                    client_message_id,
-                    parent_id,
-                    attachments,
-                    reference,
-                })
-            }),
+            .prop_map(
+                |(content, client_message_id, parent_id, attachments, reference)| {
+                    ClientFrame::Message(SendMessageFrame {
+                        content,
+                        client_message_id,
+                        parent_id,
+                        attachments,
+                        reference,
+                    })
+                }
+            ),
         (
             seq(),
             content(),
@@ -295,15 +307,17 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
             option::of(client_message_id()),
             r()
         )
-            .prop_map(|(message_id, content, expected_version, client_message_id, reference)| {
-                ClientFrame::Edit(EditFrame {
-                    message_id,
-                    content,
-                    expected_version,
-                    client_message_id,
-                    reference,
-                })
-            }),
+            .prop_map(
+                |(message_id, content, expected_version, client_message_id, reference)| {
+                    ClientFrame::Edit(EditFrame {
+                        message_id,
+                        content,
+                        expected_version,
+                        client_message_id,
+                        reference,
+                    })
+                }
+            ),
         (seq(), option::of(client_message_id()), r()).prop_map(
             |(message_id, client_message_id, reference)| ClientFrame::Delete(DeleteFrame {
                 message_id,
@@ -402,10 +416,12 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
                     reference,
                 })
             }),
-        any::<bool>().prop_map(|is_typing| ClientFrame::AgentTyping(AgentTypingFrame {
-            is_typing
-        })),
-        ("[A-Za-z0-9_-]{8,40}\\.[A-Za-z0-9_-]{8,60}\\.[A-Za-z0-9_-]{8,43}", r())
+        any::<bool>()
+            .prop_map(|is_typing| ClientFrame::AgentTyping(AgentTypingFrame { is_typing })),
+        (
+            "[A-Za-z0-9_-]{8,40}\\.[A-Za-z0-9_-]{8,60}\\.[A-Za-z0-9_-]{8,43}",
+            r()
+        )
             .prop_map(|(token, reference)| ClientFrame::Auth(AuthFrame { token, reference })),
     ]
 }
@@ -470,30 +486,37 @@ pub fn timeline_event() -> impl Strategy<Value = TimelineEvent> {
                 }
             ),
         (seq(), seq(), id(), id(), timestamp(), 2u32..=u32::MAX).prop_map(
-            |(seq, id, room_id, user_id, deleted_at, version)| TimelineEvent::Delete(
-                DeleteEvent {
-                    seq,
-                    id,
-                    room_id,
-                    user_id,
-                    deleted_at,
-                    version,
+            |(seq, id, room_id, user_id, deleted_at, version)| TimelineEvent::Delete(DeleteEvent {
+                seq,
+                id,
+                room_id,
+                user_id,
+                deleted_at,
+                version,
+            })
+        ),
+        (
+            seq(),
+            id(),
+            id(),
+            seq(),
+            emoji(),
+            reaction_op(),
+            timestamp()
+        )
+            .prop_map(
+                |(seq, room_id, user_id, message_id, emoji, op, created_at)| {
+                    TimelineEvent::Reaction(ReactionEvent {
+                        seq,
+                        room_id,
+                        user_id,
+                        message_id,
+                        emoji,
+                        op,
+                        created_at,
+                    })
                 }
-            )
-        ),
-        (seq(), id(), id(), seq(), emoji(), reaction_op(), timestamp()).prop_map(
-            |(seq, room_id, user_id, message_id, emoji, op, created_at)| {
-                TimelineEvent::Reaction(ReactionEvent {
-                    seq,
-                    room_id,
-                    user_id,
-                    message_id,
-                    emoji,
-                    op,
-                    created_at,
-                })
-            }
-        ),
+            ),
         (seq(), id(), id(), seq(), timestamp()).prop_map(
             |(seq, room_id, user_id, message_id, created_at)| TimelineEvent::Read(ReadEvent {
                 seq,
@@ -530,7 +553,10 @@ pub fn timeline_event() -> impl Strategy<Value = TimelineEvent> {
             (agent_id(), agent_id(), text(0, 40), timestamp())
         )
             .prop_map(
-                |((seq, room_id, agent_id, run_id), (tool_call_id, name, arguments, created_at))| {
+                |(
+                    (seq, room_id, agent_id, run_id),
+                    (tool_call_id, name, arguments, created_at),
+                )| {
                     TimelineEvent::ToolCall(ToolCallEvent {
                         seq,
                         room_id,
@@ -582,7 +608,10 @@ pub fn timeline_event() -> impl Strategy<Value = TimelineEvent> {
             (agent_id(), option::of(agent_id()), text(1, 60), timestamp())
         )
             .prop_map(
-                |((seq, room_id, agent_id, run_id), (approval_id, tool_call_id, prompt, created_at))| {
+                |(
+                    (seq, room_id, agent_id, run_id),
+                    (approval_id, tool_call_id, prompt, created_at),
+                )| {
                     TimelineEvent::ApprovalRequest(ApprovalRequestEvent {
                         seq,
                         room_id,
@@ -810,7 +839,11 @@ pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 room_id,
                 user_id,
                 is_typing,
-                intent: if is_typing { intent } else { TypingIntent::Idle },
+                intent: if is_typing {
+                    intent
+                } else {
+                    TypingIntent::Idle
+                },
             })
         },
     );
@@ -824,8 +857,9 @@ pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
     let joined = (id(), id()).prop_map(|(room_id, user_id)| {
         ServerFrame::MemberJoined(MemberPresenceEvent { room_id, user_id })
     });
-    let left = (id(), id())
-        .prop_map(|(room_id, user_id)| ServerFrame::MemberLeft(MemberPresenceEvent { room_id, user_id }));
+    let left = (id(), id()).prop_map(|(room_id, user_id)| {
+        ServerFrame::MemberLeft(MemberPresenceEvent { room_id, user_id })
+    });
     let ephemeral = prop_oneof![
         welcome,
         history,

@@ -36,7 +36,11 @@ pub struct SendMessageFrame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<u64>,
     /// Attachments.
-    #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::common::null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(length(max = 10))]
     pub attachments: Vec<Attachment>,
     /// Correlation id echoed in `ack` and `error` `[FX-FRM-7]`.

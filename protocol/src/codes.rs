@@ -164,7 +164,9 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => "protocol version not supported",
             ErrorCode::MethodNotAllowed => "method not allowed on this route",
             ErrorCode::NotAcceptable => "no acceptable representation",
-            ErrorCode::InternalError => "server failure; outcome unknown, retry with the same idempotency key",
+            ErrorCode::InternalError => {
+                "server failure; outcome unknown, retry with the same idempotency key"
+            }
             ErrorCode::Unavailable => "temporarily unavailable",
         }
     }

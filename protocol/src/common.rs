@@ -34,7 +34,8 @@ pub const MAX_AGENT_PAYLOAD_CHARS: usize = 16_000;
 pub const MAX_ATTACHMENTS: usize = 10;
 
 /// Regex (anchored) of the only wire timestamp form `[FX-FRM-5]`, e.g. `2026-11-26T16:19:14.677Z`.
-pub const TIMESTAMP_PATTERN: &str = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$";
+pub const TIMESTAMP_PATTERN: &str =
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$";
 
 /// Deserialize a defaulted field, treating JSON `null` like an absent field `[FX-FRM-12]`.
 ///
@@ -51,8 +52,7 @@ where
 /// True when `s` matches [`ID_PATTERN`].
 pub fn is_valid_id(s: &str) -> bool {
     (1..=128).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 

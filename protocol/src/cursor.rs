@@ -190,9 +190,6 @@ mod tests {
             Cursor::decode("!!", b"k", "t1", "r1"),
             Err(CursorError::Malformed)
         );
-        assert_eq!(
-            Cursor::decode(&s[..s.len() - 3], b"k", "t1", "r1").is_err(),
-            true
-        );
+        assert!(Cursor::decode(&s[..s.len() - 3], b"k", "t1", "r1").is_err());
     }
 }

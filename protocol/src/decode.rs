@@ -162,7 +162,8 @@ pub(crate) fn decode_tagged<T: DeserializeOwned>(
             limit: MAX_FRAME_BYTES,
         });
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))?;
     decode_value(value, known)
 }
 
@@ -199,7 +200,8 @@ pub fn decode_body<T: DeserializeOwned>(text: &str, limit: usize) -> Result<T, D
             limit,
         });
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))?;
     let Value::Object(obj) = value else {
         return Err(DecodeError::NotObject);
     };

@@ -37,13 +37,21 @@ pub struct MessageEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_message_id: Option<String>,
     /// Attachments, at most 10.
-    #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::common::null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub attachments: Vec<Attachment>,
     /// Content version; 1 at creation.
     #[schemars(range(min = 1))]
     pub version: u32,
     /// True while the message is being streamed.
-    #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        deserialize_with = "crate::common::null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub streaming: bool,
 }
 
@@ -70,7 +78,11 @@ pub struct EditEvent {
     #[schemars(range(min = 2))]
     pub version: u32,
     /// True for a stream delta, false otherwise.
-    #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        deserialize_with = "crate::common::null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub streaming: bool,
 }
 

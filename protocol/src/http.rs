@@ -48,7 +48,11 @@ pub struct TokenRequest {
     #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,128}$"))]
     pub user_id: String,
     /// Roles: any of `owner`, `admin`, `moderator`, `member`, `agent`; default `["member"]`.
-    #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::common::null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub roles: Vec<String>,
     /// Lifetime in seconds, clamped to 60–86400; default 3600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,7 +117,11 @@ pub struct CreateRoomRequest {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub room_type: Option<RoomType>,
     /// Initial members besides the creator (who becomes `owner`).
-    #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::common::null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub members: Vec<MemberSpec>,
 }
 
@@ -212,7 +220,11 @@ pub struct PostMessageRequest {
     #[serde(default, alias = "replyTo", skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<u64>,
     /// Attachments, at most 10.
-    #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::common::null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(length(max = 10))]
     pub attachments: Vec<Attachment>,
 }
@@ -227,7 +239,11 @@ pub struct PostMessageResponse {
     #[schemars(with = "MessageEvent")]
     pub message: MessageEvent,
     /// True when the key was seen before and nothing new was stored.
-    #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        deserialize_with = "crate::common::null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub duplicate: bool,
 }
 

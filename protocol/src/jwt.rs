@@ -91,7 +91,11 @@ fn mac(secret: &[u8], data: &[u8]) -> Vec<u8> {
 
 /// Sign `claims` as an HS256 JWT.
 pub fn sign(claims: &Claims, secret: &[u8]) -> String {
-    sign_raw(&serde_json::json!({"alg":"HS256","typ":"JWT"}), &serde_json::to_value(claims).unwrap_or(Value::Null), secret)
+    sign_raw(
+        &serde_json::json!({"alg":"HS256","typ":"JWT"}),
+        &serde_json::to_value(claims).unwrap_or(Value::Null),
+        secret,
+    )
 }
 
 /// Sign arbitrary header and payload JSON (for tests that need malformed tokens).
@@ -170,7 +174,11 @@ pub fn verify(
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|r| r.as_str().map(str::to_owned).ok_or(JwtError::BadClaim("roles")))
+            .map(|r| {
+                r.as_str()
+                    .map(str::to_owned)
+                    .ok_or(JwtError::BadClaim("roles"))
+            })
             .collect::<Result<Vec<_>, _>>()?,
         _ => return Err(JwtError::BadClaim("roles")),
     };
@@ -228,18 +236,45 @@ mod tests {
         let tok = sign(&claims(2000), &key);
         assert_eq!(verify(&tok, 1000, get).map(|c| c.sub), Ok("alice".into()));
         assert_eq!(verify(&tok, 3000, get), Err(JwtError::Expired));
-        assert_eq!(verify(&tok, 1000, |_| Some(b"x".to_vec())), Err(JwtError::BadSignature));
-        let none = sign_raw(&json!({"alg":"none"}), &serde_json::to_value(claims(2000)).unwrap(), &key);
+        assert_eq!(
+            verify(&tok, 1000, |_| Some(b"x".to_vec())),
+            Err(JwtError::BadSignature)
+        );
+        let none = sign_raw(
+            &json!({"alg":"none"}),
+            &serde_json::to_value(claims(2000)).unwrap(),
+            &key,
+        );
         assert_eq!(verify(&none, 1000, get), Err(JwtError::BadAlgorithm));
-        let hs512 = sign_raw(&json!({"alg":"HS512"}), &serde_json::to_value(claims(2000)).unwrap(), &key);
+        let hs512 = sign_raw(
+            &json!({"alg":"HS512"}),
+            &serde_json::to_value(claims(2000)).unwrap(),
+            &key,
+        );
         assert_eq!(verify(&hs512, 1000, get), Err(JwtError::BadAlgorithm));
-        let no_exp = sign_raw(&json!({"alg":"HS256"}), &json!({"sub":"a","tid":"t1"}), &key);
+        let no_exp = sign_raw(
+            &json!({"alg":"HS256"}),
+            &json!({"sub":"a","tid":"t1"}),
+            &key,
+        );
         assert_eq!(verify(&no_exp, 1000, get), Err(JwtError::BadClaim("exp")));
-        let str_exp = sign_raw(&json!({"alg":"HS256"}), &json!({"sub":"a","tid":"t1","exp":"2000"}), &key);
+        let str_exp = sign_raw(
+            &json!({"alg":"HS256"}),
+            &json!({"sub":"a","tid":"t1","exp":"2000"}),
+            &key,
+        );
         assert_eq!(verify(&str_exp, 1000, get), Err(JwtError::BadClaim("exp")));
-        let nbf = sign_raw(&json!({"alg":"HS256"}), &json!({"sub":"a","tid":"t1","exp":5000,"nbf":4000}), &key);
+        let nbf = sign_raw(
+            &json!({"alg":"HS256"}),
+            &json!({"sub":"a","tid":"t1","exp":5000,"nbf":4000}),
+            &key,
+        );
         assert_eq!(verify(&nbf, 1000, get), Err(JwtError::NotYetValid));
-        let other = sign_raw(&json!({"alg":"HS256"}), &json!({"sub":"a","tid":"t2","exp":5000}), &key);
+        let other = sign_raw(
+            &json!({"alg":"HS256"}),
+            &json!({"sub":"a","tid":"t2","exp":5000}),
+            &key,
+        );
         assert_eq!(verify(&other, 1000, get), Err(JwtError::UnknownTenant));
         assert_eq!(verify("a.b", 1000, get), Err(JwtError::Malformed));
     }

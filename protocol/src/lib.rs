@@ -31,7 +31,7 @@
 //!
 //! ## Feature `arbitrary`
 //!
-//! Enables [`arbitrary`](crate::arbitrary): proptest strategies generating valid frames and
+//! Enables the `arbitrary` module: proptest strategies generating valid frames and
 //! mutated frame texts, shared by the tests, the conformance runner and the fuzzers.
 
 #![warn(missing_docs)]

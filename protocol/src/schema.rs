@@ -192,7 +192,12 @@ fn refine(defs: &mut Map<String, Value>) {
         let required: BTreeSet<String> = obj
             .get("required")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         let Some(Value::Object(props)) = obj.get_mut("properties") else {
             continue;
@@ -217,9 +222,7 @@ fn refine(defs: &mut Map<String, Value>) {
             }
             if ID_LIST_PROPERTIES.contains(&name.as_str()) {
                 if let Some(Value::Object(items)) = p.get_mut("items") {
-                    items
-                        .entry("pattern")
-                        .or_insert_with(|| json!(ID_PATTERN));
+                    items.entry("pattern").or_insert_with(|| json!(ID_PATTERN));
                 }
             }
             if !required.contains(name) && name != "type" {
@@ -276,7 +279,12 @@ fn unwrap_descriptions(v: &mut Value) {
                     Value::String(s) if k == "description" => {
                         *s = s
                             .split("\n\n")
-                            .map(|para| para.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+                            .map(|para| {
+                                para.split('\n')
+                                    .map(str::trim)
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
                             .collect::<Vec<_>>()
                             .join("\n\n");
                     }

@@ -97,7 +97,11 @@ pub struct AckFrame {
     #[schemars(extend("format" = "date-time"))]
     pub created_at: Option<String>,
     /// True when this repeats the ack of an earlier identical request `[FX-ACK-4]`.
-    #[serde(default, deserialize_with = "crate::common::null_as_default", skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        deserialize_with = "crate::common::null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub duplicate: bool,
 }
 

@@ -102,10 +102,7 @@ pub fn parse_clauses(markdown: &str) -> Result<Vec<Clause>, SpecError> {
             continue;
         }
         let id = format!("FX-{id_tail}");
-        let text = rest[end + 1..]
-            .trim_start_matches("**")
-            .trim()
-            .to_string();
+        let text = rest[end + 1..].trim_start_matches("**").trim().to_string();
         if !seen.insert(id.clone()) {
             return Err(SpecError::Duplicate(id));
         }
@@ -142,7 +139,10 @@ mod tests {
             "HS", "AUTH", "FRM", "MSG", "ORD", "ACK", "RES", "HIS", "PRE", "AGT", "EDT", "TRN",
             "LIM", "ERR", "TEN", "VER",
         ] {
-            assert!(cs.iter().any(|c| c.area == area), "no clause in area {area}");
+            assert!(
+                cs.iter().any(|c| c.area == area),
+                "no clause in area {area}"
+            );
         }
     }
 

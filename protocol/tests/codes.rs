@@ -23,7 +23,10 @@ fn table(heading: &str) -> Vec<Vec<String>> {
     let header = lines
         .next()
         .unwrap_or_else(|| panic!("no table after `{heading}` in the spec"));
-    assert!(header.starts_with('|'), "`{heading}` is not followed by a table");
+    assert!(
+        header.starts_with('|'),
+        "`{heading}` is not followed by a table"
+    );
     lines
         .skip(1) // |---|---|
         .take_while(|l| l.starts_with('|'))
@@ -79,13 +82,27 @@ fn error_code_table_matches_the_spec() {
             (r[0].clone(), (r[1].parse().unwrap(), retryable))
         })
         .collect();
-    assert_eq!(spec.len(), rows.len(), "duplicate code in the spec's error table");
+    assert_eq!(
+        spec.len(),
+        rows.len(),
+        "duplicate code in the spec's error table"
+    );
     for &code in ALL_ERROR_CODES {
         let Some(&(status, retryable)) = spec.get(code.as_str()) else {
             panic!("{} is missing from the spec's error table", code.as_str());
         };
-        assert_eq!(code.http_status(), status, "HTTP status of {}", code.as_str());
-        assert_eq!(code.retryable(), retryable, "retryable of {}", code.as_str());
+        assert_eq!(
+            code.http_status(),
+            status,
+            "HTTP status of {}",
+            code.as_str()
+        );
+        assert_eq!(
+            code.retryable(),
+            retryable,
+            "retryable of {}",
+            code.as_str()
+        );
     }
     for name in spec.keys() {
         assert!(
@@ -105,7 +122,11 @@ fn error_code_table_matches_the_spec() {
 #[test]
 fn close_code_table_matches_the_spec() {
     let rows = table("Close codes:");
-    assert_eq!(rows.len(), ALL_CLOSE_CODES.len(), "close codes in spec vs CloseCode");
+    assert_eq!(
+        rows.len(),
+        ALL_CLOSE_CODES.len(),
+        "close codes in spec vs CloseCode"
+    );
     for r in &rows {
         assert_eq!(r.len(), 4, "close table row {r:?}");
         let n: u16 = r[0].parse().unwrap();
@@ -118,7 +139,10 @@ fn close_code_table_matches_the_spec() {
     }
     for &c in ALL_CLOSE_CODES {
         assert_eq!(CloseCode::from_code(c.code()), Some(c));
-        assert!(rows.iter().any(|r| r[0] == c.code().to_string()), "{c:?} not in the spec");
+        assert!(
+            rows.iter().any(|r| r[0] == c.code().to_string()),
+            "{c:?} not in the spec"
+        );
         // Codes a server may choose must be in the registered (1000-1015) or private range.
         assert!((1000..=1015).contains(&c.code()) || (4000..=4999).contains(&c.code()));
     }
@@ -128,7 +152,10 @@ fn close_code_table_matches_the_spec() {
         (CloseAction::Reauthenticate, "reauthenticate"),
         (CloseAction::Stop, "stop"),
     ] {
-        assert_eq!(serde_json::from_value::<CloseAction>(Value::String(s.into())).unwrap(), a);
+        assert_eq!(
+            serde_json::from_value::<CloseAction>(Value::String(s.into())).unwrap(),
+            a
+        );
     }
 }
 
@@ -141,13 +168,26 @@ fn client(text: &str) -> DecodeError {
 
 #[test]
 fn syntax_and_shape_errors_are_malformed_frame() {
-    for text in ["", "{", "{\"type\":\"ping\",}", "hello", "{\"type\":'ping'}"] {
+    for text in [
+        "",
+        "{",
+        "{\"type\":\"ping\",}",
+        "hello",
+        "{\"type\":'ping'}",
+    ] {
         let e = client(text);
         assert!(matches!(e, DecodeError::Syntax(_)), "{text}: {e:?}");
         assert_eq!(e.code(), ErrorCode::MalformedFrame);
         assert_eq!(e.field(), None);
     }
-    for text in ["[]", "null", "1", "\"ping\"", "true", "[{\"type\":\"ping\"}]"] {
+    for text in [
+        "[]",
+        "null",
+        "1",
+        "\"ping\"",
+        "true",
+        "[{\"type\":\"ping\"}]",
+    ] {
         assert_eq!(client(text), DecodeError::NotObject, "{text}");
         assert_eq!(client(text).code(), ErrorCode::MalformedFrame);
     }
@@ -172,7 +212,10 @@ fn a_missing_field_is_named() {
     assert_eq!(e.code(), ErrorCode::InvalidFrame);
     assert_eq!(e.field(), Some("lastSeq"));
     let f = ErrorFrame::from_decode(&e);
-    assert_eq!((f.code, f.field.as_deref(), f.retryable), (ErrorCode::InvalidFrame, Some("lastSeq"), false));
+    assert_eq!(
+        (f.code, f.field.as_deref(), f.retryable),
+        (ErrorCode::InvalidFrame, Some("lastSeq"), false)
+    );
 }
 
 #[test]
@@ -180,17 +223,38 @@ fn a_wrong_json_type_is_wrong_type_naming_the_field() {
     for (text, field) in [
         (r#"{"type":7}"#, "type"),
         (r#"{"type":null}"#, "type"),
-        (r#"{"type":"edit","messageId":"42","content":"x"}"#, "messageId"),
-        (r#"{"type":"edit","content":"x","messageId":-4}"#, "messageId"),
+        (
+            r#"{"type":"edit","messageId":"42","content":"x"}"#,
+            "messageId",
+        ),
+        (
+            r#"{"type":"edit","content":"x","messageId":-4}"#,
+            "messageId",
+        ),
         (r#"{"type":"delete","messageId":1.5}"#, "messageId"),
         (r#"{"type":"message","content":42}"#, "content"),
         (r#"{"type":"message","content":null}"#, "content"),
         (r#"{"type":"typing","isTyping":"yes"}"#, "isTyping"),
-        (r#"{"type":"reaction","messageId":1,"emoji":"x","op":"toggle"}"#, "op"),
-        (r#"{"type":"message","content":"hi","attachments":{}}"#, "attachments"),
-        (r#"{"type":"message","content":"hi","attachments":[{"url":5}]}"#, "attachments"),
-        (r#"{"type":"edit","messageId":1,"content":"x","expectedVersion":4294967296}"#, "expectedVersion"),
-        (r#"{"type":"message","content":"hi","zzz":1,"parentId":"7"}"#, "parentId"),
+        (
+            r#"{"type":"reaction","messageId":1,"emoji":"x","op":"toggle"}"#,
+            "op",
+        ),
+        (
+            r#"{"type":"message","content":"hi","attachments":{}}"#,
+            "attachments",
+        ),
+        (
+            r#"{"type":"message","content":"hi","attachments":[{"url":5}]}"#,
+            "attachments",
+        ),
+        (
+            r#"{"type":"edit","messageId":1,"content":"x","expectedVersion":4294967296}"#,
+            "expectedVersion",
+        ),
+        (
+            r#"{"type":"message","content":"hi","zzz":1,"parentId":"7"}"#,
+            "parentId",
+        ),
     ] {
         let e = client(text);
         assert!(matches!(e, DecodeError::WrongType { .. }), "{text}: {e:?}");
@@ -201,8 +265,14 @@ fn a_wrong_json_type_is_wrong_type_naming_the_field() {
 
 #[test]
 fn an_unknown_type_is_unknown_type() {
-    assert_eq!(client(r#"{"type":"shout"}"#), DecodeError::UnknownType("shout".into()));
-    assert_eq!(client(r#"{"type":"welcome"}"#).code(), ErrorCode::UnknownType);
+    assert_eq!(
+        client(r#"{"type":"shout"}"#),
+        DecodeError::UnknownType("shout".into())
+    );
+    assert_eq!(
+        client(r#"{"type":"welcome"}"#).code(),
+        ErrorCode::UnknownType
+    );
     assert_eq!(client(r#"{"type":""}"#).code(), ErrorCode::UnknownType);
     assert_eq!(
         ServerFrame::decode(r#"{"type":"ping"}"#),
@@ -213,17 +283,48 @@ fn an_unknown_type_is_unknown_type() {
 #[test]
 fn invalid_values_name_their_field_and_problem() {
     let cases: &[(&str, &str, ErrorCode)] = &[
-        (r#"{"type":"message","content":"  "}"#, "content", ErrorCode::InvalidContent),
-        (r#"{"type":"edit","messageId":1,"content":""}"#, "content", ErrorCode::InvalidContent),
-        (r#"{"type":"message","content":"hi","clientMessageId":"short"}"#, "clientMessageId", ErrorCode::InvalidFrame),
-        (r#"{"type":"reaction","messageId":1,"emoji":" x"}"#, "emoji", ErrorCode::InvalidFrame),
-        (r#"{"type":"read","messageId":1,"ref":""}"#, "ref", ErrorCode::InvalidFrame),
-        (r#"{"type":"tool_error","runId":"r","toolCallId":"c","error":""}"#, "error", ErrorCode::InvalidFrame),
-        (r#"{"type":"message","content":"hi","attachments":[{"url":"ftp://x"}]}"#, "attachments", ErrorCode::InvalidFrame),
+        (
+            r#"{"type":"message","content":"  "}"#,
+            "content",
+            ErrorCode::InvalidContent,
+        ),
+        (
+            r#"{"type":"edit","messageId":1,"content":""}"#,
+            "content",
+            ErrorCode::InvalidContent,
+        ),
+        (
+            r#"{"type":"message","content":"hi","clientMessageId":"short"}"#,
+            "clientMessageId",
+            ErrorCode::InvalidFrame,
+        ),
+        (
+            r#"{"type":"reaction","messageId":1,"emoji":" x"}"#,
+            "emoji",
+            ErrorCode::InvalidFrame,
+        ),
+        (
+            r#"{"type":"read","messageId":1,"ref":""}"#,
+            "ref",
+            ErrorCode::InvalidFrame,
+        ),
+        (
+            r#"{"type":"tool_error","runId":"r","toolCallId":"c","error":""}"#,
+            "error",
+            ErrorCode::InvalidFrame,
+        ),
+        (
+            r#"{"type":"message","content":"hi","attachments":[{"url":"ftp://x"}]}"#,
+            "attachments",
+            ErrorCode::InvalidFrame,
+        ),
     ];
     for (text, field, code) in cases {
         let e = client(text);
-        assert!(matches!(e, DecodeError::InvalidValue { .. }), "{text}: {e:?}");
+        assert!(
+            matches!(e, DecodeError::InvalidValue { .. }),
+            "{text}: {e:?}"
+        );
         assert_eq!(e.field(), Some(*field), "{text}");
         assert_eq!(e.code(), *code, "{text}");
     }
@@ -236,24 +337,42 @@ fn invalid_values_name_their_field_and_problem() {
         }
     );
     // 4000 characters after trimming are fine, however many bytes and surrounding spaces.
-    let ok = format!(r#"{{"type":"message","content":"  {}  "}}"#, "é".repeat(4000));
+    let ok = format!(
+        r#"{{"type":"message","content":"  {}  "}}"#,
+        "é".repeat(4000)
+    );
     assert!(ClientFrame::decode(&ok).is_ok());
 }
 
 #[test]
 fn size_is_checked_before_parsing() {
-    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "a".repeat(MAX_FRAME_BYTES));
+    let big = format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "a".repeat(MAX_FRAME_BYTES)
+    );
     let e = client(&big);
-    assert_eq!(e, DecodeError::TooLarge { size: big.len(), limit: MAX_FRAME_BYTES });
+    assert_eq!(
+        e,
+        DecodeError::TooLarge {
+            size: big.len(),
+            limit: MAX_FRAME_BYTES
+        }
+    );
     assert_eq!(e.code(), ErrorCode::PayloadTooLarge);
     // Even garbage of that size is payload_too_large, not malformed_frame.
-    assert_eq!(client(&"{".repeat(MAX_FRAME_BYTES + 1)).code(), ErrorCode::PayloadTooLarge);
+    assert_eq!(
+        client(&"{".repeat(MAX_FRAME_BYTES + 1)).code(),
+        ErrorCode::PayloadTooLarge
+    );
     // Exactly at the limit is accepted. Server frames have no limit.
     let pad = MAX_FRAME_BYTES - r#"{"type":"ping","pad":""}"#.len();
     let at = format!(r#"{{"type":"ping","pad":"{}"}}"#, "a".repeat(pad));
     assert_eq!(at.len(), MAX_FRAME_BYTES);
     assert!(ClientFrame::decode(&at).is_ok());
-    let server = format!(r#"{{"type":"pong","ts":1,"pad":"{}"}}"#, "a".repeat(MAX_FRAME_BYTES));
+    let server = format!(
+        r#"{{"type":"pong","ts":1,"pad":"{}"}}"#,
+        "a".repeat(MAX_FRAME_BYTES)
+    );
     assert!(ServerFrame::decode(&server).is_ok());
 }
 
@@ -265,8 +384,12 @@ fn null_and_unknown_fields_are_tolerated() {
     )
     .unwrap();
     assert_eq!(f.encode(), r#"{"type":"message","content":"hi"}"#);
-    let r = ClientFrame::decode(r#"{"type":"reaction","messageId":1,"emoji":"x","op":null}"#).unwrap();
-    assert_eq!(r.encode(), r#"{"type":"reaction","messageId":1,"emoji":"x","op":"add"}"#);
+    let r =
+        ClientFrame::decode(r#"{"type":"reaction","messageId":1,"emoji":"x","op":null}"#).unwrap();
+    assert_eq!(
+        r.encode(),
+        r#"{"type":"reaction","messageId":1,"emoji":"x","op":"add"}"#
+    );
     let s = ServerFrame::decode(r#"{"type":"ack","duplicate":null,"seq":null}"#).unwrap();
     assert_eq!(s.encode(), r#"{"type":"ack"}"#);
 }
@@ -278,7 +401,10 @@ fn bodies_classify_like_frames() {
         decode_body::<TokenRequest>("[]", limit),
         Err(DecodeError::NotObject)
     );
-    assert!(matches!(decode_body::<TokenRequest>("{", limit), Err(DecodeError::Syntax(_))));
+    assert!(matches!(
+        decode_body::<TokenRequest>("{", limit),
+        Err(DecodeError::Syntax(_))
+    ));
     assert_eq!(
         decode_body::<TokenRequest>("{}", limit),
         Err(DecodeError::MissingField("userId".into()))

@@ -49,7 +49,10 @@ fn load(sub: &str) -> Vec<Example> {
         .into_iter()
         .map(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            assert!(name.ends_with(".json"), "spec/examples/{sub}/{name}: not a .json file");
+            assert!(
+                name.ends_with(".json"),
+                "spec/examples/{sub}/{name}: not a .json file"
+            );
             let text = std::fs::read_to_string(&p).unwrap();
             let value: Value = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("spec/examples/{sub}/{name}: not JSON: {e}"));
@@ -169,7 +172,9 @@ fn unknown_formats_are_ignored_and_date_time_is_asserted() {
         }
     });
     let v = validator_options().build(&schema).unwrap();
-    assert!(v.is_valid(&serde_json::json!({"n": 18446744073709551615u64, "t": "2026-11-26T16:19:14.677Z"})));
+    assert!(v.is_valid(
+        &serde_json::json!({"n": 18446744073709551615u64, "t": "2026-11-26T16:19:14.677Z"})
+    ));
     assert!(!v.is_valid(&serde_json::json!({"t": "yesterday"})));
     assert!(!v.is_valid(&serde_json::json!({"n": -1})));
 }
@@ -180,18 +185,33 @@ fn valid_client_examples() {
     let examples = load("client");
     for ex in &examples {
         let tag = ex.value["type"].as_str().unwrap_or_default();
-        assert_eq!(ex.key, tag, "{}: file name must start with its type", ex.path);
+        assert_eq!(
+            ex.key, tag,
+            "{}: file name must start with its type",
+            ex.path
+        );
         check_schema("ClientFrame", ex);
         check_schema(&defs[tag], ex);
         let frame = ClientFrame::decode(&ex.text)
             .unwrap_or_else(|e| panic!("{}: rejected by ClientFrame::decode: {e}", ex.path));
         assert_eq!(frame.type_name(), tag, "{}", ex.path);
         check_canonical(ex, &frame.encode());
-        assert_eq!(ClientFrame::decode(&frame.encode()), Ok(frame), "{}", ex.path);
+        assert_eq!(
+            ClientFrame::decode(&frame.encode()),
+            Ok(frame),
+            "{}",
+            ex.path
+        );
     }
     let covered: BTreeSet<&str> = examples.iter().map(|e| e.key.as_str()).collect();
-    let missing: Vec<&&str> = CLIENT_TYPES.iter().filter(|t| !covered.contains(**t)).collect();
-    assert!(missing.is_empty(), "client frame types without a valid example in spec/examples/client/: {missing:?}");
+    let missing: Vec<&&str> = CLIENT_TYPES
+        .iter()
+        .filter(|t| !covered.contains(**t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "client frame types without a valid example in spec/examples/client/: {missing:?}"
+    );
 }
 
 #[test]
@@ -200,14 +220,23 @@ fn valid_server_examples() {
     let examples = load("server");
     for ex in &examples {
         let tag = ex.value["type"].as_str().unwrap_or_default();
-        assert_eq!(ex.key, tag, "{}: file name must start with its type", ex.path);
+        assert_eq!(
+            ex.key, tag,
+            "{}: file name must start with its type",
+            ex.path
+        );
         check_schema("ServerFrame", ex);
         check_schema(&defs[tag], ex);
         let frame = ServerFrame::decode(&ex.text)
             .unwrap_or_else(|e| panic!("{}: rejected by ServerFrame::decode: {e}", ex.path));
         assert_eq!(frame.type_name(), tag, "{}", ex.path);
         check_canonical(ex, &frame.encode());
-        assert_eq!(ServerFrame::decode(&frame.encode()), Ok(frame.clone()), "{}", ex.path);
+        assert_eq!(
+            ServerFrame::decode(&frame.encode()),
+            Ok(frame.clone()),
+            "{}",
+            ex.path
+        );
         if TIMELINE_TYPES.contains(&tag) {
             check_schema("TimelineEvent", ex);
             let event = TimelineEvent::decode(&ex.text)
@@ -226,8 +255,14 @@ fn valid_server_examples() {
         }
     }
     let covered: BTreeSet<&str> = examples.iter().map(|e| e.key.as_str()).collect();
-    let missing: Vec<&&str> = SERVER_TYPES.iter().filter(|t| !covered.contains(**t)).collect();
-    assert!(missing.is_empty(), "server frame types without a valid example in spec/examples/server/: {missing:?}");
+    let missing: Vec<&&str> = SERVER_TYPES
+        .iter()
+        .filter(|t| !covered.contains(**t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "server frame types without a valid example in spec/examples/server/: {missing:?}"
+    );
 }
 
 /// Decode `text` as the HTTP body named `name` and re-encode it.
@@ -277,8 +312,14 @@ fn valid_http_examples() {
         check_canonical(ex, &encoded);
     }
     let covered: BTreeSet<&str> = examples.iter().map(|e| e.key.as_str()).collect();
-    let missing: Vec<&&str> = HTTP_BODY_TYPES.iter().filter(|t| !covered.contains(**t)).collect();
-    assert!(missing.is_empty(), "HTTP bodies without a valid example in spec/examples/http/: {missing:?}");
+    let missing: Vec<&&str> = HTTP_BODY_TYPES
+        .iter()
+        .filter(|t| !covered.contains(**t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "HTTP bodies without a valid example in spec/examples/http/: {missing:?}"
+    );
 }
 
 /// Expand `{{repeat:N:TEXT}}` markers (TEXT without `}`) into TEXT repeated N times.
@@ -289,7 +330,9 @@ fn expand(frame: &str) -> String {
         out.push_str(&rest[..start]);
         let tail = &rest[start + "{{repeat:".len()..];
         let end = tail.find("}}").expect("unterminated {{repeat:…}} marker");
-        let (n, text) = tail[..end].split_once(':').expect("marker is {{repeat:N:TEXT}}");
+        let (n, text) = tail[..end]
+            .split_once(':')
+            .expect("marker is {{repeat:N:TEXT}}");
         out.push_str(&text.repeat(n.parse().expect("N is a number")));
         rest = &tail[end + 2..];
     }
@@ -313,19 +356,47 @@ fn invalid_examples_are_rejected_with_their_code() {
     ]
     .into();
     let examples = load("invalid");
-    assert!(examples.len() >= 20, "only {} invalid examples", examples.len());
+    assert!(
+        examples.len() >= 20,
+        "only {} invalid examples",
+        examples.len()
+    );
     let mut codes = BTreeSet::new();
     for ex in &examples {
-        let o = ex.value.as_object().unwrap_or_else(|| panic!("{}: not an object", ex.path));
+        let o = ex
+            .value
+            .as_object()
+            .unwrap_or_else(|| panic!("{}: not an object", ex.path));
         for k in o.keys() {
-            assert!(allowed.contains(k.as_str()), "{}: unexpected key `{k}`", ex.path);
+            assert!(
+                allowed.contains(k.as_str()),
+                "{}: unexpected key `{k}`",
+                ex.path
+            );
         }
-        assert!(o["description"].as_str().is_some_and(|d| !d.is_empty()), "{}", ex.path);
-        let frame = expand(o["frame"].as_str().unwrap_or_else(|| panic!("{}: frame", ex.path)));
+        assert!(
+            o["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "{}",
+            ex.path
+        );
+        let frame = expand(
+            o["frame"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: frame", ex.path)),
+        );
         let expected = o["expectedError"].as_str().unwrap();
-        for c in o.get("clauses").and_then(Value::as_array).into_iter().flatten() {
+        for c in o
+            .get("clauses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let c = c.as_str().unwrap();
-            assert!(clause_ids.contains(c), "{}: no clause {c} in the spec", ex.path);
+            assert!(
+                clause_ids.contains(c),
+                "{}: no clause {c} in the spec",
+                ex.path
+            );
         }
         let result = match o["direction"].as_str() {
             Some("client") => ClientFrame::decode(&frame).map(|f| f.encode()),
@@ -336,16 +407,32 @@ fn invalid_examples_are_rejected_with_their_code() {
             Ok(f) => panic!("{}: accepted, decoded as {f}", ex.path),
             Err(e) => e,
         };
-        assert_eq!(err.code().as_str(), expected, "{}: wrong code for {err}", ex.path);
+        assert_eq!(
+            err.code().as_str(),
+            expected,
+            "{}: wrong code for {err}",
+            ex.path
+        );
         if let Some(field) = o.get("expectedField") {
-            assert_eq!(err.field(), field.as_str(), "{}: wrong field for {err}", ex.path);
+            assert_eq!(
+                err.field(),
+                field.as_str(),
+                "{}: wrong field for {err}",
+                ex.path
+            );
         }
         if ex.key == "oversized-frame" {
             assert!(frame.len() > MAX_FRAME_BYTES);
         }
         codes.insert(expected.to_owned());
     }
-    for code in ["malformed_frame", "invalid_frame", "unknown_type", "invalid_content", "payload_too_large"] {
+    for code in [
+        "malformed_frame",
+        "invalid_frame",
+        "unknown_type",
+        "invalid_content",
+        "payload_too_large",
+    ] {
         assert!(codes.contains(code), "no invalid example expects {code}");
     }
 }
@@ -366,7 +453,10 @@ fn example_tokens_and_cursors_are_genuine() {
             (t == "acme").then(|| secret.clone())
         })
         .unwrap_or_else(|e| panic!("{path}: token does not verify: {e}"));
-        assert_eq!((claims.sub.as_str(), claims.tid.as_str()), ("alice", "acme"));
+        assert_eq!(
+            (claims.sub.as_str(), claims.tid.as_str()),
+            ("alice", "acme")
+        );
     }
     for path in [
         "http/HistoryPage.json",

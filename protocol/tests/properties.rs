@@ -25,7 +25,8 @@ static VALIDATORS: LazyLock<BTreeMap<&'static str, Validator>> = LazyLock::new(|
     ["ClientFrame", "ServerFrame", "TimelineEvent"]
         .into_iter()
         .map(|name| {
-            let schema: Value = serde_json::from_str(&files[&format!("{name}.schema.json")]).unwrap();
+            let schema: Value =
+                serde_json::from_str(&files[&format!("{name}.schema.json")]).unwrap();
             let v = jsonschema::draft202012::options()
                 .should_validate_formats(true)
                 .build(&schema)
@@ -38,14 +39,16 @@ static VALIDATORS: LazyLock<BTreeMap<&'static str, Validator>> = LazyLock::new(|
 /// Frame type → names of its optional properties, per union, from the generated bundle.
 static OPTIONAL: LazyLock<BTreeMap<(String, String), Vec<String>>> = LazyLock::new(|| {
     let files = fluxy_protocol::schema::generate();
-    let bundle: Value =
-        serde_json::from_str(&files[fluxy_protocol::schema::BUNDLE_FILE]).unwrap();
+    let bundle: Value = serde_json::from_str(&files[fluxy_protocol::schema::BUNDLE_FILE]).unwrap();
     let defs = &bundle["$defs"];
     let mut out = BTreeMap::new();
     for union in ["ClientFrame", "ServerFrame"] {
         for v in defs[union]["oneOf"].as_array().unwrap() {
             let def = &defs[v["$ref"].as_str().unwrap().trim_start_matches("#/$defs/")];
-            let tag = def["properties"]["type"]["const"].as_str().unwrap().to_owned();
+            let tag = def["properties"]["type"]["const"]
+                .as_str()
+                .unwrap()
+                .to_owned();
             let required: Vec<&Value> = def["required"].as_array().unwrap().iter().collect();
             let optional = def["properties"]
                 .as_object()
@@ -66,7 +69,10 @@ fn assert_valid(schema: &str, text: &str) -> Result<(), TestCaseError> {
         .iter_errors(&value)
         .map(|e| format!("{e} at {}", e.instance_path))
         .collect();
-    prop_assert!(errors.is_empty(), "{text}\ninvalid against {schema}: {errors:?}");
+    prop_assert!(
+        errors.is_empty(),
+        "{text}\ninvalid against {schema}: {errors:?}"
+    );
     Ok(())
 }
 

@@ -73,7 +73,10 @@ fn every_root_and_body_has_a_schema_file() {
             .iter()
             .map(|s| s.to_string()),
     );
-    assert_eq!(roots, expected, "schema::HTTP_BODY_TYPES is out of sync with the export list");
+    assert_eq!(
+        roots, expected,
+        "schema::HTTP_BODY_TYPES is out of sync with the export list"
+    );
     for r in &roots {
         assert!(files.contains_key(&format!("{r}.schema.json")), "{r}");
     }
@@ -86,8 +89,7 @@ fn every_root_and_body_has_a_schema_file() {
 fn schemas_are_fit_for_sdk_generation() {
     use serde_json::Value;
     let files = fluxy_protocol::schema::generate();
-    let bundle: Value =
-        serde_json::from_str(&files[fluxy_protocol::schema::BUNDLE_FILE]).unwrap();
+    let bundle: Value = serde_json::from_str(&files[fluxy_protocol::schema::BUNDLE_FILE]).unwrap();
     let defs = bundle["$defs"].as_object().unwrap();
     let mut problems = Vec::new();
 
@@ -95,7 +97,7 @@ fn schemas_are_fit_for_sdk_generation() {
         if def["title"] != Value::String(name.clone()) {
             problems.push(format!("{name}: title is not the definition name"));
         }
-        if !def["description"].as_str().is_some_and(|d| !d.is_empty()) {
+        if def["description"].as_str().is_none_or(str::is_empty) {
             problems.push(format!("{name}: no description"));
         }
         if let Some(variants) = def["oneOf"].as_array() {
@@ -104,7 +106,9 @@ fn schemas_are_fit_for_sdk_generation() {
                 let is_value = v.get("const").is_some()
                     && v["description"].as_str().is_some_and(|d| !d.is_empty());
                 if !is_ref && !is_value {
-                    problems.push(format!("{name}: oneOf entry is neither a $ref nor a described const: {v}"));
+                    problems.push(format!(
+                        "{name}: oneOf entry is neither a $ref nor a described const: {v}"
+                    ));
                 }
             }
         }
@@ -113,14 +117,16 @@ fn schemas_are_fit_for_sdk_generation() {
         };
         for (pname, p) in props {
             let at = format!("{name}.{pname}");
-            if !p["description"].as_str().is_some_and(|d| !d.is_empty()) {
+            if p["description"].as_str().is_none_or(str::is_empty) {
                 problems.push(format!("{at}: no description"));
             }
             if p.get("properties").is_some()
                 || p["items"].get("properties").is_some()
                 || p["additionalProperties"].get("properties").is_some()
             {
-                problems.push(format!("{at}: anonymous nested object; give it a named type"));
+                problems.push(format!(
+                    "{at}: anonymous nested object; give it a named type"
+                ));
             }
             let is_int = |s: &Value| match &s["type"] {
                 Value::String(t) => t == "integer",
@@ -146,7 +152,10 @@ fn schemas_are_fit_for_sdk_generation() {
             .map(|v| {
                 let target = v["$ref"].as_str().unwrap().trim_start_matches("#/$defs/");
                 let def = &defs[target];
-                assert_eq!(def["required"][0], "type", "{target}: `type` not required first");
+                assert_eq!(
+                    def["required"][0], "type",
+                    "{target}: `type` not required first"
+                );
                 assert_eq!(def["properties"]["type"]["type"], "string", "{target}");
                 def["properties"]["type"]["const"]
                     .as_str()
@@ -157,9 +166,16 @@ fn schemas_are_fit_for_sdk_generation() {
     };
     assert_eq!(tags("ClientFrame"), fluxy_protocol::client::CLIENT_TYPES);
     assert_eq!(tags("ServerFrame"), fluxy_protocol::server::SERVER_TYPES);
-    assert_eq!(tags("TimelineEvent"), fluxy_protocol::events::TIMELINE_TYPES);
+    assert_eq!(
+        tags("TimelineEvent"),
+        fluxy_protocol::events::TIMELINE_TYPES
+    );
 
-    assert!(problems.is_empty(), "schema quality problems:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "schema quality problems:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 /// A frame definition (one with a `type` const) may only be used through its tagged union, or
@@ -189,10 +205,16 @@ fn tagged_definitions_are_encoded_with_their_tag() {
     let text = serde_json::to_string(&body).unwrap();
     let event = TimelineEvent::Message(m).encode();
     assert_eq!(text, format!("{{\"message\":{event}}}"));
-    assert_eq!(serde_json::from_str::<PostMessageResponse>(&text).unwrap(), body);
+    assert_eq!(
+        serde_json::from_str::<PostMessageResponse>(&text).unwrap(),
+        body
+    );
     // The tag may be absent on input, but must not name another event.
     let untagged = text.replace("\"type\":\"message\",", "");
-    assert_eq!(serde_json::from_str::<PostMessageResponse>(&untagged).unwrap(), body);
+    assert_eq!(
+        serde_json::from_str::<PostMessageResponse>(&untagged).unwrap(),
+        body
+    );
     let wrong = text.replace("\"type\":\"message\"", "\"type\":\"edit\"");
     assert!(serde_json::from_str::<PostMessageResponse>(&wrong).is_err());
 

@@ -92,8 +92,9 @@ fn error() {
     e.retry_after_ms = Some(1200);
     e.reference = Some("r9".into());
     insta::assert_snapshot!("error_rate_limited", ServerFrame::Error(e).encode());
-    let d = fluxy_protocol::ClientFrame::decode(r#"{"type":"edit","messageId":"42","content":"x"}"#)
-        .unwrap_err();
+    let d =
+        fluxy_protocol::ClientFrame::decode(r#"{"type":"edit","messageId":"42","content":"x"}"#)
+            .unwrap_err();
     insta::assert_snapshot!(
         "error_from_decode",
         ServerFrame::Error(ErrorFrame::from_decode(&d)).encode()
