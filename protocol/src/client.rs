@@ -150,6 +150,22 @@ pub struct ResumeFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(title = "StreamFrame")]
+#[schemars(extend("allOf" = [
+    {
+        "if": { "properties": { "op": { "enum": ["delta", "end", "abort"] } } },
+        "then": {
+            "required": ["messageId"],
+            "properties": { "messageId": { "type": "integer" } }
+        }
+    },
+    {
+        "if": { "properties": { "op": { "enum": ["delta", "end"] } } },
+        "then": {
+            "required": ["content"],
+            "properties": { "content": { "minLength": 1 } }
+        }
+    }
+]))]
 pub struct StreamFrame {
     /// Operation.
     pub op: StreamOp,

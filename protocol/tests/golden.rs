@@ -353,6 +353,7 @@ fn invalid_examples_are_rejected_with_their_code() {
         "expectedError",
         "expectedField",
         "clauses",
+        "schemaValid",
     ]
     .into();
     let examples = load("invalid");
@@ -418,6 +419,30 @@ fn invalid_examples_are_rejected_with_their_code() {
                 err.field(),
                 field.as_str(),
                 "{}: wrong field for {err}",
+                ex.path
+            );
+        }
+        // Vectors that parse as JSON objects are also rejected by the schema, except those
+        // marked `schemaValid` (rules the schemas cannot state, enforced by decoders only).
+        if let Ok(value @ Value::Object(_)) = serde_json::from_str::<Value>(&frame) {
+            let union = if o["direction"] == "client" {
+                "ClientFrame"
+            } else {
+                "ServerFrame"
+            };
+            let schema_valid = VALIDATORS[union].is_valid(&value);
+            let marked = o.get("schemaValid") == Some(&Value::Bool(true));
+            assert_eq!(
+                schema_valid,
+                marked,
+                "{}: the {union} schema {} this frame; set `schemaValid` accordingly",
+                ex.path,
+                if schema_valid { "accepts" } else { "rejects" }
+            );
+        } else {
+            assert!(
+                o.get("schemaValid").is_none(),
+                "{}: schemaValid on a non-object",
                 ex.path
             );
         }
