@@ -1,8 +1,175 @@
-//! Group ten.
+//! Tenancy (TEN).
 
-use crate::case::Case;
+use fluxy_protocol::http::{MembersResponse, RoomListResponse, RoomResponse};
+use fluxy_protocol::ErrorCode;
+use serde_json::json;
+
+use super::{expect_rejected, send};
+use crate::case::{ensure, ensure_eq, Case, CaseError};
+use crate::case;
+use crate::ctx::{urlenc, Ctx};
 
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
-    vec![]
+    vec![
+        case!("ten/token-tenant", ["FX-TEN-1"], "tokens carry the API key's tenant; two keys give two tenants", token_tenant),
+        case!("ten/same-room-id-two-tenants", ["FX-TEN-2"], "the same room id in two tenants names two unrelated rooms", same_id),
+        case!("ten/no-cross-tenant-access", ["FX-TEN-3"], "another tenant's room answers exactly like a missing room (404 / 4404) on every route", no_cross),
+        case!("ten/create-room", ["FX-TEN-4"], "POST /rooms creates a room owned by the caller with its members; a taken id gets 409", create_room),
+        case!("ten/members-management", ["FX-TEN-5"], "only room or token owners/admins manage members; users may leave; listing needs membership", members),
+        case!("ten/list-rooms", ["FX-TEN-6"], "GET /rooms lists the caller's rooms of its tenant; GET /rooms/{id} returns one", list_rooms),
+        case!("ten/keys-scoped-to-tenant", ["FX-TEN-7"], "idempotency keys and tokens of one tenant have no effect in another", keys_scoped),
+    ]
+}
+
+async fn token_tenant(ctx: &Ctx) -> Result<(), CaseError> {
+    let a = ctx.user("a").await?;
+    ensure_eq("FX-TEN-1", "tid of a token from --api-key", a.tenant.clone(), ctx.env.tenant.clone())?;
+    ctx.need_tenant2()?;
+    let b = ctx.user2("b").await?;
+    ensure(b.tenant != a.tenant, "FX-TEN-1", "a different tid for the second key", &b.tenant)
+}
+
+async fn same_id(ctx: &Ctx) -> Result<(), CaseError> {
+    ctx.need_tenant2()?;
+    let a = ctx.user("a").await?;
+    let b = ctx.user2("b").await?;
+    let id = ctx.uid("shared");
+    for u in [&a, &b] {
+        let r = ctx.post("/rooms", &u.token, &json!({"id": id, "name": "shared id"})).await?;
+        r.expect_status("FX-TEN-2", "POST /rooms with the same id in each tenant", 201)?;
+    }
+    let mut ca = ctx.connect(&a, &id).await?;
+    let mut cb = ctx.connect(&b, &id).await?;
+    send(ctx, &mut ca, "tenant one").await?;
+    let bm = send(ctx, &mut cb, "tenant two").await?;
+    ensure_eq("FX-TEN-2", "seq of the first message in tenant 2's room", bm.seq, Some(1))?;
+    ca.sync("FX-TEN-2").await?;
+    let seen: Vec<u64> = ca.timeline().iter().map(|(e, _)| e.seq()).collect();
+    ensure_eq("FX-TEN-2", "events tenant 1 saw", seen, vec![1])
+}
+
+async fn no_cross(ctx: &Ctx) -> Result<(), CaseError> {
+    ctx.need_tenant2()?;
+    let a = ctx.user("a").await?;
+    let room = ctx.room(&a, &[]).await?;
+    let mut ca = ctx.connect(&a, &room).await?;
+    send(ctx, &mut ca, "secret").await?;
+    let adm = ctx.mint("adm2", crate::ctx::TokenOpts { roles: vec!["admin".into(), "owner".into()], second_tenant: true, ..Default::default() }).await?;
+    let missing = ctx.uid("missing");
+    for (p, pm) in [
+        (format!("/rooms/{room}"), format!("/rooms/{missing}")),
+        (format!("/rooms/{room}/history"), format!("/rooms/{missing}/history")),
+        (format!("/rooms/{room}/members"), format!("/rooms/{missing}/members")),
+        (format!("/api/messages?roomId={room}"), format!("/api/messages?roomId={missing}")),
+        (format!("/rooms/{room}/poll?timeoutMs=0"), format!("/rooms/{missing}/poll?timeoutMs=0")),
+    ] {
+        let r = ctx.get(&p, &adm.token).await?;
+        r.expect_error("FX-TEN-3", &format!("GET {p} from another tenant"), ErrorCode::NotFound)?;
+        let rm = ctx.get(&pm, &adm.token).await?;
+        ensure_eq("FX-TEN-3", &format!("{p} answered exactly like a missing room"), (r.status, r.error_code()), (rm.status, rm.error_code()))?;
+    }
+    let r = ctx.post("/messages", &adm.token, &json!({"roomId": room, "content": "intrusion"})).await?;
+    r.expect_error("FX-TEN-3", "POST /messages into another tenant's room", ErrorCode::NotFound)?;
+    let r = ctx.post(&format!("/rooms/{room}/members"), &adm.token, &json!({"userId": adm.id})).await?;
+    r.expect_error("FX-TEN-3", "adding oneself to another tenant's room", ErrorCode::NotFound)?;
+    let s = ctx.sse(&adm, &room, "", &[]).await?;
+    ensure_eq("FX-TEN-3", "SSE status for another tenant's room", s.status, 404)?;
+    let mut c = ctx.connect_raw(&adm.id, &format!("/ws/room/{room}?token={}", urlenc(&adm.token)), &[]).await?;
+    expect_rejected(&mut c, "FX-TEN-3", ErrorCode::NotFound, 4404).await?;
+    let r = ctx.get("/rooms", &adm.token).await?;
+    ensure(!r.text.contains(&room), "FX-TEN-3", "another tenant's rooms are not listed", &r.text)?;
+    ca.sync("FX-TEN-3").await?;
+    ensure_eq("FX-TEN-3", "events in the room", super::current_seq(ctx, &a, &room).await?, 1)
+}
+
+async fn create_room(ctx: &Ctx) -> Result<(), CaseError> {
+    let a = ctx.user("a").await?;
+    let b = ctx.user("b").await?;
+    let id = ctx.uid("room");
+    let r = ctx.post("/rooms", &a.token, &json!({"id": id, "name": "created", "type": "group", "members": [{"userId": b.id, "role": "admin"}]})).await?;
+    r.expect_status("FX-TEN-4", "POST /rooms", 201)?;
+    let rr: RoomResponse = r.parse("FX-TEN-4", "RoomResponse")?;
+    ensure_eq("FX-TEN-4", "room.createdBy", rr.room.created_by.clone(), a.id.clone())?;
+    ensure_eq("FX-TEN-4", "room.id", rr.room.id.clone(), id.clone())?;
+    let m = ctx.get(&format!("/rooms/{id}/members"), &a.token).await?;
+    let mr: MembersResponse = m.parse("FX-TEN-4", "MembersResponse")?;
+    let roles: Vec<(String, String)> = {
+        let mut v: Vec<(String, String)> = mr.members.iter().map(|m| (m.user_id.clone(), format!("{:?}", m.role))).collect();
+        v.sort();
+        v
+    };
+    let mut want = vec![(a.id.clone(), "Owner".to_string()), (b.id.clone(), "Admin".to_string())];
+    want.sort();
+    ensure_eq("FX-TEN-4", "members and roles", roles, want)?;
+    let r = ctx.post("/rooms", &b.token, &json!({"id": id, "name": "again"})).await?;
+    r.expect_error("FX-TEN-4", "POST /rooms with a taken id", ErrorCode::Conflict)?;
+    let r = ctx.post("/rooms", &a.token, &json!({"name": "no id"})).await?;
+    r.expect_status("FX-TEN-4", "POST /rooms without id (server picks one)", 201)
+}
+
+async fn members(ctx: &Ctx) -> Result<(), CaseError> {
+    let o = ctx.user("owner").await?;
+    let m = ctx.user("member").await?;
+    let x = ctx.user("x").await?;
+    let room = ctx.room(&o, &[&m]).await?;
+    let r = ctx.post(&format!("/rooms/{room}/members"), &m.token, &json!({"userId": x.id})).await?;
+    r.expect_error("FX-TEN-5", "a plain member adding a member", ErrorCode::Forbidden)?;
+    let r = ctx.http(reqwest::Method::DELETE, &format!("/rooms/{room}/members/{}", o.id), Some(&m.token), None).await?;
+    r.expect_error("FX-TEN-5", "a plain member removing the owner", ErrorCode::Forbidden)?;
+    let r = ctx.get(&format!("/rooms/{room}/members"), &x.token).await?;
+    r.expect_error("FX-TEN-5", "a non-member listing members", ErrorCode::NotMember)?;
+    let r = ctx.post(&format!("/rooms/{room}/members"), &o.token, &json!({"userId": x.id})).await?;
+    ensure(r.status == 200 || r.status == 201, "FX-TEN-5", "the owner adds a member", format!("{} {}", r.status, r.text))?;
+    let r = ctx.get(&format!("/rooms/{room}/members"), &x.token).await?;
+    r.expect_status("FX-TEN-5", "a member lists members", 200)?;
+    let adm = ctx.user_roles("adm", &["admin"]).await?;
+    let y = ctx.user("y").await?;
+    let r = ctx.post(&format!("/rooms/{room}/members"), &adm.token, &json!({"userId": y.id})).await?;
+    ensure(r.status == 200 || r.status == 201, "FX-TEN-5", "a token admin adds a member", format!("{} {}", r.status, r.text))?;
+    let r = ctx.http(reqwest::Method::DELETE, &format!("/rooms/{room}/members/{}", x.id), Some(&x.token), None).await?;
+    ensure(r.status == 200 || r.status == 204, "FX-TEN-5", "a user removes themselves", format!("{} {}", r.status, r.text))?;
+    let r = ctx.get(&format!("/rooms/{room}/history"), &x.token).await?;
+    r.expect_error("FX-TEN-5", "history after leaving", ErrorCode::NotMember)
+}
+
+async fn list_rooms(ctx: &Ctx) -> Result<(), CaseError> {
+    let a = ctx.user("a").await?;
+    let b = ctx.user("b").await?;
+    let r1 = ctx.room(&a, &[]).await?;
+    let r2 = ctx.room(&b, &[&a]).await?;
+    let r3 = ctx.room(&b, &[]).await?;
+    let r = ctx.get("/rooms", &a.token).await?;
+    r.expect_status("FX-TEN-6", "GET /rooms", 200)?;
+    let l: RoomListResponse = r.parse("FX-TEN-6", "RoomListResponse")?;
+    let mut ids: Vec<String> = l.rooms.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    let mut want = vec![r1.clone(), r2.clone()];
+    want.sort();
+    ensure_eq("FX-TEN-6", "rooms listed for a", ids, want)?;
+    let g = ctx.get(&format!("/rooms/{r2}"), &a.token).await?;
+    let one: RoomResponse = g.parse("FX-TEN-6", "RoomResponse")?;
+    ensure_eq("FX-TEN-6", "GET /rooms/{id}", one.room.id, r2)?;
+    let g = ctx.get(&format!("/rooms/{r3}"), &a.token).await?;
+    ensure(g.status == 403 || g.status == 404, "FX-TEN-6", "403 or 404 for a room the caller is not in", format!("{} {}", g.status, g.text))
+}
+
+async fn keys_scoped(ctx: &Ctx) -> Result<(), CaseError> {
+    ctx.need_tenant2()?;
+    let id = ctx.uid("same-user");
+    let a = ctx.mint_for(&id, Default::default()).await?;
+    let b = ctx.mint_for(&id, crate::ctx::TokenOpts { second_tenant: true, ..Default::default() }).await?;
+    let room = ctx.uid("same-room");
+    for u in [&a, &b] {
+        let r = ctx.post("/rooms", &u.token, &json!({"id": room, "name": "x"})).await?;
+        r.expect_status("FX-TEN-2", "POST /rooms", 201)?;
+    }
+    let cmid = ctx.cmid();
+    let ra = ctx.post("/messages", &a.token, &json!({"roomId": room, "content": "a", "clientMessageId": cmid})).await?;
+    ra.expect_status("FX-TEN-7", "first use of a key in tenant 1", 201)?;
+    let rb = ctx.post("/messages", &b.token, &json!({"roomId": room, "content": "b", "clientMessageId": cmid})).await?;
+    rb.expect_status("FX-TEN-7", "the same user id, room id and key in tenant 2 (a new request)", 201)?;
+    // A tenant-1 token does not work as a tenant-2 credential: it only ever sees tenant 1.
+    let h = ctx.history(&a, &room, "").await?;
+    ensure_eq("FX-TEN-7", "tenant 1's room content", h.events.len(), 1)
 }
