@@ -17,6 +17,8 @@ pub fn cases() -> Vec<Case> {
         case!("lim/frame-too-large", ["FX-LIM-1"], "a frame over maxFrameBytes gets payload_too_large and the connection stays open; HTTP bodies over 1 MiB get 413", too_large),
         case!("lim/rate-limit", ["FX-LIM-3", "FX-ERR-3"], "frames over the rate limit get rate_limited with retryAfterMs, are not processed, and the connection recovers", rate_limit),
         case!("lim/ping-not-limited", ["FX-LIM-4"], "pings do not count towards the rate limit", ping_not_limited),
+        case!("lim/http-rate-limit", ["FX-LIM-7"], "where HTTP is rate-limited, 429 rate_limited carries retryAfterMs and Retry-After", http_rate_limit),
+        case!("lim/invalid-frame-flood", ["FX-FRM-11", "FX-ERR-5"], "a flood of invalid frames is answered frame by frame; a close, if any, is 4010 protocol_violation", invalid_flood),
         case!("lim/idle-timeout", ["FX-LIM-8", "FX-ERR-5"], "a silent connection is closed with 4000 after idleTimeoutMs", idle_timeout),
     ]
 }
@@ -86,4 +88,48 @@ async fn idle_timeout(ctx: &Ctx) -> Result<(), CaseError> {
     let reason = c.log.iter().find_map(|i| match i { crate::ctx::Incoming::Closed { reason, .. } => Some(reason.clone()), _ => None }).unwrap_or_default();
     ensure_eq("FX-ERR-5", "close reason", reason.as_str(), "heartbeat_timeout")?;
     ensure(hb * 2 <= idle, "FX-LIM-8", "heartbeatIntervalMs at most half of idleTimeoutMs (SHOULD)", format!("{hb} / {idle}"))
+}
+
+async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
+    let a = ctx.user("a").await?;
+    let mut seen = None;
+    for _ in 0..10 {
+        let futs: Vec<_> = (0..30).map(|_| ctx.get("/rooms", &a.token)).collect();
+        for r in futures_util::future::join_all(futs).await {
+            let r = r?;
+            if r.status == 429 {
+                seen = Some(r);
+            }
+        }
+        if seen.is_some() {
+            break;
+        }
+    }
+    let Some(r) = seen else {
+        ctx.note("no HTTP rate limiting observed in 300 requests: FX-LIM-7 applies only where it is applied");
+        return Ok(());
+    };
+    r.expect_error("FX-LIM-7", "an HTTP 429", ErrorCode::RateLimited)?;
+    let v = r.json().unwrap_or_default();
+    ensure(v.get("retryAfterMs").and_then(|x| x.as_u64()).is_some_and(|x| x > 0), "FX-LIM-7", "retryAfterMs > 0", &r.text)?;
+    ensure(r.headers.get("retry-after").is_some(), "FX-LIM-7", "a Retry-After header", "none")
+}
+
+async fn invalid_flood(ctx: &Ctx) -> Result<(), CaseError> {
+    let (_, _, _, mut ca, _) = pair(ctx).await?;
+    for _ in 0..120 {
+        ca.send_text("not json")?;
+    }
+    ca.send_json(&json!({"type":"ping","ts":424242}))?;
+    let it = ca.wait_item("FX-FRM-11", "a pong after the flood, or close 4010", |i| {
+        matches!(i.frame(), Some(ServerFrame::Pong(p)) if p.echo == Some(424242)) || i.is_end()
+    }).await?;
+    if let crate::ctx::Incoming::Closed { code, reason } = it {
+        ensure_eq("FX-ERR-5", "close after an invalid-frame flood", (code, reason.as_str()), (Some(4010), "protocol_violation"))?;
+        let n = errors(&ca).len();
+        ensure(n >= 100, "FX-FRM-11", "at least 100 invalid frames before closing with 4010", n)?;
+    } else if !matches!(it, crate::ctx::Incoming::Text { .. }) {
+        return Err(fail("FX-FRM-11", "a pong or close 4010", format!("{it:?}")));
+    }
+    Ok(())
 }

@@ -17,6 +17,7 @@ pub fn cases() -> Vec<Case> {
         case!("ten/no-cross-tenant-access", ["FX-TEN-3"], "another tenant's room answers exactly like a missing room (404 / 4404) on every route", no_cross),
         case!("ten/create-room", ["FX-TEN-4"], "POST /rooms creates a room owned by the caller with its members; a taken id gets 409", create_room),
         case!("ten/members-management", ["FX-TEN-5"], "only room or token owners/admins manage members; users may leave; listing needs membership", members),
+        case!("ten/removed-member-closed", ["FX-AUTH-14"], "a user removed from a room has its connections closed with 4003", removed_closed),
         case!("ten/list-rooms", ["FX-TEN-6"], "GET /rooms lists the caller's rooms of its tenant; GET /rooms/{id} returns one", list_rooms),
         case!("ten/keys-scoped-to-tenant", ["FX-TEN-7"], "idempotency keys and tokens of one tenant have no effect in another", keys_scoped),
     ]
@@ -172,4 +173,15 @@ async fn keys_scoped(ctx: &Ctx) -> Result<(), CaseError> {
     // A tenant-1 token does not work as a tenant-2 credential: it only ever sees tenant 1.
     let h = ctx.history(&a, &room, "").await?;
     ensure_eq("FX-TEN-7", "tenant 1's room content", h.events.len(), 1)
+}
+
+async fn removed_closed(ctx: &Ctx) -> Result<(), CaseError> {
+    let o = ctx.user("owner").await?;
+    let m = ctx.user("member").await?;
+    let room = ctx.room(&o, &[&m]).await?;
+    let mut cm = ctx.connect(&m, &room).await?;
+    let r = ctx.http(reqwest::Method::DELETE, &format!("/rooms/{room}/members/{}", m.id), Some(&o.token), None).await?;
+    ensure(r.status == 200 || r.status == 204, "FX-TEN-5", "the owner removes a member", format!("{} {}", r.status, r.text))?;
+    let code = cm.wait_close("FX-AUTH-14", ctx.wait()).await?;
+    ensure_eq("FX-AUTH-14", "close code after removal", code, Some(4003))
 }
