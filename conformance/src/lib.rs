@@ -17,6 +17,7 @@ pub mod property;
 pub mod proxy;
 pub mod report;
 pub mod runner;
+pub mod selftest;
 pub mod transcript;
 
 use std::sync::Arc;

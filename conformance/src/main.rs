@@ -27,6 +27,19 @@ enum Cmd {
     },
     /// List every clause with the cases covering it; exits 1 if a MUST clause has none.
     Coverage,
+    /// Show (and with --verify, prove) which case catches each deliberate fault of the
+    /// embedded reference server.
+    Faults {
+        /// Start the reference server with each fault and check the suite fails as expected.
+        #[arg(long)]
+        verify: bool,
+        /// Faulty servers run at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// Multiply every deadline by this factor.
+        #[arg(long, default_value_t = 1.0)]
+        timeout_scale: f64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +196,39 @@ fn main() -> ExitCode {
                 println!("MUST clauses without a case: {}", missing.join(", "));
                 ExitCode::from(1)
             }
+        }
+        Cmd::Faults { verify, jobs, timeout_scale } => {
+            use fluxy_conformance::selftest::{check_all, FAULT_CATCHERS};
+            if !verify {
+                for f in FAULT_CATCHERS {
+                    println!("{:<26} {:<36} {}", f.fault, f.filter.join(","), f.clauses.join(","));
+                }
+                return ExitCode::SUCCESS;
+            }
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fluxy-conformance: cannot start the async runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let res = rt.block_on(check_all(timeout_scale, jobs));
+            let mut ok = true;
+            println!("{:<26} {:<8} caught by (case: clause)", "fault", "caught");
+            for (f, r) in FAULT_CATCHERS.iter().zip(res) {
+                match r {
+                    Ok(o) => {
+                        ok &= o.caught;
+                        let by: Vec<String> = o.caught_by.iter().map(|(c, cl)| format!("{c}: {cl}")).collect();
+                        println!("{:<26} {:<8} {}{}", f.fault, if o.caught { "yes" } else { "NO" }, by.join("; "), o.note.map(|n| format!("  [{n}]")).unwrap_or_default());
+                    }
+                    Err(e) => {
+                        ok = false;
+                        println!("{:<26} {:<8} run failed: {e}", f.fault, "ERROR");
+                    }
+                }
+            }
+            if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
         Cmd::Run(a) => {
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
