@@ -1,0 +1,100 @@
+//! The suite passes against the embedded reference server and against `fluxy-server` started
+//! as a separate process (the same binary users run), driven only by its --dev line.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use fluxy_conformance::{run, DevJson, RunConfig, RunOptions, Verdict};
+
+fn summary(rep: &fluxy_conformance::Report) -> String {
+    fluxy_conformance::report::console(rep)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn suite_passes_against_embedded_server() {
+    let config = RunConfig {
+        timeout_scale: 2.0,
+        options: RunOptions { jobs: 4, ..RunOptions::default() },
+        ..RunConfig::default()
+    };
+    let rep = run(&config).await.expect("the run proceeds");
+    assert_eq!(rep.exit_code(), 0, "{}", summary(&rep));
+    assert!(rep.cases.len() > 100);
+    assert!(rep.cases.iter().all(|c| matches!(c.verdict, Verdict::Pass | Verdict::Skipped | Verdict::NonStrict)));
+    eprintln!("embedded suite: {} cases in {} ms", rep.cases.len(), rep.wall_ms);
+}
+
+/// target/debug (or release) next to this test executable.
+fn target_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // target/debug/deps/suite-xxxx → target/debug
+    exe.parent()?.parent().map(|p| p.to_path_buf())
+}
+
+/// Locate the `fluxy-server` binary, building it with the cargo that runs the tests if needed.
+fn server_binary() -> Option<PathBuf> {
+    let dir = target_dir()?;
+    let bin = dir.join(format!("fluxy-server{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "fluxy-server", "--bin", "fluxy-server"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            return None;
+        }
+    }
+    bin.exists().then_some(bin)
+}
+
+struct Killer(Child);
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn suite_passes_against_separate_server_process() {
+    let bin = server_binary().expect("fluxy-server binary (cargo build -p fluxy-server)");
+    let mut child = Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0", "--dev", "--idle-timeout-ms", "4000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fluxy-server");
+    let out = child.stdout.take().expect("stdout");
+    let guard = Killer(child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut r = BufReader::new(out);
+        let mut line = String::new();
+        while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            if line.trim_start().starts_with('{') {
+                return line;
+            }
+            line.clear();
+        }
+        line
+    })
+    .await
+    .expect("read the dev line");
+    let dev = DevJson::parse(&line).expect("the --dev JSON line");
+    let config = RunConfig {
+        target: Some(dev.target()),
+        timeout_scale: 2.0,
+        options: RunOptions { jobs: 4, ..RunOptions::default() },
+        ..RunConfig::default()
+    };
+    let rep = run(&config).await.expect("the run proceeds");
+    drop(guard);
+    assert_eq!(rep.exit_code(), 0, "{}", summary(&rep));
+    assert!(!rep.embedded);
+    eprintln!("separate process: {} cases in {} ms", rep.cases.len(), rep.wall_ms);
+}
