@@ -109,6 +109,16 @@ struct Core {
     sse: Vec<SseSub>,
     pollers: Vec<(u64, oneshot::Sender<()>)>,
     alarm_at: Option<u64>,
+    stats: CommitStats,
+}
+
+/// Commit statistics, logged at most every few seconds while the room is busy.
+#[derive(Default)]
+struct CommitStats {
+    batches: u64,
+    statements: u64,
+    busy_ms: u64,
+    since_ms: u64,
 }
 
 struct Shell {
@@ -433,6 +443,10 @@ impl Shell {
                 core.sockets.insert(att.c, Sock { ws, att });
             }
         }
+        worker::console_log!(
+            "fluxy-worker: room {tenant}/{room} loaded at seq {current}; {} hibernated socket(s) restored",
+            core.sockets.len()
+        );
         core.key = Some((ta, ra));
         core.room = Some(engine);
         Ok(())
@@ -469,6 +483,8 @@ impl Shell {
             let Some((batch, statements)) = next else {
                 break;
             };
+            let t0 = now_ms();
+            let n = statements.len() as u64;
             let ok = match self.write(&statements).await {
                 Ok(()) => true,
                 Err(e) => {
@@ -477,6 +493,25 @@ impl Shell {
                 }
             };
             let mut core = self.core.borrow_mut();
+            let now = now_ms();
+            let st = &mut core.stats;
+            st.batches += 1;
+            st.statements += n;
+            st.busy_ms += now.saturating_sub(t0);
+            if st.since_ms == 0 {
+                st.since_ms = t0;
+            }
+            if now.saturating_sub(st.since_ms) >= 5000 {
+                worker::console_log!(
+                    "fluxy-worker: {} D1 batches ({} statements, {:.1}/batch) in {} ms, D1 busy {} ms",
+                    st.batches,
+                    st.statements,
+                    st.statements as f64 / st.batches as f64,
+                    now - st.since_ms,
+                    st.busy_ms
+                );
+                *st = CommitStats::default();
+            }
             if let Some(room) = core.room.as_mut() {
                 let input = if ok {
                     Input::Committed { batch }
@@ -595,7 +630,8 @@ impl Shell {
             }
         };
         self.core.borrow_mut().alarm_at = Some(want);
-        let when = i64::try_from(want).unwrap_or(i64::MAX);
+        // An absolute time (`From<i64>` would be an offset from now).
+        let when = worker::ScheduledTime::new(js_sys::Date::new(&JsValue::from_f64(want as f64)));
         if let Err(e) = self.state.storage().set_alarm(when).await {
             worker::console_error!("fluxy-worker: set_alarm failed: {e}");
             self.core.borrow_mut().alarm_at = None;
