@@ -73,8 +73,16 @@ pub fn render(cov: &[ClauseCoverage]) -> String {
     }
     let must: Vec<&ClauseCoverage> = cov.iter().filter(|c| c.level == "MUST").collect();
     let covered = must.iter().filter(|c| !c.cases.is_empty()).count();
-    let other: Vec<&ClauseCoverage> = cov.iter().filter(|c| c.level == "SHOULD" || c.level == "MAY").collect();
+    let other: Vec<&ClauseCoverage> = cov
+        .iter()
+        .filter(|c| c.level == "SHOULD" || c.level == "MAY")
+        .collect();
     let ocov = other.iter().filter(|c| !c.cases.is_empty()).count();
-    let _ = writeln!(s, "\nMUST clauses covered: {covered}/{}; SHOULD/MAY covered: {ocov}/{}", must.len(), other.len());
+    let _ = writeln!(
+        s,
+        "\nMUST clauses covered: {covered}/{}; SHOULD/MAY covered: {ocov}/{}",
+        must.len(),
+        other.len()
+    );
     s
 }

@@ -54,7 +54,11 @@ impl HttpResp {
     }
 
     /// Decode the body as `T`, failing `clause` otherwise.
-    pub fn parse<T: serde::de::DeserializeOwned>(&self, clause: &str, what: &str) -> Result<T, CaseError> {
+    pub fn parse<T: serde::de::DeserializeOwned>(
+        &self,
+        clause: &str,
+        what: &str,
+    ) -> Result<T, CaseError> {
         serde_json::from_str(&self.text).map_err(|e| {
             fail(
                 clause,
@@ -193,7 +197,9 @@ impl Ctx {
         if self.env.target.api_key2.is_some() {
             Ok(())
         } else {
-            Err(CaseError::Skip("needs a second tenant (--api-key-2)".into()))
+            Err(CaseError::Skip(
+                "needs a second tenant (--api-key-2)".into(),
+            ))
         }
     }
 
@@ -238,16 +244,23 @@ impl Ctx {
         };
         self.tr.push("http", Dir::Sent, &line);
         let res = rb.send().await.map_err(|e| {
-            self.tr.push("http", Dir::Note, &format!("transport error: {}", error_chain(&e)));
+            self.tr.push(
+                "http",
+                Dir::Note,
+                &format!("transport error: {}", error_chain(&e)),
+            );
             CaseError::Error(format!("{method} {path}: {}", error_chain(&e)))
         })?;
         let status = res.status().as_u16();
         let headers = res.headers().clone();
-        let text = res
-            .text()
-            .await
-            .map_err(|e| CaseError::Error(format!("{method} {path}: reading body: {}", error_chain(&e))))?;
-        self.tr.push("http", Dir::Received, &format!("{status} {text}"));
+        let text = res.text().await.map_err(|e| {
+            CaseError::Error(format!(
+                "{method} {path}: reading body: {}",
+                error_chain(&e)
+            ))
+        })?;
+        self.tr
+            .push("http", Dir::Received, &format!("{status} {text}"));
         Ok(HttpResp {
             status,
             headers,
@@ -257,12 +270,14 @@ impl Ctx {
 
     /// GET with a token.
     pub async fn get(&self, path: &str, token: &str) -> Result<HttpResp, CaseError> {
-        self.http(reqwest::Method::GET, path, Some(token), None).await
+        self.http(reqwest::Method::GET, path, Some(token), None)
+            .await
     }
 
     /// POST JSON with a token.
     pub async fn post(&self, path: &str, token: &str, body: &Value) -> Result<HttpResp, CaseError> {
-        self.http(reqwest::Method::POST, path, Some(token), Some(body)).await
+        self.http(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
     }
 
     /// POST /auth/token for a new unique user.
@@ -359,7 +374,11 @@ impl Ctx {
     }
 
     /// Create a room from a full request; returns its id.
-    pub async fn room_req(&self, owner: &User, req: CreateRoomRequest) -> Result<String, CaseError> {
+    pub async fn room_req(
+        &self,
+        owner: &User,
+        req: CreateRoomRequest,
+    ) -> Result<String, CaseError> {
         let body = serde_json::to_value(&req).unwrap_or(Value::Null);
         let res = self.post("/rooms", &owner.token, &body).await?;
         if res.status != 201 {
@@ -373,11 +392,21 @@ impl Ctx {
         v.pointer("/room/id")
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| CaseError::Error(format!("set-up: POST /rooms body: {}", short(&res.text, 300))))
+            .ok_or_else(|| {
+                CaseError::Error(format!(
+                    "set-up: POST /rooms body: {}",
+                    short(&res.text, 300)
+                ))
+            })
     }
 
     /// GET a history page.
-    pub async fn history(&self, user: &User, room: &str, query: &str) -> Result<HistoryPage, CaseError> {
+    pub async fn history(
+        &self,
+        user: &User,
+        room: &str,
+        query: &str,
+    ) -> Result<HistoryPage, CaseError> {
         let path = if query.is_empty() {
             format!("/rooms/{room}/history")
         } else {
@@ -398,11 +427,17 @@ impl Ctx {
         let mut out = Vec::new();
         let mut q = format!("direction=forward&limit={limit}");
         for _ in 0..10_000 {
-            let res = self.get(&format!("/rooms/{room}/history?{q}"), &user.token).await?;
+            let res = self
+                .get(&format!("/rooms/{room}/history?{q}"), &user.token)
+                .await?;
             res.expect_status("FX-HIS-1", "history page", 200)?;
             let v: Value = res.parse("FX-HIS-1", "HistoryPage")?;
             let page: HistoryPage = res.parse("FX-HIS-1", "HistoryPage")?;
-            let raws = v.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+            let raws = v
+                .get("events")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             for (e, raw) in page.events.iter().cloned().zip(raws) {
                 out.push((e, raw));
             }
@@ -410,7 +445,11 @@ impl Ctx {
                 break;
             }
             let c = page.next_cursor.ok_or_else(|| {
-                fail("FX-HIS-6", "a forward page carries nextCursor", "no nextCursor")
+                fail(
+                    "FX-HIS-6",
+                    "a forward page carries nextCursor",
+                    "no nextCursor",
+                )
             })?;
             q = format!("direction=forward&limit={limit}&cursor={}", urlenc(&c));
         }
@@ -479,6 +518,9 @@ pub fn urlenc(s: &str) -> String {
 }
 
 /// Something a WebSocket connection delivered.
+// Frames are kept unboxed so cases can pattern-match them directly; a log holds at most a few
+// thousand of them.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Incoming {
     /// A text frame.
@@ -532,7 +574,9 @@ impl Incoming {
             Incoming::Text { text, .. } => short(text, 300),
             Incoming::Binary(n) => format!("binary frame of {n} bytes"),
             Incoming::Closed { code, reason } => format!("close {code:?} {reason:?}"),
-            Incoming::Refused { status, body } => format!("upgrade refused: HTTP {status} {}", short(body, 200)),
+            Incoming::Refused { status, body } => {
+                format!("upgrade refused: HTTP {status} {}", short(body, 200))
+            }
             Incoming::Broken(e) => format!("transport error: {e}"),
         }
     }
@@ -576,11 +620,32 @@ impl Drop for Conn {
 static CONN_SEQ: AtomicU64 = AtomicU64::new(1);
 
 impl Conn {
-    pub(crate) async fn open(ctx: &Ctx, label: &str, url: &str, headers: &[(&str, &str)]) -> Result<Conn, CaseError> {
-        let label = format!("ws:{}#{}", label.rsplit('-').next().unwrap_or(label), CONN_SEQ.fetch_add(1, Ordering::Relaxed));
+    pub(crate) async fn open(
+        ctx: &Ctx,
+        label: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Conn, CaseError> {
+        let label = format!(
+            "ws:{}#{}",
+            label.rsplit('-').next().unwrap_or(label),
+            CONN_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let tr = ctx.tr.clone();
         let shown = url.split("token=").next().unwrap_or(url);
-        tr.push(&label, Dir::Note, &format!("connect {}{}", shown, if url.contains("token=") { "token=…" } else { "" }));
+        tr.push(
+            &label,
+            Dir::Note,
+            &format!(
+                "connect {}{}",
+                shown,
+                if url.contains("token=") {
+                    "token=…"
+                } else {
+                    ""
+                }
+            ),
+        );
         let mut req = url
             .into_client_request()
             .map_err(|e| CaseError::Error(format!("bad WebSocket URL {url}: {e}")))?;
@@ -613,7 +678,9 @@ impl Conn {
         };
         let (ws, resp) = match connecting {
             Err(_) => {
-                return Err(CaseError::Error(format!("WebSocket connect to {shown} timed out")));
+                return Err(CaseError::Error(format!(
+                    "WebSocket connect to {shown} timed out"
+                )));
             }
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
                 let status = resp.status().as_u16();
@@ -622,7 +689,11 @@ impl Conn {
                     .as_ref()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
-                tr.push(&label, Dir::Received, &format!("upgrade refused: HTTP {status} {body}"));
+                tr.push(
+                    &label,
+                    Dir::Received,
+                    &format!("upgrade refused: HTTP {status} {body}"),
+                );
                 conn.log.push(Incoming::Refused { status, body });
                 return Ok(conn);
             }
@@ -660,7 +731,11 @@ impl Conn {
                         Incoming::Text { text, value, frame }
                     }
                     Ok(Message::Binary(b)) => {
-                        tr2.push(&label2, Dir::Received, &format!("binary frame of {} bytes", b.len()));
+                        tr2.push(
+                            &label2,
+                            Dir::Received,
+                            &format!("binary frame of {} bytes", b.len()),
+                        );
                         Incoming::Binary(b.len())
                     }
                     Ok(Message::Close(cf)) => {
@@ -668,7 +743,15 @@ impl Conn {
                             Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
                             None => (None, String::new()),
                         };
-                        tr2.push(&label2, Dir::Received, &format!("close {} {reason:?}", code.map(|c| c.to_string()).unwrap_or_else(|| "(no code)".into())));
+                        tr2.push(
+                            &label2,
+                            Dir::Received,
+                            &format!(
+                                "close {} {reason:?}",
+                                code.map(|c| c.to_string())
+                                    .unwrap_or_else(|| "(no code)".into())
+                            ),
+                        );
                         let _ = tx_in.send(Incoming::Closed { code, reason });
                         return;
                     }
@@ -698,32 +781,59 @@ impl Conn {
     pub async fn handshake(&mut self) -> Result<(), CaseError> {
         let first = self.next_item().await;
         let w = match first {
-            Some(Incoming::Text { frame: Some(ServerFrame::Welcome(w)), .. }) => w,
+            Some(Incoming::Text {
+                frame: Some(ServerFrame::Welcome(w)),
+                ..
+            }) => w,
             Some(other) => {
-                return Err(fail("FX-HS-5", "first frame is `welcome`", other.describe()));
+                return Err(fail(
+                    "FX-HS-5",
+                    "first frame is `welcome`",
+                    other.describe(),
+                ));
             }
-            None => return Err(fail("FX-HS-5", "a `welcome` frame", "nothing within the deadline")),
+            None => {
+                return Err(fail(
+                    "FX-HS-5",
+                    "a `welcome` frame",
+                    "nothing within the deadline",
+                ))
+            }
         };
         let hb = w.heartbeat_interval_ms.clamp(200, 30_000);
         self.welcome = Some(w);
         self.pos = self.log.len();
         self.start_keepalive(Duration::from_millis(hb));
         loop {
-            let it = self
-                .next_item()
-                .await
-                .ok_or_else(|| fail("FX-HS-8", "`subscription_succeeded` after the snapshot", "nothing within the deadline"))?;
+            let it = self.next_item().await.ok_or_else(|| {
+                fail(
+                    "FX-HS-8",
+                    "`subscription_succeeded` after the snapshot",
+                    "nothing within the deadline",
+                )
+            })?;
             self.pos = self.log.len();
             match &it {
-                Incoming::Text { frame: Some(ServerFrame::History(h)), value, .. } => {
+                Incoming::Text {
+                    frame: Some(ServerFrame::History(h)),
+                    value,
+                    ..
+                } => {
                     self.snapshot = Some(h.clone());
                     self.snapshot_raw = raw_events(value);
                 }
-                Incoming::Text { frame: Some(ServerFrame::Replay(r)), value, .. } => {
+                Incoming::Text {
+                    frame: Some(ServerFrame::Replay(r)),
+                    value,
+                    ..
+                } => {
                     self.replay = Some(r.clone());
                     self.snapshot_raw = raw_events(value);
                 }
-                Incoming::Text { frame: Some(ServerFrame::SubscriptionSucceeded(_)), .. } => return Ok(()),
+                Incoming::Text {
+                    frame: Some(ServerFrame::SubscriptionSucceeded(_)),
+                    ..
+                } => return Ok(()),
                 other => {
                     return Err(fail(
                         "FX-HS-8",
@@ -806,7 +916,11 @@ impl Conn {
 
     /// Send a binary frame.
     pub fn send_binary(&self, b: Vec<u8>) -> Result<(), CaseError> {
-        self.tr.push(&self.label, Dir::Sent, &format!("binary frame of {} bytes", b.len()));
+        self.tr.push(
+            &self.label,
+            Dir::Sent,
+            &format!("binary frame of {} bytes", b.len()),
+        );
         self.raw(Message::binary(b))
     }
 
@@ -831,7 +945,11 @@ impl Conn {
 
     /// Drop the TCP connection without a close frame.
     pub fn kill(mut self) {
-        self.tr.push(&self.label, Dir::Note, "drop TCP connection without close frame");
+        self.tr.push(
+            &self.label,
+            Dir::Note,
+            "drop TCP connection without close frame",
+        );
         self.stop_keepalive();
         for t in self.tasks.drain(..) {
             t.abort();
@@ -864,7 +982,11 @@ impl Conn {
                 return Ok(it.clone());
             }
             if it.is_end() {
-                return Err(fail(clause, what, format!("connection ended first: {}", it.describe())));
+                return Err(fail(
+                    clause,
+                    what,
+                    format!("connection ended first: {}", it.describe()),
+                ));
             }
         }
         let deadline = Instant::now() + dur;
@@ -876,11 +998,21 @@ impl Conn {
                         return Ok(it);
                     }
                     if it.is_end() {
-                        return Err(fail(clause, what, format!("connection ended first: {}", it.describe())));
+                        return Err(fail(
+                            clause,
+                            what,
+                            format!("connection ended first: {}", it.describe()),
+                        ));
                     }
                 }
                 None => {
-                    let last: Vec<String> = self.log.iter().rev().take(3).map(Incoming::describe).collect();
+                    let last: Vec<String> = self
+                        .log
+                        .iter()
+                        .rev()
+                        .take(3)
+                        .map(Incoming::describe)
+                        .collect();
                     return Err(fail(
                         clause,
                         what,
@@ -888,7 +1020,11 @@ impl Conn {
                             "nothing matching on {} within {:.1}s (last received: {})",
                             self.label,
                             dur.as_secs_f64(),
-                            if last.is_empty() { "nothing".to_string() } else { last.join(" | ") }
+                            if last.is_empty() {
+                                "nothing".to_string()
+                            } else {
+                                last.join(" | ")
+                            }
                         ),
                     ));
                 }
@@ -924,9 +1060,14 @@ impl Conn {
     }
 
     /// Wait for any frame carrying `ref` = `reference` (ack, error, replay, token_refreshed).
-    pub async fn answer(&mut self, clause: &str, reference: &str) -> Result<ServerFrame, CaseError> {
+    pub async fn answer(
+        &mut self,
+        clause: &str,
+        reference: &str,
+    ) -> Result<ServerFrame, CaseError> {
         let what = format!("an answer with ref {reference}");
-        self.wait_frame(clause, &what, |f| frame_ref(f) == Some(reference)).await
+        self.wait_frame(clause, &what, |f| frame_ref(f) == Some(reference))
+            .await
     }
 
     /// Wait for the `error` answering `reference` and check its code.
@@ -947,7 +1088,11 @@ impl Conn {
     }
 
     /// Wait for an `error` frame (any ref) with `code`.
-    pub async fn expect_error_any(&mut self, clause: &str, code: ErrorCode) -> Result<ErrorFrame, CaseError> {
+    pub async fn expect_error_any(
+        &mut self,
+        clause: &str,
+        code: ErrorCode,
+    ) -> Result<ErrorFrame, CaseError> {
         let what = format!("`error {code}`");
         match self
             .wait_frame(clause, &what, |f| matches!(f, ServerFrame::Error(_)))
@@ -959,9 +1104,15 @@ impl Conn {
     }
 
     /// Wait for the connection to end; returns the close code.
-    pub async fn wait_close(&mut self, clause: &str, dur: Duration) -> Result<Option<u16>, CaseError> {
+    pub async fn wait_close(
+        &mut self,
+        clause: &str,
+        dur: Duration,
+    ) -> Result<Option<u16>, CaseError> {
         let it = self
-            .wait_item_for(clause, "the server closes the connection", dur, &mut |i| i.is_end())
+            .wait_item_for(clause, "the server closes the connection", dur, &mut |i| {
+                i.is_end()
+            })
             .await?;
         Ok(match it {
             Incoming::Closed { code, .. } => code,
@@ -972,10 +1123,14 @@ impl Conn {
     /// Round-trip a ping: everything the server sent before the pong is in `log` afterwards.
     pub async fn sync(&mut self, clause: &str) -> Result<(), CaseError> {
         let ts = 1_000_000 + CONN_SEQ.fetch_add(1, Ordering::Relaxed);
-        self.send(&ClientFrame::Ping(fluxy_protocol::client::PingFrame { ts: Some(ts) }))?;
-        self.wait_frame(clause, "`pong` echoing the ping's ts", |f| {
-            matches!(f, ServerFrame::Pong(p) if p.echo == Some(ts))
-        })
+        self.send(&ClientFrame::Ping(fluxy_protocol::client::PingFrame {
+            ts: Some(ts),
+        }))?;
+        self.wait_frame(
+            clause,
+            "`pong` echoing the ping's ts",
+            |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(ts)),
+        )
         .await?;
         Ok(())
     }
@@ -985,9 +1140,11 @@ impl Conn {
         self.log
             .iter()
             .filter_map(|i| match i {
-                Incoming::Text { frame: Some(f), value: Some(v), .. } => {
-                    f.clone().into_timeline().map(|e| (e, v.clone()))
-                }
+                Incoming::Text {
+                    frame: Some(f),
+                    value: Some(v),
+                    ..
+                } => f.clone().into_timeline().map(|e| (e, v.clone())),
                 _ => None,
             })
             .collect()
@@ -1081,8 +1238,18 @@ impl Drop for Sse {
 }
 
 impl Sse {
-    async fn open(ctx: &Ctx, who: &str, path: &str, token: &str, headers: &[(&str, &str)]) -> Result<Sse, CaseError> {
-        let label = format!("sse:{}#{}", who.rsplit('-').next().unwrap_or(who), CONN_SEQ.fetch_add(1, Ordering::Relaxed));
+    async fn open(
+        ctx: &Ctx,
+        who: &str,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Sse, CaseError> {
+        let label = format!(
+            "sse:{}#{}",
+            who.rsplit('-').next().unwrap_or(who),
+            CONN_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let url = format!("{}{}", ctx.env.target.endpoint, path);
         let mut rb = ctx
             .env
@@ -1098,10 +1265,15 @@ impl Sse {
         if !has_accept {
             rb = rb.header("Accept", "text/event-stream");
         }
-        ctx.tr.push(&label, Dir::Sent, &format!("GET {path} {headers:?}"));
+        ctx.tr
+            .push(&label, Dir::Sent, &format!("GET {path} {headers:?}"));
         let res = tokio::time::timeout(ctx.wait(), rb.send())
             .await
-            .map_err(|_| CaseError::Error(format!("GET {path}: no response headers within the deadline")))?
+            .map_err(|_| {
+                CaseError::Error(format!(
+                    "GET {path}: no response headers within the deadline"
+                ))
+            })?
             .map_err(|e| CaseError::Error(format!("GET {path}: {}", error_chain(&e))))?;
         let status = res.status().as_u16();
         let hdrs = res.headers().clone();
@@ -1116,7 +1288,11 @@ impl Sse {
             wait: ctx.wait(),
             task: None,
         };
-        ctx.tr.push(&label, Dir::Received, &format!("{status} content-type={:?}", hdrs.get("content-type")));
+        ctx.tr.push(
+            &label,
+            Dir::Received,
+            &format!("{status} content-type={:?}", hdrs.get("content-type")),
+        );
         if status != 200 {
             sse.body = tokio::time::timeout(ctx.wait(), res.text())
                 .await
@@ -1131,7 +1307,11 @@ impl Sse {
         let task = tokio::spawn(async move {
             let mut stream = res.bytes_stream();
             let mut buf = String::new();
-            let mut cur = SseEvent { id: None, event: String::new(), data: String::new() };
+            let mut cur = SseEvent {
+                id: None,
+                event: String::new(),
+                data: String::new(),
+            };
             let mut has_data = false;
             while let Some(chunk) = stream.next().await {
                 let Ok(chunk) = chunk else { break };
@@ -1141,11 +1321,27 @@ impl Sse {
                     buf.drain(..=nl);
                     if line.is_empty() {
                         if has_data || cur.id.is_some() || !cur.event.is_empty() {
-                            let mut ev = std::mem::replace(&mut cur, SseEvent { id: None, event: String::new(), data: String::new() });
+                            let mut ev = std::mem::replace(
+                                &mut cur,
+                                SseEvent {
+                                    id: None,
+                                    event: String::new(),
+                                    data: String::new(),
+                                },
+                            );
                             if ev.event.is_empty() {
                                 ev.event = "message".into();
                             }
-                            tr.push(&label, Dir::Received, &format!("id:{} event:{} data:{}", ev.id.as_deref().unwrap_or("-"), ev.event, ev.data));
+                            tr.push(
+                                &label,
+                                Dir::Received,
+                                &format!(
+                                    "id:{} event:{} data:{}",
+                                    ev.id.as_deref().unwrap_or("-"),
+                                    ev.event,
+                                    ev.data
+                                ),
+                            );
                             if tx.send(Some(ev)).is_err() {
                                 return;
                             }
@@ -1155,7 +1351,10 @@ impl Sse {
                         tr.push(&label, Dir::Received, &format!(":{c}"));
                     } else {
                         let (field, val) = match line.find(':') {
-                            Some(i) => (&line[..i], line[i + 1..].strip_prefix(' ').unwrap_or(&line[i + 1..])),
+                            Some(i) => (
+                                &line[..i],
+                                line[i + 1..].strip_prefix(' ').unwrap_or(&line[i + 1..]),
+                            ),
                             None => (line.as_str(), ""),
                         };
                         match field {
@@ -1194,7 +1393,11 @@ impl Sse {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(fail(clause, what, format!("nothing matching within {:.1}s", self.wait.as_secs_f64())));
+                return Err(fail(
+                    clause,
+                    what,
+                    format!("nothing matching within {:.1}s", self.wait.as_secs_f64()),
+                ));
             }
             match tokio::time::timeout(deadline - now, self.rx.recv()).await {
                 Ok(Some(Some(ev))) => {

@@ -32,7 +32,9 @@ pub struct Embedded {
 
 impl std::fmt::Debug for Embedded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Embedded").field("target", &self.target).finish()
+        f.debug_struct("Embedded")
+            .field("target", &self.target)
+            .finish()
     }
 }
 

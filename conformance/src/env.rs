@@ -53,7 +53,9 @@ impl DevJson {
             .lines()
             .map(str::trim)
             .find(|l| l.starts_with('{'))
-            .ok_or_else(|| RunError::Config("no JSON object found in the --dev-json input".into()))?;
+            .ok_or_else(|| {
+                RunError::Config("no JSON object found in the --dev-json input".into())
+            })?;
         serde_json::from_str(line)
             .map_err(|e| RunError::Config(format!("--dev-json is not the server's dev line: {e}")))
     }
@@ -156,17 +158,18 @@ impl Env {
         seed: u64,
         schedules: u32,
     ) -> Result<Env, RunError> {
-        let scale = if scale.is_finite() && scale > 0.0 { scale } else { 1.0 };
+        let scale = if scale.is_finite() && scale > 0.0 {
+            scale
+        } else {
+            1.0
+        };
         let endpoint = target.endpoint.trim_end_matches('/').to_string();
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(RunError::Config(format!(
                 "--endpoint must start with http:// or https://, got {endpoint:?}"
             )));
         }
-        let target = Target {
-            endpoint,
-            ..target
-        };
+        let target = Target { endpoint, ..target };
         let http = reqwest::Client::builder()
             .timeout(BASE_WAIT.mul_f64(2.0 * scale))
             .connect_timeout(BASE_WAIT.mul_f64(scale))
@@ -185,7 +188,14 @@ impl Env {
             }
         }
         // 2. Tokens for each key.
-        let tenant = mint_probe(&http, &target.endpoint, &target.api_key, "--api-key", &run_id).await?;
+        let tenant = mint_probe(
+            &http,
+            &target.endpoint,
+            &target.api_key,
+            "--api-key",
+            &run_id,
+        )
+        .await?;
         let tenant2 = match &target.api_key2 {
             Some(k) => Some(
                 mint_probe(&http, &target.endpoint, k, "--api-key-2", &run_id)

@@ -8,8 +8,8 @@ use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::json;
 
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::cases::{msg_c, send};
 use crate::ctx::{Conn, Ctx};
 
@@ -27,7 +27,10 @@ pub fn seeded(seed: u64, salt: u8) -> TestRunner {
     let mut s = [0u8; 32];
     s[..8].copy_from_slice(&seed.to_le_bytes());
     s[8] = salt;
-    TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &s))
+    TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &s),
+    )
 }
 
 /// Draw `n` values of `strat`.
@@ -42,9 +45,11 @@ async fn exchange(c: &mut Conn, text: &str, ts: u64) -> Result<Vec<ServerFrame>,
     let before = c.log.len();
     c.send_text(text)?;
     c.send_json(&json!({"type":"ping","ts":ts}))?;
-    c.wait_frame("FX-ERR-7", "the server to keep answering (pong after a fuzz frame)", |f| {
-        matches!(f, ServerFrame::Pong(p) if p.echo == Some(ts))
-    })
+    c.wait_frame(
+        "FX-ERR-7",
+        "the server to keep answering (pong after a fuzz frame)",
+        |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(ts)),
+    )
     .await?;
     Ok(c.log[before..]
         .iter()
@@ -67,7 +72,12 @@ async fn mutated(ctx: &Ctx) -> Result<(), CaseError> {
         if i % 15 == 0 {
             let cm = ctx.cmid();
             co.send_json(&msg_c(&format!("safe {i}"), &cm, &format!("safe{i}")))?;
-            acked.push(co.ack("FX-ERR-7", &format!("safe{i}")).await?.seq.unwrap_or(0));
+            acked.push(
+                co.ack("FX-ERR-7", &format!("safe{i}"))
+                    .await?
+                    .seq
+                    .unwrap_or(0),
+            );
         }
         let mut answers = exchange(&mut cf, text, 900_000 + i as u64).await?;
         // A rate-limited frame was not processed: retry it after the advised delay.
@@ -84,16 +94,42 @@ async fn mutated(ctx: &Ctx) -> Result<(), CaseError> {
             if let Some(e) = f.clone().into_timeline() {
                 if e.actor() == fz.id {
                     // The mutated frame was valid and created an event: it must have been acked.
-                    ensure(answers.iter().any(|a| matches!(a, ServerFrame::Ack(k) if k.seq == Some(e.seq()))), "FX-ACK-1", format!("an ack for the event created by fuzz frame {text}"), "none")?;
+                    ensure(
+                        answers
+                            .iter()
+                            .any(|a| matches!(a, ServerFrame::Ack(k) if k.seq == Some(e.seq()))),
+                        "FX-ACK-1",
+                        format!("an ack for the event created by fuzz frame {text}"),
+                        "none",
+                    )?;
                     acked.push(e.seq());
                 }
             }
         }
         if let Err(e) = ClientFrame::decode(text) {
             let want = e.code();
-            let got: Vec<ErrorCode> = answers.iter().filter_map(|f| match f { ServerFrame::Error(x) => Some(x.code), _ => None }).collect();
+            let got: Vec<ErrorCode> = answers
+                .iter()
+                .filter_map(|f| match f {
+                    ServerFrame::Error(x) => Some(x.code),
+                    _ => None,
+                })
+                .collect();
             if !got.contains(&want) {
-                return Err(fail("FX-FRM-3", format!("error {want} for the frame {} ({e})", crate::ctx::short(text, 300)), format!("answers {:?}", answers.iter().map(|f| crate::ctx::short(&f.encode(), 200)).collect::<Vec<_>>())));
+                return Err(fail(
+                    "FX-FRM-3",
+                    format!(
+                        "error {want} for the frame {} ({e})",
+                        crate::ctx::short(text, 300)
+                    ),
+                    format!(
+                        "answers {:?}",
+                        answers
+                            .iter()
+                            .map(|f| crate::ctx::short(&f.encode(), 200))
+                            .collect::<Vec<_>>()
+                    ),
+                ));
             }
             checked += 1;
         }
@@ -102,13 +138,33 @@ async fn mutated(ctx: &Ctx) -> Result<(), CaseError> {
     // Everyone is still served; nothing acknowledged is lost.
     let last = send(ctx, &mut co, "after the fuzz").await?;
     acked.push(last.seq.unwrap_or(0));
-    let h: Vec<u64> = ctx.walk_forward(&owner, &room, 200).await?.iter().map(|(e, _)| e.seq()).collect();
-    ensure_eq("FX-ORD-1", "history seqs are gap-free", h.clone(), (1..=h.len() as u64).collect())?;
+    let h: Vec<u64> = ctx
+        .walk_forward(&owner, &room, 200)
+        .await?
+        .iter()
+        .map(|(e, _)| e.seq())
+        .collect();
+    ensure_eq(
+        "FX-ORD-1",
+        "history seqs are gap-free",
+        h.clone(),
+        (1..=h.len() as u64).collect(),
+    )?;
     for s in &acked {
-        ensure(h.contains(s), "FX-ERR-7", format!("acked seq {s} in history"), "missing")?;
+        ensure(
+            h.contains(s),
+            "FX-ERR-7",
+            format!("acked seq {s} in history"),
+            "missing",
+        )?;
     }
     let fresh = ctx.connect(&fz, &room).await?;
-    ensure(fresh.welcome.is_some(), "FX-ERR-7", "new connections still accepted", "none")
+    ensure(
+        fresh.welcome.is_some(),
+        "FX-ERR-7",
+        "new connections still accepted",
+        "none",
+    )
 }
 
 async fn random_valid(ctx: &Ctx) -> Result<(), CaseError> {
@@ -134,16 +190,31 @@ async fn random_valid(ctx: &Ctx) -> Result<(), CaseError> {
                 }
             }
             if let ServerFrame::Error(e) = a {
-                ensure(e.code != ErrorCode::InternalError, "FX-ERR-7", format!("no internal_error for a valid frame {text}"), e.message.clone())?;
+                ensure(
+                    e.code != ErrorCode::InternalError,
+                    "FX-ERR-7",
+                    format!("no internal_error for a valid frame {text}"),
+                    e.message.clone(),
+                )?;
             }
         }
     }
     let last = send(ctx, &mut co, "after").await?;
     co.wait_seq("FX-ORD-1", last.seq.unwrap_or(0)).await?;
     let live: Vec<u64> = co.timeline().iter().map(|(e, _)| e.seq()).collect();
-    ensure_eq("FX-ORD-1", "live seqs on an observer", live.clone(), (1..=live.len() as u64).collect())?;
+    ensure_eq(
+        "FX-ORD-1",
+        "live seqs on an observer",
+        live.clone(),
+        (1..=live.len() as u64).collect(),
+    )?;
     for s in &acked {
-        ensure(live.contains(s), "FX-ACK-1", format!("acked seq {s} delivered"), "missing")?;
+        ensure(
+            live.contains(s),
+            "FX-ACK-1",
+            format!("acked seq {s} delivered"),
+            "missing",
+        )?;
     }
     Ok(())
 }
@@ -156,17 +227,58 @@ async fn http_bodies(ctx: &Ctx) -> Result<(), CaseError> {
     for (i, t) in texts.iter().enumerate() {
         let path = if i % 2 == 0 { "/messages" } else { "/rooms" };
         let url = format!("{}{}", ctx.env.target.endpoint, path);
-        ctx.tr.push("http", crate::transcript::Dir::Sent, &format!("POST {path} {t}"));
-        let res = ctx.env.http.post(&url).bearer_auth(&a.token).header("Content-Type", "application/json").body(t.clone()).send().await
-            .map_err(|e| fail("FX-ERR-7", "an HTTP answer to a mutated body", crate::env::error_chain(&e)))?;
+        ctx.tr.push(
+            "http",
+            crate::transcript::Dir::Sent,
+            &format!("POST {path} {t}"),
+        );
+        let res = ctx
+            .env
+            .http
+            .post(&url)
+            .bearer_auth(&a.token)
+            .header("Content-Type", "application/json")
+            .body(t.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                fail(
+                    "FX-ERR-7",
+                    "an HTTP answer to a mutated body",
+                    crate::env::error_chain(&e),
+                )
+            })?;
         let st = res.status().as_u16();
         let body = res.text().await.unwrap_or_default();
-        ctx.tr.push("http", crate::transcript::Dir::Received, &format!("{st} {body}"));
-        ensure(st < 500, "FX-ERR-7", format!("no 5xx for a mutated body on POST {path}"), format!("{st} {body}"))?;
+        ctx.tr.push(
+            "http",
+            crate::transcript::Dir::Received,
+            &format!("{st} {body}"),
+        );
+        ensure(
+            st < 500,
+            "FX-ERR-7",
+            format!("no 5xx for a mutated body on POST {path}"),
+            format!("{st} {body}"),
+        )?;
         if st >= 400 {
-            let code = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v.get("error").and_then(|x| x.as_str()).map(str::to_owned));
-            let ok = code.as_deref().and_then(|c| fluxy_protocol::codes::ALL_ERROR_CODES.iter().find(|k| k.as_str() == c)).is_some_and(|k| k.http_status() == st);
-            ensure(ok, "FX-ERR-4", "an ErrorBody whose code matches the status", format!("{st} {body}"))?;
+            let code = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|x| x.as_str()).map(str::to_owned));
+            let ok = code
+                .as_deref()
+                .and_then(|c| {
+                    fluxy_protocol::codes::ALL_ERROR_CODES
+                        .iter()
+                        .find(|k| k.as_str() == c)
+                })
+                .is_some_and(|k| k.http_status() == st);
+            ensure(
+                ok,
+                "FX-ERR-4",
+                "an ErrorBody whose code matches the status",
+                format!("{st} {body}"),
+            )?;
         }
     }
     let r = ctx.get(&format!("/rooms/{room}/history"), &a.token).await?;

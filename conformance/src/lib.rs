@@ -83,7 +83,12 @@ pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
     };
     let env = env::Env::prepare(target, config.timeout_scale, config.seed, config.schedules).await;
     let report = match env {
-        Ok(env) => Ok(runner::run_cases(Arc::new(env), &selected, &config.options, server.is_some()).await),
+        Ok(env) => {
+            Ok(
+                runner::run_cases(Arc::new(env), &selected, &config.options, server.is_some())
+                    .await,
+            )
+        }
         Err(e) => Err(e),
     };
     if let Some(s) = server {

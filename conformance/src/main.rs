@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the suite (against the embedded reference server when no endpoint is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List every case with its clauses.
     List {
         /// Only cases matching these globs (case or clause ids).
@@ -95,7 +95,8 @@ fn target_from(a: &RunArgs) -> Result<Option<Target>, RunError> {
     let dev = match (&a.dev_json, &a.dev_json_file) {
         (Some(s), _) => Some(DevJson::parse(s)?),
         (None, Some(p)) => {
-            let text = std::fs::read_to_string(p).map_err(|e| RunError::Config(format!("reading {}: {e}", p.display())))?;
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| RunError::Config(format!("reading {}: {e}", p.display())))?;
             Some(DevJson::parse(&text)?)
         }
         _ => None,
@@ -104,10 +105,9 @@ fn target_from(a: &RunArgs) -> Result<Option<Target>, RunError> {
         (Some(d), _) => d.target(),
         (None, Some(e)) => Target {
             endpoint: e.clone(),
-            api_key: a
-                .api_key
-                .clone()
-                .ok_or_else(|| RunError::Config("--endpoint needs --api-key (or pass --dev-json)".into()))?,
+            api_key: a.api_key.clone().ok_or_else(|| {
+                RunError::Config("--endpoint needs --api-key (or pass --dev-json)".into())
+            })?,
             ..Target::default()
         },
         (None, None) => {
@@ -161,7 +161,8 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
             Format::Junit => ("junit.xml", report::junit(&rep)),
             Format::Html => ("report.html", report::html(&rep)),
         };
-        std::fs::create_dir_all(&a.out).map_err(|e| RunError::Io(format!("{}: {e}", a.out.display())))?;
+        std::fs::create_dir_all(&a.out)
+            .map_err(|e| RunError::Io(format!("{}: {e}", a.out.display())))?;
         let p = a.out.join(name);
         std::fs::write(&p, body).map_err(|e| RunError::Io(format!("{}: {e}", p.display())))?;
         files.push(p);
@@ -187,7 +188,10 @@ fn main() -> ExitCode {
             print!("{}", coverage::render(&cov));
             let unknown = coverage::unknown_clauses(&cases);
             if !unknown.is_empty() {
-                println!("cases name clauses that are not in the spec: {}", unknown.join(", "));
+                println!(
+                    "cases name clauses that are not in the spec: {}",
+                    unknown.join(", ")
+                );
             }
             let missing = coverage::uncovered_must(&cov);
             if missing.is_empty() && unknown.is_empty() {
@@ -197,15 +201,27 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Cmd::Faults { verify, jobs, timeout_scale } => {
+        Cmd::Faults {
+            verify,
+            jobs,
+            timeout_scale,
+        } => {
             use fluxy_conformance::selftest::{check_all, FAULT_CATCHERS};
             if !verify {
                 for f in FAULT_CATCHERS {
-                    println!("{:<26} {:<36} {}", f.fault, f.filter.join(","), f.clauses.join(","));
+                    println!(
+                        "{:<26} {:<36} {}",
+                        f.fault,
+                        f.filter.join(","),
+                        f.clauses.join(",")
+                    );
                 }
                 return ExitCode::SUCCESS;
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("fluxy-conformance: cannot start the async runtime: {e}");
@@ -219,8 +235,18 @@ fn main() -> ExitCode {
                 match r {
                     Ok(o) => {
                         ok &= o.caught;
-                        let by: Vec<String> = o.caught_by.iter().map(|(c, cl)| format!("{c}: {cl}")).collect();
-                        println!("{:<26} {:<8} {}{}", f.fault, if o.caught { "yes" } else { "NO" }, by.join("; "), o.note.map(|n| format!("  [{n}]")).unwrap_or_default());
+                        let by: Vec<String> = o
+                            .caught_by
+                            .iter()
+                            .map(|(c, cl)| format!("{c}: {cl}"))
+                            .collect();
+                        println!(
+                            "{:<26} {:<8} {}{}",
+                            f.fault,
+                            if o.caught { "yes" } else { "NO" },
+                            by.join("; "),
+                            o.note.map(|n| format!("  [{n}]")).unwrap_or_default()
+                        );
                     }
                     Err(e) => {
                         ok = false;
@@ -228,17 +254,24 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Cmd::Run(a) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("fluxy-conformance: cannot start the async runtime: {e}");
                     return ExitCode::from(2);
                 }
             };
-            match rt.block_on(run(a)) {
+            match rt.block_on(run(*a)) {
                 Ok(code) => ExitCode::from(code as u8),
                 Err(e) => {
                     eprintln!("fluxy-conformance: the run could not proceed: {e}");

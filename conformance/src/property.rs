@@ -12,8 +12,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use serde_json::{json, Value};
 
-use crate::case::{fail, Case, CaseError};
 use crate::case;
+use crate::case::{fail, Case, CaseError};
 use crate::ctx::{Conn, Ctx, User};
 
 /// Cases of this group.
@@ -117,15 +117,32 @@ fn err(clause: &str, msg: String) -> String {
 
 impl Run<'_> {
     fn observe(&mut self, v: &Value, path: &str) -> R {
-        let seq = v.get("seq").and_then(Value::as_u64).ok_or_else(|| err("FX-ORD-1", format!("event without seq via {path}: {v}")))?;
+        let seq = v
+            .get("seq")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| err("FX-ORD-1", format!("event without seq via {path}: {v}")))?;
         match self.seen.get(&seq) {
-            Some(prev) if prev != v => Err(err("FX-ORD-5", format!("seq {seq} differs via {path}: {v} vs {prev}"))),
+            Some(prev) if prev != v => Err(err(
+                "FX-ORD-5",
+                format!("seq {seq} differs via {path}: {v} vs {prev}"),
+            )),
             Some(_) => Ok(()),
             None => {
-                let want = self.model.events.get(seq as usize - 1).ok_or_else(|| err("FX-ORD-1", format!("seq {seq} via {path} beyond the model's {} events", self.model.events.len())))?;
+                let want = self.model.events.get(seq as usize - 1).ok_or_else(|| {
+                    err(
+                        "FX-ORD-1",
+                        format!(
+                            "seq {seq} via {path} beyond the model's {} events",
+                            self.model.events.len()
+                        ),
+                    )
+                })?;
                 for (k, x) in want.as_object().into_iter().flatten() {
                     if v.get(k) != Some(x) {
-                        return Err(err("FX-ORD-4", format!("seq {seq} via {path}: expected {k}={x}, got {v}")));
+                        return Err(err(
+                            "FX-ORD-4",
+                            format!("seq {seq} via {path}: expected {k}={x}, got {v}"),
+                        ));
                     }
                 }
                 self.seen.insert(seq, v.clone());
@@ -146,7 +163,10 @@ impl Run<'_> {
                 continue;
             }
             if seq != self.clients[c].applied + 1 {
-                return Err(err("FX-ORD-2", format!("client {c} got seq {seq} after {}", self.clients[c].applied)));
+                return Err(err(
+                    "FX-ORD-2",
+                    format!("client {c} got seq {seq} after {}", self.clients[c].applied),
+                ));
             }
             self.observe(&v, &format!("live to client {c}"))?;
             self.clients[c].applied = seq;
@@ -154,56 +174,118 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn request(&mut self, c: usize, mut frame: Value, expect: Result<Option<Value>, &[&str]>) -> R {
+    async fn request(
+        &mut self,
+        c: usize,
+        mut frame: Value,
+        expect: Result<Option<Value>, &[&str]>,
+    ) -> R {
         let r = self.ctx.r();
         frame["ref"] = json!(r);
-        let Some(conn) = self.clients[c].conn.as_mut() else { return Ok(()) };
+        let Some(conn) = self.clients[c].conn.as_mut() else {
+            return Ok(());
+        };
         conn.send_json(&frame).map_err(|e| e.to_string())?;
-        let ans = conn.answer("FX-ACK-1", &r).await.map_err(|e| e.to_string())?;
+        let ans = conn
+            .answer("FX-ACK-1", &r)
+            .await
+            .map_err(|e| e.to_string())?;
         match (ans, expect) {
             (ServerFrame::Ack(a), Ok(Some(ev))) => {
-                let seq = a.seq.ok_or_else(|| err("FX-ACK-1", format!("ack without seq for {frame}")))?;
+                let seq = a
+                    .seq
+                    .ok_or_else(|| err("FX-ACK-1", format!("ack without seq for {frame}")))?;
                 let want = self.model.events.len() as u64 + 1;
                 if seq != want {
-                    return Err(err("FX-ORD-1", format!("{frame} got seq {seq}, model expects {want}")));
+                    return Err(err(
+                        "FX-ORD-1",
+                        format!("{frame} got seq {seq}, model expects {want}"),
+                    ));
                 }
                 self.model.events.push(ev);
                 Ok(())
             }
             (ServerFrame::Ack(a), Ok(None)) => match a.seq {
                 None => Ok(()),
-                Some(s) => Err(err("FX-ACK-7", format!("{frame} changes nothing but got seq {s}"))),
+                Some(s) => Err(err(
+                    "FX-ACK-7",
+                    format!("{frame} changes nothing but got seq {s}"),
+                )),
             },
             (ServerFrame::Error(e), Err(codes)) if codes.contains(&e.code.as_str()) => Ok(()),
-            (got, Err(codes)) => Err(err(clause_for(codes[0]), format!("{frame}: expected error {}, got {}", codes.join(" or "), got.encode()))),
-            (got, Ok(_)) => Err(err("FX-ACK-1", format!("{frame}: expected an ack, got {}", got.encode()))),
+            (got, Err(codes)) => Err(err(
+                clause_for(codes[0]),
+                format!(
+                    "{frame}: expected error {}, got {}",
+                    codes.join(" or "),
+                    got.encode()
+                ),
+            )),
+            (got, Ok(_)) => Err(err(
+                "FX-ACK-1",
+                format!("{frame}: expected an ack, got {}", got.encode()),
+            )),
         }
     }
 
     async fn step(&mut self, op: &Op) -> R {
         let m = &self.model;
-        let pick = |i: usize| -> Option<MsgModel> { if m.msgs.is_empty() { None } else { Some(m.msgs[i % m.msgs.len()].clone()) } };
+        let pick = |i: usize| -> Option<MsgModel> {
+            if m.msgs.is_empty() {
+                None
+            } else {
+                Some(m.msgs[i % m.msgs.len()].clone())
+            }
+        };
         match op.clone() {
             Op::Send(c, t) => {
                 let content = format!("msg {t}");
                 let ev = json!({"type":"message","content":content,"userId":self.clients[c].user.id,"version":1});
                 if self.clients[c].conn.is_some() {
                     let id = self.model.events.len() as u64 + 1;
-                    self.request(c, json!({"type":"message","content":content}), Ok(Some(ev))).await?;
-                    self.model.msgs.push(MsgModel { id, author: c, version: 1, deleted: false });
+                    self.request(c, json!({"type":"message","content":content}), Ok(Some(ev)))
+                        .await?;
+                    self.model.msgs.push(MsgModel {
+                        id,
+                        author: c,
+                        version: 1,
+                        deleted: false,
+                    });
                 } else {
-                    let r = self.ctx.post("/messages", &self.clients[c].user.token, &json!({"roomId":self.room,"content":content})).await.map_err(|e| e.to_string())?;
+                    let r = self
+                        .ctx
+                        .post(
+                            "/messages",
+                            &self.clients[c].user.token,
+                            &json!({"roomId":self.room,"content":content}),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
                     if r.status != 201 {
-                        return Err(err("FX-MSG-6", format!("POST /messages answered {} {}", r.status, r.text)));
+                        return Err(err(
+                            "FX-MSG-6",
+                            format!("POST /messages answered {} {}", r.status, r.text),
+                        ));
                     }
-                    let v = r.json().and_then(|v| v.get("message").cloned()).unwrap_or_default();
+                    let v = r
+                        .json()
+                        .and_then(|v| v.get("message").cloned())
+                        .unwrap_or_default();
                     let seq = v.get("seq").and_then(Value::as_u64).unwrap_or(0);
                     let want = self.model.events.len() as u64 + 1;
                     if seq != want {
-                        return Err(err("FX-ORD-1", format!("POST /messages got seq {seq}, model expects {want}")));
+                        return Err(err(
+                            "FX-ORD-1",
+                            format!("POST /messages got seq {seq}, model expects {want}"),
+                        ));
                     }
                     self.model.events.push(ev);
-                    self.model.msgs.push(MsgModel { id: seq, author: c, version: 1, deleted: false });
+                    self.model.msgs.push(MsgModel {
+                        id: seq,
+                        author: c,
+                        version: 1,
+                        deleted: false,
+                    });
                     let mut full = v.clone();
                     full["type"] = json!("message");
                     self.observe(&full, "POST /messages")?;
@@ -290,13 +372,24 @@ impl Run<'_> {
             Op::Reconnect(c) => {
                 if self.clients[c].conn.is_none() {
                     let last = self.clients[c].applied;
-                    let conn = self.ctx.connect_q(&self.clients[c].user, &self.room, &format!("lastSeq={last}")).await.map_err(|e| e.to_string())?;
+                    let conn = self
+                        .ctx
+                        .connect_q(
+                            &self.clients[c].user,
+                            &self.room,
+                            &format!("lastSeq={last}"),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
                     let rep = conn.snapshot_raw.clone();
                     let mut expect = last + 1;
                     for v in rep {
                         let seq = v.get("seq").and_then(Value::as_u64).unwrap_or(0);
                         if seq != expect {
-                            return Err(err("FX-RES-1", format!("replay from {last} gave seq {seq}, expected {expect}")));
+                            return Err(err(
+                                "FX-RES-1",
+                                format!("replay from {last} gave seq {seq}, expected {expect}"),
+                            ));
                         }
                         self.observe(&v, &format!("replay to client {c}"))?;
                         expect += 1;
@@ -306,11 +399,18 @@ impl Run<'_> {
                 }
             }
             Op::PageHistory(limit) => {
-                let evs = self.ctx.walk_forward(&self.clients[0].user, &self.room, limit).await.map_err(|e| e.to_string())?;
+                let evs = self
+                    .ctx
+                    .walk_forward(&self.clients[0].user, &self.room, limit)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let seqs: Vec<u64> = evs.iter().map(|(e, _)| e.seq()).collect();
                 let want: Vec<u64> = (1..=self.model.events.len() as u64).collect();
                 if seqs != want {
-                    return Err(err("FX-HIS-3", format!("forward walk with limit {limit} gave {seqs:?}, expected {want:?}")));
+                    return Err(err(
+                        "FX-HIS-3",
+                        format!("forward walk with limit {limit} gave {seqs:?}, expected {want:?}"),
+                    ));
                 }
                 for (_, v) in evs {
                     self.observe(&v, "history")?;
@@ -321,11 +421,23 @@ impl Run<'_> {
                 if n == 0 {
                     return Ok(());
                 }
-                let mut s = self.ctx.sse(&self.clients[1].user, &self.room, "", &[("Last-Event-ID", "0")]).await.map_err(|e| e.to_string())?;
+                let mut s = self
+                    .ctx
+                    .sse(
+                        &self.clients[1].user,
+                        &self.room,
+                        "",
+                        &[("Last-Event-ID", "0")],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
                 s.wait_seq("FX-TRN-8", n).await.map_err(|e| e.to_string())?;
                 let got: Vec<Value> = s.timeline().into_iter().map(|(_, _, v)| v).collect();
                 if got.len() as u64 != n {
-                    return Err(err("FX-TRN-3", format!("SSE from 0 gave {} events, expected {n}", got.len())));
+                    return Err(err(
+                        "FX-TRN-3",
+                        format!("SSE from 0 gave {} events, expected {n}", got.len()),
+                    ));
                 }
                 for v in got {
                     self.observe(&v, "SSE")?;
@@ -337,12 +449,28 @@ impl Run<'_> {
                     return Ok(());
                 }
                 let after = after % n;
-                let r = self.ctx.get(&format!("/rooms/{}/poll?afterSeq={after}&timeoutMs=0", self.room), &self.clients[2].user.token).await.map_err(|e| e.to_string())?;
-                let evs = r.json().and_then(|v| v.get("events").and_then(Value::as_array).cloned()).unwrap_or_default();
-                let seqs: Vec<u64> = evs.iter().filter_map(|v| v.get("seq").and_then(Value::as_u64)).collect();
+                let r = self
+                    .ctx
+                    .get(
+                        &format!("/rooms/{}/poll?afterSeq={after}&timeoutMs=0", self.room),
+                        &self.clients[2].user.token,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let evs = r
+                    .json()
+                    .and_then(|v| v.get("events").and_then(Value::as_array).cloned())
+                    .unwrap_or_default();
+                let seqs: Vec<u64> = evs
+                    .iter()
+                    .filter_map(|v| v.get("seq").and_then(Value::as_u64))
+                    .collect();
                 let want: Vec<u64> = (after as u64 + 1..=n as u64).collect();
                 if seqs != want {
-                    return Err(err("FX-TRN-7", format!("poll after {after} gave {seqs:?}, expected {want:?}")));
+                    return Err(err(
+                        "FX-TRN-7",
+                        format!("poll after {after} gave {seqs:?}, expected {want:?}"),
+                    ));
                 }
                 for v in evs {
                     self.observe(&v, "poll")?;
@@ -361,12 +489,20 @@ impl Run<'_> {
             let applied = self.clients[c].applied;
             if let Some(conn) = self.clients[c].conn.as_mut() {
                 if n > applied {
-                    conn.wait_seq("FX-ORD-2", n).await.map_err(|e| e.to_string())?;
+                    conn.wait_seq("FX-ORD-2", n)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
             }
             self.drain(c)?;
             if self.clients[c].conn.is_some() && self.clients[c].applied != n {
-                return Err(err("FX-RES-3", format!("client {c} applied up to {} of {n}", self.clients[c].applied)));
+                return Err(err(
+                    "FX-RES-3",
+                    format!(
+                        "client {c} applied up to {} of {n}",
+                        self.clients[c].applied
+                    ),
+                ));
             }
         }
         self.step(&Op::PageHistory(7)).await
@@ -382,13 +518,26 @@ fn clause_for(code: &str) -> &'static str {
 }
 
 async fn execute(ctx: &Ctx, users: &[User], ops: &[Op]) -> R {
-    let room = ctx.room(&users[0], &[&users[1], &users[2]]).await.map_err(|e| e.to_string())?;
+    let room = ctx
+        .room(&users[0], &[&users[1], &users[2]])
+        .await
+        .map_err(|e| e.to_string())?;
     let mut clients = Vec::new();
     for u in users {
         let conn = ctx.connect(u, &room).await.map_err(|e| e.to_string())?;
-        clients.push(Client { user: u.clone(), conn: Some(conn), applied: 0 });
+        clients.push(Client {
+            user: u.clone(),
+            conn: Some(conn),
+            applied: 0,
+        });
     }
-    let mut run = Run { ctx, room, clients, model: Model::default(), seen: BTreeMap::new() };
+    let mut run = Run {
+        ctx,
+        room,
+        clients,
+        model: Model::default(),
+        seen: BTreeMap::new(),
+    };
     for op in ops {
         run.step(op).await?;
     }
@@ -409,28 +558,45 @@ async fn model_schedules(ctx: &Ctx) -> Result<(), CaseError> {
         let mut s = [0u8; 32];
         s[..8].copy_from_slice(&seed.to_le_bytes());
         s[8] = 9;
-        let config = Config { cases, max_shrink_iters: 200, failure_persistence: None, ..Config::default() };
-        let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &s));
+        let config = Config {
+            cases,
+            max_shrink_iters: 200,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        let mut runner =
+            TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &s));
         let env = Arc::clone(&env);
         runner.run(&schedule(), |ops| {
             let sub = Ctx::new(env.clone(), "prop/model-schedules");
-            handle.block_on(execute(&sub, &users2, &ops)).map_err(TestCaseError::fail)
+            handle
+                .block_on(execute(&sub, &users2, &ops))
+                .map_err(TestCaseError::fail)
         })
     })
     .await
     .map_err(|e| CaseError::Error(format!("property runner: {e}")))?;
     match outcome {
         Ok(()) => {
-            ctx.note(&format!("{cases} schedules agreed with the model (seed {seed})"));
+            ctx.note(&format!(
+                "{cases} schedules agreed with the model (seed {seed})"
+            ));
             Ok(())
         }
         Err(TestError::Fail(reason, ops)) => {
             // Replay the minimal schedule with this case's transcript.
             ctx.note(&format!("minimal failing schedule: {ops:?}"));
-            let again = execute(ctx, &users, &ops).await.err().unwrap_or_else(|| reason.to_string());
+            let again = execute(ctx, &users, &ops)
+                .await
+                .err()
+                .unwrap_or_else(|| reason.to_string());
             let msg = again.to_string();
             let (clause, detail) = msg.split_once(": ").unwrap_or(("FX-ORD-4", msg.as_str()));
-            let clause = if clause.starts_with("FX-") { clause } else { "FX-ORD-4" };
+            let clause = if clause.starts_with("FX-") {
+                clause
+            } else {
+                "FX-ORD-4"
+            };
             Err(fail(clause, "the server agrees with the model of the room timeline", format!("{detail}; minimal schedule (replay with --seed {seed} --filter prop/*): {ops:?}")))
         }
         Err(TestError::Abort(r)) => Err(CaseError::Error(format!("property run aborted: {r}"))),

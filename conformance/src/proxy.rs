@@ -58,14 +58,29 @@ pub struct Rule {
 
 impl std::fmt::Debug for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rule").field("side", &self.side).field("action", &self.action).field("skip", &self.skip).field("times", &self.times).finish()
+        f.debug_struct("Rule")
+            .field("side", &self.side)
+            .field("action", &self.action)
+            .field("skip", &self.skip)
+            .field("times", &self.times)
+            .finish()
     }
 }
 
 impl Rule {
     /// Apply `action` once to the first frame on `side` matching `matcher`.
-    pub fn new(side: Side, action: Action, matcher: impl Fn(&str) -> bool + Send + Sync + 'static) -> Rule {
-        Rule { side, matcher: Box::new(matcher), action, skip: 0, times: 1 }
+    pub fn new(
+        side: Side,
+        action: Action,
+        matcher: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Rule {
+        Rule {
+            side,
+            matcher: Box::new(matcher),
+            action,
+            skip: 0,
+            times: 1,
+        }
     }
 
     /// Let the first `n` matching frames pass untouched.
@@ -139,7 +154,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| CaseError::Error(format!("proxy bind: {e}")))?;
-        let addr = listener.local_addr().map_err(|e| CaseError::Error(format!("proxy addr: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| CaseError::Error(format!("proxy addr: {e}")))?;
         let ctl = Arc::new(Ctl {
             upstream: ctx.env.ws_base(),
             rules: Mutex::new(Vec::new()),
@@ -160,7 +177,11 @@ impl Proxy {
                 });
             }
         });
-        ctx.tr.push("proxy", Dir::Note, &format!("fault proxy listening on {addr}"));
+        ctx.tr.push(
+            "proxy",
+            Dir::Note,
+            &format!("fault proxy listening on {addr}"),
+        );
         Ok(Proxy { addr, ctl, task })
     }
 
@@ -179,7 +200,13 @@ impl Proxy {
     }
 
     /// Connect `user` to `room` through the proxy and wait for the connect sequence.
-    pub async fn connect(&self, ctx: &Ctx, user: &User, room: &str, query: &str) -> Result<Conn, CaseError> {
+    pub async fn connect(
+        &self,
+        ctx: &Ctx,
+        user: &User,
+        room: &str,
+        query: &str,
+    ) -> Result<Conn, CaseError> {
         let mut q = format!("token={}", urlenc(&user.token));
         if !query.is_empty() {
             q.push('&');
@@ -192,13 +219,23 @@ impl Proxy {
     }
 }
 
+// The handshake callback's error type is tungstenite's (large) HTTP response.
+#[allow(clippy::result_large_err)]
 async fn relay(ctl: Arc<Ctl>, sock: TcpStream, n: u64) -> Result<(), String> {
     let mut path = String::from("/");
     let mut auth: Option<String> = None;
     let gen0 = ctl.cut_gen.load(Ordering::SeqCst);
     let client = tokio_tungstenite::accept_hdr_async(sock, |req: &Request, resp: Response| {
-        path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
-        auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "/".into());
+        auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Ok(resp)
     })
     .await
@@ -219,7 +256,11 @@ async fn relay(ctl: Arc<Ctl>, sock: TcpStream, n: u64) -> Result<(), String> {
     let (mut s_tx, mut s_rx) = server.split();
     loop {
         if ctl.cut_gen.load(Ordering::SeqCst) != gen0 {
-            ctl.tr.push(&tag, Dir::Note, "cut: both TCP connections dropped without a close frame");
+            ctl.tr.push(
+                &tag,
+                Dir::Note,
+                "cut: both TCP connections dropped without a close frame",
+            );
             return Ok(());
         }
         let cut = ctl.cut.notified();
@@ -254,25 +295,36 @@ where
         _ => None,
     };
     let action = text.as_deref().and_then(|t| ctl.decide(side, t));
-    let dir = if side == Side::ToClient { "server→client" } else { "client→server" };
-    let shown = text.as_deref().map(|t| crate::ctx::short(t, 160)).unwrap_or_default();
+    let dir = if side == Side::ToClient {
+        "server→client"
+    } else {
+        "client→server"
+    };
+    let shown = text
+        .as_deref()
+        .map(|t| crate::ctx::short(t, 160))
+        .unwrap_or_default();
     match action {
         None => out.send(m).await.is_ok(),
         Some(Action::Drop) => {
-            ctl.tr.push(tag, Dir::Note, &format!("dropped {dir}: {shown}"));
+            ctl.tr
+                .push(tag, Dir::Note, &format!("dropped {dir}: {shown}"));
             true
         }
         Some(Action::Delay(d)) => {
-            ctl.tr.push(tag, Dir::Note, &format!("delaying {dir} by {d:?}: {shown}"));
+            ctl.tr
+                .push(tag, Dir::Note, &format!("delaying {dir} by {d:?}: {shown}"));
             tokio::time::sleep(d).await;
             out.send(m).await.is_ok()
         }
         Some(Action::Duplicate) => {
-            ctl.tr.push(tag, Dir::Note, &format!("duplicated {dir}: {shown}"));
+            ctl.tr
+                .push(tag, Dir::Note, &format!("duplicated {dir}: {shown}"));
             out.send(m.clone()).await.is_ok() && out.send(m).await.is_ok()
         }
         Some(Action::Cut) => {
-            ctl.tr.push(tag, Dir::Note, &format!("cut before {dir}: {shown}"));
+            ctl.tr
+                .push(tag, Dir::Note, &format!("cut before {dir}: {shown}"));
             false
         }
     }

@@ -29,7 +29,14 @@ const VERDICTS: [Verdict; 5] = [
 fn transcript_text(c: &CaseReport) -> String {
     let mut s = String::new();
     for e in &c.transcript {
-        let _ = writeln!(s, "  {:>7}ms {:<16} {} {}", e.at_ms, e.conn, e.dir.arrow(), e.text);
+        let _ = writeln!(
+            s,
+            "  {:>7}ms {:<16} {} {}",
+            e.at_ms,
+            e.conn,
+            e.dir.arrow(),
+            e.text
+        );
     }
     s
 }
@@ -40,11 +47,21 @@ pub fn console(r: &Report) -> String {
     for c in &r.cases {
         match c.verdict {
             Verdict::Fail | Verdict::NonStrict | Verdict::Error => {
-                let _ = writeln!(s, "\n=== {} [{}] {}", c.id, c.verdict.as_str().to_uppercase(), c.title);
+                let _ = writeln!(
+                    s,
+                    "\n=== {} [{}] {}",
+                    c.id,
+                    c.verdict.as_str().to_uppercase(),
+                    c.title
+                );
                 let ids: Vec<&str> = c.clauses.iter().map(|x| x.id.as_str()).collect();
                 let _ = writeln!(s, "clauses: {}", ids.join(", "));
                 if let Some(f) = &c.failure {
-                    let _ = writeln!(s, "violated: [{}] ({}) {}", f.clause.id, f.clause.level, f.clause.text);
+                    let _ = writeln!(
+                        s,
+                        "violated: [{}] ({}) {}",
+                        f.clause.id, f.clause.level, f.clause.text
+                    );
                     let _ = writeln!(s, "expected: {}", f.expected);
                     let _ = writeln!(s, "observed: {}", f.observed);
                 }
@@ -57,17 +74,28 @@ pub fn console(r: &Report) -> String {
             _ => {}
         }
     }
-    let skipped: Vec<&CaseReport> = r.cases.iter().filter(|c| c.verdict == Verdict::Skipped).collect();
+    let skipped: Vec<&CaseReport> = r
+        .cases
+        .iter()
+        .filter(|c| c.verdict == Verdict::Skipped)
+        .collect();
     if !skipped.is_empty() {
         let _ = writeln!(s, "\nskipped:");
         for c in skipped {
             let _ = writeln!(s, "  {:<48} {}", c.id, c.reason.as_deref().unwrap_or(""));
         }
     }
-    let _ = writeln!(s, "\n{:<12} {:>6} {:>6} {:>10} {:>8} {:>6} {:>6}", "group", "pass", "fail", "non-strict", "skipped", "error", "total");
+    let _ = writeln!(
+        s,
+        "\n{:<12} {:>6} {:>6} {:>10} {:>8} {:>6} {:>6}",
+        "group", "pass", "fail", "non-strict", "skipped", "error", "total"
+    );
     let mut tot = [0usize; 5];
     for (g, m) in r.by_group() {
-        let counts: Vec<usize> = VERDICTS.iter().map(|v| m.get(v).copied().unwrap_or(0)).collect();
+        let counts: Vec<usize> = VERDICTS
+            .iter()
+            .map(|v| m.get(v).copied().unwrap_or(0))
+            .collect();
         for (i, n) in counts.iter().enumerate() {
             tot[i] += n;
         }
@@ -99,12 +127,20 @@ pub fn console(r: &Report) -> String {
         "\n{} against {}{} in {:.1}s (run id {}, seed {}{}): {}",
         r.runner,
         r.endpoint,
-        if r.embedded { " (embedded reference server)" } else { "" },
+        if r.embedded {
+            " (embedded reference server)"
+        } else {
+            ""
+        },
         r.wall_ms as f64 / 1000.0,
         r.run_id,
         r.seed,
         if r.strict { ", strict" } else { "" },
-        if r.exit_code() == 0 { "CONFORMANT (every MUST case passed)" } else { "NOT CONFORMANT" }
+        if r.exit_code() == 0 {
+            "CONFORMANT (every MUST case passed)"
+        } else {
+            "NOT CONFORMANT"
+        }
     );
     s
 }
@@ -134,9 +170,21 @@ pub fn esc(s: &str) -> String {
 /// The JUnit XML report (one testsuite per group).
 pub fn junit(r: &Report) -> String {
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let fails = r.cases.iter().filter(|c| c.verdict == Verdict::Fail).count();
-    let errs = r.cases.iter().filter(|c| c.verdict == Verdict::Error).count();
-    let skips = r.cases.iter().filter(|c| c.verdict == Verdict::Skipped).count();
+    let fails = r
+        .cases
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .count();
+    let errs = r
+        .cases
+        .iter()
+        .filter(|c| c.verdict == Verdict::Error)
+        .count();
+    let skips = r
+        .cases
+        .iter()
+        .filter(|c| c.verdict == Verdict::Skipped)
+        .count();
     let _ = writeln!(
         s,
         "<testsuites name=\"fluxy-conformance\" tests=\"{}\" failures=\"{fails}\" errors=\"{errs}\" skipped=\"{skips}\" time=\"{:.3}\">",
@@ -169,7 +217,11 @@ pub fn junit(r: &Report) -> String {
             let detail = |c: &CaseReport| {
                 let mut d = String::new();
                 if let Some(f) = &c.failure {
-                    let _ = writeln!(d, "violated [{}] ({}) {}", f.clause.id, f.clause.level, f.clause.text);
+                    let _ = writeln!(
+                        d,
+                        "violated [{}] ({}) {}",
+                        f.clause.id, f.clause.level, f.clause.text
+                    );
                     let _ = writeln!(d, "expected: {}", f.expected);
                     let _ = writeln!(d, "observed: {}", f.observed);
                 }
@@ -182,17 +234,43 @@ pub fn junit(r: &Report) -> String {
             };
             match c.verdict {
                 Verdict::Fail => {
-                    let msg = c.failure.as_ref().map(|f| format!("{}: expected {}", f.clause.id, f.expected)).unwrap_or_default();
-                    let _ = writeln!(s, "      <failure message=\"{}\" type=\"{}\">{}</failure>", esc(&msg), c.failure.as_ref().map(|f| f.clause.id.clone()).unwrap_or_default(), esc(&detail(c)));
+                    let msg = c
+                        .failure
+                        .as_ref()
+                        .map(|f| format!("{}: expected {}", f.clause.id, f.expected))
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        s,
+                        "      <failure message=\"{}\" type=\"{}\">{}</failure>",
+                        esc(&msg),
+                        c.failure
+                            .as_ref()
+                            .map(|f| f.clause.id.clone())
+                            .unwrap_or_default(),
+                        esc(&detail(c))
+                    );
                 }
                 Verdict::Error => {
-                    let _ = writeln!(s, "      <error message=\"{}\">{}</error>", esc(c.reason.as_deref().unwrap_or("")), esc(&detail(c)));
+                    let _ = writeln!(
+                        s,
+                        "      <error message=\"{}\">{}</error>",
+                        esc(c.reason.as_deref().unwrap_or("")),
+                        esc(&detail(c))
+                    );
                 }
                 Verdict::Skipped => {
-                    let _ = writeln!(s, "      <skipped message=\"{}\"/>", esc(c.reason.as_deref().unwrap_or("")));
+                    let _ = writeln!(
+                        s,
+                        "      <skipped message=\"{}\"/>",
+                        esc(c.reason.as_deref().unwrap_or(""))
+                    );
                 }
                 Verdict::NonStrict => {
-                    let _ = writeln!(s, "      <system-out>NON-STRICT (SHOULD violated)\n{}</system-out>", esc(&detail(c)));
+                    let _ = writeln!(
+                        s,
+                        "      <system-out>NON-STRICT (SHOULD violated)\n{}</system-out>",
+                        esc(&detail(c))
+                    );
                 }
                 Verdict::Pass => {}
             }
@@ -210,8 +288,16 @@ pub fn html(r: &Report) -> String {
     s.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Fluxy conformance report</title>\n<style>\n");
     s.push_str("body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}h1{font-size:1.5em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f3f3f3}.pass{color:#176f2c}.fail{color:#b00020;font-weight:bold}.non-strict{color:#a65f00}.skipped{color:#777}.error{color:#7b1fa2;font-weight:bold}pre{background:#f8f8f8;border:1px solid #ddd;padding:.5em;overflow-x:auto;font-size:12px;white-space:pre-wrap}details{margin:.3em 0}summary{cursor:pointer}.case{border-left:4px solid #ccc;padding-left:.8em;margin:1em 0}.case.fail{border-color:#b00020}.case.error{border-color:#7b1fa2}.case.non-strict{border-color:#a65f00}.clause{font-family:monospace}.num{text-align:right}\n");
     s.push_str("</style></head><body>\n");
-    let _ = writeln!(s, "<h1>Fluxy protocol {} conformance report</h1>", esc(&r.protocol_version));
-    let verdict = if r.exit_code() == 0 { "<span class=\"pass\">CONFORMANT: every MUST case passed</span>" } else { "<span class=\"fail\">NOT CONFORMANT</span>" };
+    let _ = writeln!(
+        s,
+        "<h1>Fluxy protocol {} conformance report</h1>",
+        esc(&r.protocol_version)
+    );
+    let verdict = if r.exit_code() == 0 {
+        "<span class=\"pass\">CONFORMANT: every MUST case passed</span>"
+    } else {
+        "<span class=\"fail\">NOT CONFORMANT</span>"
+    };
     let _ = writeln!(
         s,
         "<p>{verdict}<br>Endpoint <code>{}</code>{}, run id <code>{}</code>, seed {}, timeout scale {}, {}; {} cases in {:.1}s. Runner {}.</p>",
@@ -232,7 +318,12 @@ pub fn html(r: &Report) -> String {
         for v in VERDICTS {
             let n = m.get(&v).copied().unwrap_or(0);
             t += n;
-            let _ = write!(s, "<td class=\"num {}\">{}</td>", if n > 0 { v.as_str() } else { "" }, n);
+            let _ = write!(
+                s,
+                "<td class=\"num {}\">{}</td>",
+                if n > 0 { v.as_str() } else { "" },
+                n
+            );
         }
         let _ = writeln!(s, "<td class=\"num\">{t}</td></tr>");
     }
@@ -252,20 +343,54 @@ pub fn html(r: &Report) -> String {
     }
     s.push_str("</table>\n<h2>Details</h2>\n");
     for c in &r.cases {
-        let _ = writeln!(s, "<div class=\"case {}\" id=\"{}\"><h3>{} <span class=\"{}\">{}</span></h3><p>{}</p>", c.verdict.as_str(), esc(&c.id), esc(&c.id), c.verdict.as_str(), c.verdict.as_str(), esc(&c.title));
+        let _ = writeln!(
+            s,
+            "<div class=\"case {}\" id=\"{}\"><h3>{} <span class=\"{}\">{}</span></h3><p>{}</p>",
+            c.verdict.as_str(),
+            esc(&c.id),
+            esc(&c.id),
+            c.verdict.as_str(),
+            c.verdict.as_str(),
+            esc(&c.title)
+        );
         s.push_str("<details><summary>clauses</summary><ul>");
         for cl in &c.clauses {
-            let _ = write!(s, "<li><span class=\"clause\">[{}]</span> {} — {}</li>", esc(&cl.id), esc(&cl.level), esc(&cl.text));
+            let _ = write!(
+                s,
+                "<li><span class=\"clause\">[{}]</span> {} — {}</li>",
+                esc(&cl.id),
+                esc(&cl.level),
+                esc(&cl.text)
+            );
         }
         s.push_str("</ul></details>\n");
         if let Some(f) = &c.failure {
             let _ = writeln!(s, "<p><b>Violated</b> <span class=\"clause\">[{}]</span> ({}) {}</p><p><b>Expected:</b> {}</p><p><b>Observed:</b> {}</p>", esc(&f.clause.id), esc(&f.clause.level), esc(&f.clause.text), esc(&f.expected), esc(&f.observed));
         }
         if let Some(rs) = &c.reason {
-            let _ = writeln!(s, "<p><b>{}:</b> {}</p>", if c.verdict == Verdict::Skipped { "Skipped" } else { "Error" }, esc(rs));
+            let _ = writeln!(
+                s,
+                "<p><b>{}:</b> {}</p>",
+                if c.verdict == Verdict::Skipped {
+                    "Skipped"
+                } else {
+                    "Error"
+                },
+                esc(rs)
+            );
         }
         if !c.transcript.is_empty() {
-            let _ = writeln!(s, "<details{}><summary>transcript ({} entries)</summary><pre>{}</pre></details>", if c.verdict == Verdict::Fail { " open" } else { "" }, c.transcript.len(), esc(&transcript_text(c)));
+            let _ = writeln!(
+                s,
+                "<details{}><summary>transcript ({} entries)</summary><pre>{}</pre></details>",
+                if c.verdict == Verdict::Fail {
+                    " open"
+                } else {
+                    ""
+                },
+                c.transcript.len(),
+                esc(&transcript_text(c))
+            );
         }
         s.push_str("</div>\n");
     }

@@ -183,21 +183,29 @@ impl Report {
     pub fn by_group(&self) -> BTreeMap<String, BTreeMap<Verdict, usize>> {
         let mut m: BTreeMap<String, BTreeMap<Verdict, usize>> = BTreeMap::new();
         for c in &self.cases {
-            *m.entry(c.group.clone()).or_default().entry(c.verdict).or_default() += 1;
+            *m.entry(c.group.clone())
+                .or_default()
+                .entry(c.verdict)
+                .or_default() += 1;
         }
         m
     }
 }
 
 /// Judge a case's result.
-pub fn judge(res: &Result<(), CaseError>, strict: bool) -> (Verdict, Option<String>, Option<FailureReport>) {
+pub fn judge(
+    res: &Result<(), CaseError>,
+    strict: bool,
+) -> (Verdict, Option<String>, Option<FailureReport>) {
     match res {
         Ok(()) => (Verdict::Pass, None, None),
         Err(CaseError::Skip(r)) => (Verdict::Skipped, Some(r.clone()), None),
         Err(CaseError::Error(r)) => (Verdict::Error, Some(r.clone()), None),
         Err(CaseError::Fail(f)) => {
             let ci = clause_info(&f.clause);
-            let lvl = spec::clause(&f.clause).map(|c| c.level).unwrap_or(Level::Must);
+            let lvl = spec::clause(&f.clause)
+                .map(|c| c.level)
+                .unwrap_or(Level::Must);
             let v = if matches!(lvl, Level::Should | Level::May) && !strict {
                 Verdict::NonStrict
             } else {
@@ -251,8 +259,17 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
         }
     }
     let mut totals = BTreeMap::new();
-    for v in [Verdict::Pass, Verdict::Fail, Verdict::NonStrict, Verdict::Skipped, Verdict::Error] {
-        totals.insert(v.as_str().to_string(), out.iter().filter(|c| c.verdict == v).count());
+    for v in [
+        Verdict::Pass,
+        Verdict::Fail,
+        Verdict::NonStrict,
+        Verdict::Skipped,
+        Verdict::Error,
+    ] {
+        totals.insert(
+            v.as_str().to_string(),
+            out.iter().filter(|c| c.verdict == v).count(),
+        );
     }
     Report {
         runner: format!("fluxy-conformance {}", env!("CARGO_PKG_VERSION")),

@@ -21,34 +21,146 @@ pub struct FaultCatcher {
 
 /// Every fault of the reference server with its catching cases.
 pub const FAULT_CATCHERS: &[FaultCatcher] = &[
-    FaultCatcher { fault: "skip-seq", filter: &["ord/gap-free-burst"], clauses: &["FX-ORD-1", "FX-ORD-2"] },
-    FaultCatcher { fault: "reorder-broadcast", filter: &["ord/one-sender-fifo"], clauses: &["FX-ORD-2", "FX-ORD-3", "FX-ORD-4"] },
-    FaultCatcher { fault: "drop-broadcast", filter: &["ord/gap-free-burst"], clauses: &["FX-ORD-1", "FX-ORD-2"] },
-    FaultCatcher { fault: "ack-before-store", filter: &["ord/durable-before-delivery"], clauses: &["FX-ACK-1", "FX-ORD-7"] },
-    FaultCatcher { fault: "no-dedup", filter: &["ack/duplicate-returns-original"], clauses: &["FX-ACK-4"] },
-    FaultCatcher { fault: "trust-frame-user-id", filter: &["auth/frame-user-id-ignored"], clauses: &["FX-AUTH-7", "FX-EDT-9"] },
-    FaultCatcher { fault: "accept-expired-token", filter: &["auth/expired-token"], clauses: &["FX-AUTH-4"] },
-    FaultCatcher { fault: "accept-alg-none", filter: &["auth/alg-none"], clauses: &["FX-AUTH-3"] },
-    FaultCatcher { fault: "ignore-nbf", filter: &["auth/nbf-in-future"], clauses: &["FX-AUTH-5"] },
-    FaultCatcher { fault: "cross-tenant-leak", filter: &["ten/no-cross-tenant-access"], clauses: &["FX-TEN-3"] },
-    FaultCatcher { fault: "repeat-row-across-pages", filter: &["his/partition-backward"], clauses: &["FX-HIS-3"] },
-    FaultCatcher { fault: "skip-row-across-pages", filter: &["his/partition-backward"], clauses: &["FX-HIS-3"] },
-    FaultCatcher { fault: "resume-off-by-one", filter: &["res/resume-exact-after-drop"], clauses: &["FX-RES-1"] },
-    FaultCatcher { fault: "no-resync", filter: &["res/resync-too-far-back"], clauses: &["FX-RES-4"] },
-    FaultCatcher { fault: "ghost-presence", filter: &["pre/no-ghost-after-close"], clauses: &["FX-PRE-3", "FX-PRE-2"] },
-    FaultCatcher { fault: "non-agent-tool-call", filter: &["agt/only-agent-role"], clauses: &["FX-AGT-2"] },
-    FaultCatcher { fault: "edit-any-author", filter: &["edt/edit-author-only"], clauses: &["FX-EDT-1"] },
-    FaultCatcher { fault: "no-rate-limit", filter: &["lim/rate-limit"], clauses: &["FX-LIM-3"] },
-    FaultCatcher { fault: "unknown-type-closes", filter: &["frm/unknown-type"], clauses: &["FX-FRM-3"] },
-    FaultCatcher { fault: "sse-no-id", filter: &["trn/sse-same-events"], clauses: &["FX-TRN-2"] },
-    FaultCatcher { fault: "poll-ignores-cursor", filter: &["trn/poll"], clauses: &["FX-TRN-7"] },
-    FaultCatcher { fault: "cursor-unsigned", filter: &["his/cursor-tamper"], clauses: &["FX-HIS-4"] },
-    FaultCatcher { fault: "token-expiry-ignored", filter: &["auth/expiry-while-connected"], clauses: &["FX-AUTH-10"] },
-    FaultCatcher { fault: "no-ack", filter: &["ack/fields"], clauses: &["FX-ACK-1"] },
-    FaultCatcher { fault: "typing-to-sender-only", filter: &["pre/typing"], clauses: &["FX-PRE-5"] },
-    FaultCatcher { fault: "delete-any-user", filter: &["edt/delete-authorisation"], clauses: &["FX-EDT-3"] },
-    FaultCatcher { fault: "heartbeat-ignored", filter: &["lim/idle-timeout"], clauses: &["FX-LIM-8"] },
-    FaultCatcher { fault: "binary-closes", filter: &["frm/binary-frame"], clauses: &["FX-FRM-9"] },
+    FaultCatcher {
+        fault: "skip-seq",
+        filter: &["ord/gap-free-burst"],
+        clauses: &["FX-ORD-1", "FX-ORD-2"],
+    },
+    FaultCatcher {
+        fault: "reorder-broadcast",
+        filter: &["ord/one-sender-fifo"],
+        clauses: &["FX-ORD-2", "FX-ORD-3", "FX-ORD-4"],
+    },
+    FaultCatcher {
+        fault: "drop-broadcast",
+        filter: &["ord/gap-free-burst"],
+        clauses: &["FX-ORD-1", "FX-ORD-2"],
+    },
+    FaultCatcher {
+        fault: "ack-before-store",
+        filter: &["ord/durable-before-delivery"],
+        clauses: &["FX-ACK-1", "FX-ORD-7"],
+    },
+    FaultCatcher {
+        fault: "no-dedup",
+        filter: &["ack/duplicate-returns-original"],
+        clauses: &["FX-ACK-4"],
+    },
+    FaultCatcher {
+        fault: "trust-frame-user-id",
+        filter: &["auth/frame-user-id-ignored"],
+        clauses: &["FX-AUTH-7", "FX-EDT-9"],
+    },
+    FaultCatcher {
+        fault: "accept-expired-token",
+        filter: &["auth/expired-token"],
+        clauses: &["FX-AUTH-4"],
+    },
+    FaultCatcher {
+        fault: "accept-alg-none",
+        filter: &["auth/alg-none"],
+        clauses: &["FX-AUTH-3"],
+    },
+    FaultCatcher {
+        fault: "ignore-nbf",
+        filter: &["auth/nbf-in-future"],
+        clauses: &["FX-AUTH-5"],
+    },
+    FaultCatcher {
+        fault: "cross-tenant-leak",
+        filter: &["ten/no-cross-tenant-access"],
+        clauses: &["FX-TEN-3"],
+    },
+    FaultCatcher {
+        fault: "repeat-row-across-pages",
+        filter: &["his/partition-backward"],
+        clauses: &["FX-HIS-3"],
+    },
+    FaultCatcher {
+        fault: "skip-row-across-pages",
+        filter: &["his/partition-backward"],
+        clauses: &["FX-HIS-3"],
+    },
+    FaultCatcher {
+        fault: "resume-off-by-one",
+        filter: &["res/resume-exact-after-drop"],
+        clauses: &["FX-RES-1"],
+    },
+    FaultCatcher {
+        fault: "no-resync",
+        filter: &["res/resync-too-far-back"],
+        clauses: &["FX-RES-4"],
+    },
+    FaultCatcher {
+        fault: "ghost-presence",
+        filter: &["pre/no-ghost-after-close"],
+        clauses: &["FX-PRE-3", "FX-PRE-2"],
+    },
+    FaultCatcher {
+        fault: "non-agent-tool-call",
+        filter: &["agt/only-agent-role"],
+        clauses: &["FX-AGT-2"],
+    },
+    FaultCatcher {
+        fault: "edit-any-author",
+        filter: &["edt/edit-author-only"],
+        clauses: &["FX-EDT-1"],
+    },
+    FaultCatcher {
+        fault: "no-rate-limit",
+        filter: &["lim/rate-limit"],
+        clauses: &["FX-LIM-3"],
+    },
+    FaultCatcher {
+        fault: "unknown-type-closes",
+        filter: &["frm/unknown-type"],
+        clauses: &["FX-FRM-3"],
+    },
+    FaultCatcher {
+        fault: "sse-no-id",
+        filter: &["trn/sse-same-events"],
+        clauses: &["FX-TRN-2"],
+    },
+    FaultCatcher {
+        fault: "poll-ignores-cursor",
+        filter: &["trn/poll"],
+        clauses: &["FX-TRN-7"],
+    },
+    FaultCatcher {
+        fault: "cursor-unsigned",
+        filter: &["his/cursor-tamper"],
+        clauses: &["FX-HIS-4"],
+    },
+    FaultCatcher {
+        fault: "token-expiry-ignored",
+        filter: &["auth/expiry-while-connected"],
+        clauses: &["FX-AUTH-10"],
+    },
+    FaultCatcher {
+        fault: "no-ack",
+        filter: &["ack/fields"],
+        clauses: &["FX-ACK-1"],
+    },
+    FaultCatcher {
+        fault: "typing-to-sender-only",
+        filter: &["pre/typing"],
+        clauses: &["FX-PRE-5"],
+    },
+    FaultCatcher {
+        fault: "delete-any-user",
+        filter: &["edt/delete-authorisation"],
+        clauses: &["FX-EDT-3"],
+    },
+    FaultCatcher {
+        fault: "heartbeat-ignored",
+        filter: &["lim/idle-timeout"],
+        clauses: &["FX-LIM-8"],
+    },
+    FaultCatcher {
+        fault: "binary-closes",
+        filter: &["frm/binary-frame"],
+        clauses: &["FX-FRM-9"],
+    },
 ];
 
 /// The outcome of running one fault's catching cases.
@@ -85,18 +197,41 @@ pub async fn check_fault(fc: &FaultCatcher, timeout_scale: f64) -> Result<FaultO
         .cases
         .iter()
         .filter(|c| c.verdict == Verdict::Fail)
-        .map(|c| (c.id.clone(), c.failure.as_ref().map(|f| f.clause.id.clone()).unwrap_or_default()))
+        .map(|c| {
+            (
+                c.id.clone(),
+                c.failure
+                    .as_ref()
+                    .map(|f| f.clause.id.clone())
+                    .unwrap_or_default(),
+            )
+        })
         .collect();
-    let caught = caught_by.iter().any(|(_, cl)| fc.clauses.contains(&cl.as_str()));
+    let caught = caught_by
+        .iter()
+        .any(|(_, cl)| fc.clauses.contains(&cl.as_str()));
     let note = if caught {
         None
     } else {
         Some(format!(
             "verdicts: {:?}",
-            rep.cases.iter().map(|c| (c.id.clone(), c.verdict.as_str(), c.failure.as_ref().map(|f| f.clause.id.clone()), c.reason.clone())).collect::<Vec<_>>()
+            rep.cases
+                .iter()
+                .map(|c| (
+                    c.id.clone(),
+                    c.verdict.as_str(),
+                    c.failure.as_ref().map(|f| f.clause.id.clone()),
+                    c.reason.clone()
+                ))
+                .collect::<Vec<_>>()
         ))
     };
-    Ok(FaultOutcome { fault: fc.fault.to_string(), caught_by, caught, note })
+    Ok(FaultOutcome {
+        fault: fc.fault.to_string(),
+        caught_by,
+        caught,
+        note,
+    })
 }
 
 /// Check every fault (at most `jobs` servers at once).
@@ -112,7 +247,10 @@ pub async fn check_all(timeout_scale: f64, jobs: usize) -> Vec<Result<FaultOutco
     }
     let mut out = Vec::new();
     for h in hs {
-        out.push(h.await.unwrap_or_else(|e| Err(RunError::Embedded(format!("task failed: {e}")))));
+        out.push(
+            h.await
+                .unwrap_or_else(|e| Err(RunError::Embedded(format!("task failed: {e}")))),
+        );
     }
     out
 }

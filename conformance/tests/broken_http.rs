@@ -8,8 +8,15 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn config(endpoint: &str) -> RunConfig {
     RunConfig {
-        target: Some(Target { endpoint: endpoint.into(), api_key: "k".into(), ..Target::default() }),
-        options: RunOptions { filters: vec!["msg/*".into()], ..RunOptions::default() },
+        target: Some(Target {
+            endpoint: endpoint.into(),
+            api_key: "k".into(),
+            ..Target::default()
+        }),
+        options: RunOptions {
+            filters: vec!["msg/*".into()],
+            ..RunOptions::default()
+        },
         timeout_scale: 0.2,
         ..RunConfig::default()
     }
@@ -18,7 +25,10 @@ fn config(endpoint: &str) -> RunConfig {
 async fn health_ok(s: &MockServer) {
     Mock::given(method("GET"))
         .and(path("/health"))
-        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"ok":true,"version":"x","protocolVersion":"1.0","ts":1}"#))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(r#"{"ok":true,"version":"x","protocolVersion":"1.0","ts":1}"#),
+        )
         .mount(s)
         .await;
 }
@@ -33,7 +43,11 @@ fn token_ok() -> ResponseTemplate {
 async fn token_endpoint_500_is_a_setup_error() {
     let s = MockServer::start().await;
     health_ok(&s).await;
-    Mock::given(method("POST")).and(path("/auth/token")).respond_with(ResponseTemplate::new(500).set_body_string("boom")).mount(&s).await;
+    Mock::given(method("POST"))
+        .and(path("/auth/token"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("boom"))
+        .mount(&s)
+        .await;
     let e = run(&config(&s.uri())).await.expect_err("must not proceed");
     assert!(matches!(e, RunError::Setup { .. }), "{e:?}");
     let msg = e.to_string();
@@ -44,7 +58,11 @@ async fn token_endpoint_500_is_a_setup_error() {
 async fn token_endpoint_garbage_is_a_setup_error() {
     let s = MockServer::start().await;
     health_ok(&s).await;
-    Mock::given(method("POST")).and(path("/auth/token")).respond_with(ResponseTemplate::new(200).set_body_string("<html>not json</html>")).mount(&s).await;
+    Mock::given(method("POST"))
+        .and(path("/auth/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>not json</html>"))
+        .mount(&s)
+        .await;
     let e = run(&config(&s.uri())).await.expect_err("must not proceed");
     assert!(matches!(e, RunError::Setup { .. }), "{e:?}");
     assert!(e.to_string().contains("TokenResponse"), "{e}");
@@ -54,9 +72,25 @@ async fn token_endpoint_garbage_is_a_setup_error() {
 async fn refused_api_key_says_which_flag() {
     let s = MockServer::start().await;
     health_ok(&s).await;
-    Mock::given(method("POST")).and(path("/auth/token")).respond_with(ResponseTemplate::new(401).set_body_string(r#"{"error":"invalid_api_key","message":"no","retryable":false}"#)).mount(&s).await;
+    Mock::given(method("POST"))
+        .and(path("/auth/token"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_string(r#"{"error":"invalid_api_key","message":"no","retryable":false}"#),
+        )
+        .mount(&s)
+        .await;
     let e = run(&config(&s.uri())).await.expect_err("must not proceed");
-    assert!(matches!(e, RunError::BadApiKey { flag: "--api-key", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            RunError::BadApiKey {
+                flag: "--api-key",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("--api-key"), "{e}");
 }
 
@@ -64,7 +98,11 @@ async fn refused_api_key_says_which_flag() {
 async fn rooms_endpoint_timing_out_is_a_setup_error() {
     let s = MockServer::start().await;
     health_ok(&s).await;
-    Mock::given(method("POST")).and(path("/auth/token")).respond_with(token_ok()).mount(&s).await;
+    Mock::given(method("POST"))
+        .and(path("/auth/token"))
+        .respond_with(token_ok())
+        .mount(&s)
+        .await;
     Mock::given(method("POST"))
         .and(path("/rooms"))
         .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_secs(30)))
@@ -73,15 +111,26 @@ async fn rooms_endpoint_timing_out_is_a_setup_error() {
     let e = run(&config(&s.uri())).await.expect_err("must not proceed");
     assert!(matches!(e, RunError::Setup { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("POST /rooms") && msg.contains("timed out"), "{msg}");
+    assert!(
+        msg.contains("POST /rooms") && msg.contains("timed out"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn rooms_endpoint_wrong_status_is_a_setup_error() {
     let s = MockServer::start().await;
     health_ok(&s).await;
-    Mock::given(method("POST")).and(path("/auth/token")).respond_with(token_ok()).mount(&s).await;
-    Mock::given(method("POST")).and(path("/rooms")).respond_with(ResponseTemplate::new(503)).mount(&s).await;
+    Mock::given(method("POST"))
+        .and(path("/auth/token"))
+        .respond_with(token_ok())
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/rooms"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&s)
+        .await;
     let e = run(&config(&s.uri())).await.expect_err("must not proceed");
     assert!(e.to_string().contains("503"), "{e}");
 }
@@ -89,15 +138,22 @@ async fn rooms_endpoint_wrong_status_is_a_setup_error() {
 #[tokio::test]
 async fn unreachable_endpoint_is_reported() {
     // Bind and drop to get a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(9);
-    let e = run(&config(&format!("http://127.0.0.1:{port}"))).await.expect_err("must not proceed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(9);
+    let e = run(&config(&format!("http://127.0.0.1:{port}")))
+        .await
+        .expect_err("must not proceed");
     assert!(matches!(e, RunError::Unreachable { .. }), "{e:?}");
     assert!(e.to_string().contains("server is running"), "{e}");
 }
 
 #[tokio::test]
 async fn bad_endpoint_scheme_is_a_config_error() {
-    let e = run(&config("ftp://example")).await.expect_err("must not proceed");
+    let e = run(&config("ftp://example"))
+        .await
+        .expect_err("must not proceed");
     assert!(matches!(e, RunError::Config(_)), "{e:?}");
 }
 
@@ -106,11 +162,23 @@ async fn server_breaking_after_setup_gives_errors_not_panics() {
     // Set-up works, then every other route answers garbage: cases end as fail or error.
     let s = MockServer::start().await;
     health_ok(&s).await;
-    Mock::given(method("POST")).and(path("/auth/token")).respond_with(token_ok()).mount(&s).await;
+    Mock::given(method("POST"))
+        .and(path("/auth/token"))
+        .respond_with(token_ok())
+        .mount(&s)
+        .await;
     Mock::given(method("POST")).and(path("/rooms")).respond_with(ResponseTemplate::new(201).set_body_string(r#"{"room":{"id":"r","name":"n","type":"group","createdBy":"u","createdAt":"2026-11-26T16:19:14.677Z"}}"#)).mount(&s).await;
     let mut c = config(&s.uri());
-    c.options.filters = vec!["msg/*".into(), "his/*".into(), "trn/*".into(), "fuzz/http-bodies".into()];
+    c.options.filters = vec![
+        "msg/*".into(),
+        "his/*".into(),
+        "trn/*".into(),
+        "fuzz/http-bodies".into(),
+    ];
     let rep = run(&c).await.expect("set-up passes");
     assert_eq!(rep.exit_code(), 1);
-    assert!(rep.cases.iter().all(|c| c.verdict != fluxy_conformance::Verdict::Pass || c.id == "trn/sse-keepalive"));
+    assert!(rep
+        .cases
+        .iter()
+        .all(|c| c.verdict != fluxy_conformance::Verdict::Pass || c.id == "trn/sse-keepalive"));
 }

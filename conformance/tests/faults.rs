@@ -7,7 +7,10 @@ use fluxy_conformance::selftest::{check_all, FAULT_CATCHERS};
 async fn every_deliberate_fault_is_caught() {
     let names: Vec<&str> = fluxy_server::FAULTS.iter().map(|(n, _)| *n).collect();
     for n in &names {
-        assert!(FAULT_CATCHERS.iter().any(|f| f.fault == *n), "fault {n} has no catching case");
+        assert!(
+            FAULT_CATCHERS.iter().any(|f| f.fault == *n),
+            "fault {n} has no catching case"
+        );
     }
     assert!(FAULT_CATCHERS.len() >= 20);
     let res = check_all(2.0, 4).await;
@@ -30,7 +33,9 @@ fn every_group_has_a_fault() {
         .iter()
         .flat_map(|f| f.filter.iter().map(|c| c.split('/').next().unwrap_or("")))
         .collect();
-    for g in ["ord", "ack", "auth", "ten", "his", "res", "pre", "agt", "edt", "lim", "frm", "trn"] {
+    for g in [
+        "ord", "ack", "auth", "ten", "his", "res", "pre", "agt", "edt", "lim", "frm", "trn",
+    ] {
         assert!(groups.contains(g), "no fault exercises group {g}");
     }
 }

@@ -15,14 +15,24 @@ fn summary(rep: &fluxy_conformance::Report) -> String {
 async fn suite_passes_against_embedded_server() {
     let config = RunConfig {
         timeout_scale: 2.0,
-        options: RunOptions { jobs: 4, ..RunOptions::default() },
+        options: RunOptions {
+            jobs: 4,
+            ..RunOptions::default()
+        },
         ..RunConfig::default()
     };
     let rep = run(&config).await.expect("the run proceeds");
     assert_eq!(rep.exit_code(), 0, "{}", summary(&rep));
     assert!(rep.cases.len() > 100);
-    assert!(rep.cases.iter().all(|c| matches!(c.verdict, Verdict::Pass | Verdict::Skipped | Verdict::NonStrict)));
-    eprintln!("embedded suite: {} cases in {} ms", rep.cases.len(), rep.wall_ms);
+    assert!(rep.cases.iter().all(|c| matches!(
+        c.verdict,
+        Verdict::Pass | Verdict::Skipped | Verdict::NonStrict
+    )));
+    eprintln!(
+        "embedded suite: {} cases in {} ms",
+        rep.cases.len(),
+        rep.wall_ms
+    );
 }
 
 /// target/debug (or release) next to this test executable.
@@ -65,7 +75,13 @@ impl Drop for Killer {
 async fn suite_passes_against_separate_server_process() {
     let bin = server_binary().expect("fluxy-server binary (cargo build -p fluxy-server)");
     let mut child = Command::new(&bin)
-        .args(["--listen", "127.0.0.1:0", "--dev", "--idle-timeout-ms", "4000"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--dev",
+            "--idle-timeout-ms",
+            "4000",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -89,12 +105,19 @@ async fn suite_passes_against_separate_server_process() {
     let config = RunConfig {
         target: Some(dev.target()),
         timeout_scale: 2.0,
-        options: RunOptions { jobs: 4, ..RunOptions::default() },
+        options: RunOptions {
+            jobs: 4,
+            ..RunOptions::default()
+        },
         ..RunConfig::default()
     };
     let rep = run(&config).await.expect("the run proceeds");
     drop(guard);
     assert_eq!(rep.exit_code(), 0, "{}", summary(&rep));
     assert!(!rep.embedded);
-    eprintln!("separate process: {} cases in {} ms", rep.cases.len(), rep.wall_ms);
+    eprintln!(
+        "separate process: {} cases in {} ms",
+        rep.cases.len(),
+        rep.wall_ms
+    );
 }

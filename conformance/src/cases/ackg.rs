@@ -4,8 +4,8 @@ use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::json;
 
 use super::{current_seq, msg_c, pair, req, req_err, send};
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::Ctx;
 
 /// Cases of this group.
@@ -27,18 +27,48 @@ async fn fields(ctx: &Ctx) -> Result<(), CaseError> {
     let cmid = ctx.cmid();
     ca.send_json(&msg_c("fields", &cmid, "ack-fields-1"))?;
     let a = ca.ack("FX-ACK-1", "ack-fields-1").await?;
-    ensure_eq("FX-ACK-1", "ack.clientMessageId", a.client_message_id.clone(), Some(cmid.clone()))?;
-    let f = ca.wait_frame("FX-ACK-1", "own broadcast", |f| matches!(f, ServerFrame::Message(_))).await?;
+    ensure_eq(
+        "FX-ACK-1",
+        "ack.clientMessageId",
+        a.client_message_id.clone(),
+        Some(cmid.clone()),
+    )?;
+    let f = ca
+        .wait_frame("FX-ACK-1", "own broadcast", |f| {
+            matches!(f, ServerFrame::Message(_))
+        })
+        .await?;
     if let ServerFrame::Message(m) = f {
         ensure_eq("FX-ACK-1", "ack.id", a.id, Some(m.id))?;
         ensure_eq("FX-ACK-1", "ack.seq", a.seq, Some(m.seq))?;
-        ensure_eq("FX-ACK-1", "ack.createdAt", a.created_at.clone(), Some(m.created_at))?;
-        ensure_eq("FX-ACK-1", "message.clientMessageId", m.client_message_id, Some(cmid))?;
+        ensure_eq(
+            "FX-ACK-1",
+            "ack.createdAt",
+            a.created_at.clone(),
+            Some(m.created_at),
+        )?;
+        ensure_eq(
+            "FX-ACK-1",
+            "message.clientMessageId",
+            m.client_message_id,
+            Some(cmid),
+        )?;
     }
-    ensure(!a.duplicate, "FX-ACK-1", "duplicate absent on a first request", "duplicate: true")?;
+    ensure(
+        !a.duplicate,
+        "FX-ACK-1",
+        "duplicate absent on a first request",
+        "duplicate: true",
+    )?;
     // Every ack comes once: count acks with this ref after a sync.
     ca.sync("FX-ACK-1").await?;
-    let n = ca.frames().iter().filter(|f| matches!(f, ServerFrame::Ack(x) if x.reference.as_deref() == Some("ack-fields-1"))).count();
+    let n = ca
+        .frames()
+        .iter()
+        .filter(
+            |f| matches!(f, ServerFrame::Ack(x) if x.reference.as_deref() == Some("ack-fields-1")),
+        )
+        .count();
     ensure_eq("FX-ACK-1", "acks for one request", n, 1)
 }
 
@@ -52,12 +82,25 @@ async fn before_broadcast(ctx: &Ctx) -> Result<(), CaseError> {
     let frames = ca.frames();
     for i in 0..20 {
         let r = format!("bb{i}");
-        let ack_pos = frames.iter().position(|f| matches!(f, ServerFrame::Ack(a) if a.reference.as_deref() == Some(r.as_str())));
-        let seq = ack_pos.and_then(|p| match &frames[p] { ServerFrame::Ack(a) => a.seq, _ => None });
-        let ev_pos = frames.iter().position(|f| matches!(f, ServerFrame::Message(m) if Some(m.seq) == seq));
+        let ack_pos = frames.iter().position(
+            |f| matches!(f, ServerFrame::Ack(a) if a.reference.as_deref() == Some(r.as_str())),
+        );
+        let seq = ack_pos.and_then(|p| match &frames[p] {
+            ServerFrame::Ack(a) => a.seq,
+            _ => None,
+        });
+        let ev_pos = frames
+            .iter()
+            .position(|f| matches!(f, ServerFrame::Message(m) if Some(m.seq) == seq));
         match (ack_pos, ev_pos) {
             (Some(a), Some(e)) if a < e => {}
-            _ => return Err(fail("FX-ACK-3", format!("ack of {r} before the sender's broadcast copy"), format!("ack at {ack_pos:?}, event at {ev_pos:?}"))),
+            _ => {
+                return Err(fail(
+                    "FX-ACK-3",
+                    format!("ack of {r} before the sender's broadcast copy"),
+                    format!("ack at {ack_pos:?}, event at {ev_pos:?}"),
+                ))
+            }
         }
     }
     Ok(())
@@ -66,11 +109,33 @@ async fn before_broadcast(ctx: &Ctx) -> Result<(), CaseError> {
 async fn cmid_validated(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, _) = pair(ctx).await?;
     for bad in ["short", "has space in it", "ünïcödé-id-x", &"x".repeat(129)] {
-        req_err(ctx, &mut ca, "FX-ACK-2", json!({"type":"message","content":"x","clientMessageId":bad}), ErrorCode::InvalidFrame).await?;
+        req_err(
+            ctx,
+            &mut ca,
+            "FX-ACK-2",
+            json!({"type":"message","content":"x","clientMessageId":bad}),
+            ErrorCode::InvalidFrame,
+        )
+        .await?;
     }
-    let r = ctx.post("/messages", &a.token, &json!({"roomId":room,"content":"x","clientMessageId":"short"})).await?;
-    r.expect_error("FX-ACK-2", "POST /messages with clientMessageId 'short'", ErrorCode::InvalidFrame)?;
-    ensure_eq("FX-ACK-2", "events stored", current_seq(ctx, &a, &room).await?, 0)
+    let r = ctx
+        .post(
+            "/messages",
+            &a.token,
+            &json!({"roomId":room,"content":"x","clientMessageId":"short"}),
+        )
+        .await?;
+    r.expect_error(
+        "FX-ACK-2",
+        "POST /messages with clientMessageId 'short'",
+        ErrorCode::InvalidFrame,
+    )?;
+    ensure_eq(
+        "FX-ACK-2",
+        "events stored",
+        current_seq(ctx, &a, &room).await?,
+        0,
+    )
 }
 
 async fn duplicate(ctx: &Ctx) -> Result<(), CaseError> {
@@ -80,14 +145,34 @@ async fn duplicate(ctx: &Ctx) -> Result<(), CaseError> {
     let first = ca.ack("FX-ACK-4", "d1").await?;
     ca.send_json(&msg_c("a different content", &cmid, "d2"))?;
     let second = ca.ack("FX-ACK-4", "d2").await?;
-    ensure(second.duplicate, "FX-ACK-4", "duplicate: true on the repeat", format!("{second:?}"))?;
-    ensure_eq("FX-ACK-4", "(id, seq, createdAt) of the repeat", (second.id, second.seq, second.created_at.clone()), (first.id, first.seq, first.created_at.clone()))?;
+    ensure(
+        second.duplicate,
+        "FX-ACK-4",
+        "duplicate: true on the repeat",
+        format!("{second:?}"),
+    )?;
+    ensure_eq(
+        "FX-ACK-4",
+        "(id, seq, createdAt) of the repeat",
+        (second.id, second.seq, second.created_at.clone()),
+        (first.id, first.seq, first.created_at.clone()),
+    )?;
     // Barrier: a later message; nothing may come between.
     let after = send(ctx, &mut ca, "after").await?;
     cb.wait_seq("FX-ACK-4", after.seq.unwrap_or(0)).await?;
     let seqs: Vec<u64> = cb.timeline().iter().map(|(e, _)| e.seq()).collect();
-    ensure_eq("FX-ACK-4", "events broadcast (original, after)", seqs, vec![first.seq.unwrap_or(0), after.seq.unwrap_or(0)])?;
-    ensure_eq("FX-ACK-4", "events stored", current_seq(ctx, &a, &room).await?, 2)
+    ensure_eq(
+        "FX-ACK-4",
+        "events broadcast (original, after)",
+        seqs,
+        vec![first.seq.unwrap_or(0), after.seq.unwrap_or(0)],
+    )?;
+    ensure_eq(
+        "FX-ACK-4",
+        "events stored",
+        current_seq(ctx, &a, &room).await?,
+        2,
+    )
 }
 
 async fn across(ctx: &Ctx) -> Result<(), CaseError> {
@@ -99,20 +184,58 @@ async fn across(ctx: &Ctx) -> Result<(), CaseError> {
     let mut c2 = ctx.connect(&a, &room).await?;
     c2.send_json(&msg_c("twice", &cmid, "x2"))?;
     let again = c2.ack("FX-ACK-5", "x2").await?;
-    ensure(again.duplicate && again.seq == first.seq, "FX-ACK-5", "the original ack, duplicate, on a new connection", format!("{again:?}"))?;
-    let r = ctx.post("/messages", &a.token, &json!({"roomId":room,"content":"thrice","clientMessageId":cmid})).await?;
-    r.expect_status("FX-ACK-5", "POST /messages repeating a WebSocket clientMessageId", 200)?;
+    ensure(
+        again.duplicate && again.seq == first.seq,
+        "FX-ACK-5",
+        "the original ack, duplicate, on a new connection",
+        format!("{again:?}"),
+    )?;
+    let r = ctx
+        .post(
+            "/messages",
+            &a.token,
+            &json!({"roomId":room,"content":"thrice","clientMessageId":cmid}),
+        )
+        .await?;
+    r.expect_status(
+        "FX-ACK-5",
+        "POST /messages repeating a WebSocket clientMessageId",
+        200,
+    )?;
     let v = r.json().unwrap_or_default();
-    ensure_eq("FX-ACK-5", "HTTP duplicate message seq", v.pointer("/message/seq").and_then(|x| x.as_u64()), first.seq)?;
+    ensure_eq(
+        "FX-ACK-5",
+        "HTTP duplicate message seq",
+        v.pointer("/message/seq").and_then(|x| x.as_u64()),
+        first.seq,
+    )?;
     // HTTP first, then WebSocket.
     let cmid2 = ctx.cmid();
-    let r = ctx.post("/messages", &a.token, &json!({"roomId":room,"content":"http first","clientMessageId":cmid2})).await?;
+    let r = ctx
+        .post(
+            "/messages",
+            &a.token,
+            &json!({"roomId":room,"content":"http first","clientMessageId":cmid2}),
+        )
+        .await?;
     r.expect_status("FX-MSG-6", "POST /messages", 201)?;
-    let seq = r.json().and_then(|v| v.pointer("/message/seq").and_then(|x| x.as_u64()));
+    let seq = r
+        .json()
+        .and_then(|v| v.pointer("/message/seq").and_then(|x| x.as_u64()));
     c2.send_json(&msg_c("ws second", &cmid2, "x3"))?;
     let a3 = c2.ack("FX-ACK-5", "x3").await?;
-    ensure(a3.duplicate && a3.seq == seq, "FX-ACK-5", "WebSocket repeat of an HTTP key is a duplicate", format!("{a3:?}"))?;
-    ensure_eq("FX-ACK-5", "events stored", current_seq(ctx, &a, &room).await?, 2)
+    ensure(
+        a3.duplicate && a3.seq == seq,
+        "FX-ACK-5",
+        "WebSocket repeat of an HTTP key is a duplicate",
+        format!("{a3:?}"),
+    )?;
+    ensure_eq(
+        "FX-ACK-5",
+        "events stored",
+        current_seq(ctx, &a, &room).await?,
+        2,
+    )
 }
 
 async fn per_user(ctx: &Ctx) -> Result<(), CaseError> {
@@ -122,8 +245,18 @@ async fn per_user(ctx: &Ctx) -> Result<(), CaseError> {
     let x = ca.ack("FX-ACK-6", "p1").await?;
     cb.send_json(&msg_c("from b", &cmid, "p2"))?;
     let y = cb.ack("FX-ACK-6", "p2").await?;
-    ensure(!y.duplicate && y.seq != x.seq, "FX-ACK-6", "a new message for the second user", format!("{y:?}"))?;
-    ensure_eq("FX-ACK-6", "events stored", current_seq(ctx, &a, &room).await?, 2)
+    ensure(
+        !y.duplicate && y.seq != x.seq,
+        "FX-ACK-6",
+        "a new message for the second user",
+        format!("{y:?}"),
+    )?;
+    ensure_eq(
+        "FX-ACK-6",
+        "events stored",
+        current_seq(ctx, &a, &room).await?,
+        2,
+    )
 }
 
 async fn no_op(ctx: &Ctx) -> Result<(), CaseError> {
@@ -131,29 +264,108 @@ async fn no_op(ctx: &Ctx) -> Result<(), CaseError> {
     let m = send(ctx, &mut ca, "react to me").await?;
     let add = json!({"type":"reaction","messageId":m.id,"emoji":"👍"});
     let first = req(ctx, &mut ca, "FX-EDT-5", add.clone()).await?;
-    ensure(first.seq.is_some(), "FX-EDT-5", "a reaction event (ack with seq)", format!("{first:?}"))?;
+    ensure(
+        first.seq.is_some(),
+        "FX-EDT-5",
+        "a reaction event (ack with seq)",
+        format!("{first:?}"),
+    )?;
     let again = req(ctx, &mut ca, "FX-ACK-7", add).await?;
-    ensure(again.seq.is_none(), "FX-ACK-7", "an ack without seq for an existing reaction", format!("{again:?}"))?;
-    let rm = req(ctx, &mut ca, "FX-ACK-7", json!({"type":"reaction","messageId":m.id,"emoji":"🙃","op":"remove"})).await?;
-    ensure(rm.seq.is_none(), "FX-ACK-7", "an ack without seq for removing an absent reaction", format!("{rm:?}"))?;
-    let rd = req(ctx, &mut ca, "FX-EDT-8", json!({"type":"read","messageId":m.id})).await?;
-    ensure(rd.seq.is_some(), "FX-EDT-8", "a read event", format!("{rd:?}"))?;
-    let rd2 = req(ctx, &mut ca, "FX-ACK-7", json!({"type":"read","messageId":m.id})).await?;
-    ensure(rd2.seq.is_none(), "FX-ACK-7", "an ack without seq for a read at the current position", format!("{rd2:?}"))?;
+    ensure(
+        again.seq.is_none(),
+        "FX-ACK-7",
+        "an ack without seq for an existing reaction",
+        format!("{again:?}"),
+    )?;
+    let rm = req(
+        ctx,
+        &mut ca,
+        "FX-ACK-7",
+        json!({"type":"reaction","messageId":m.id,"emoji":"🙃","op":"remove"}),
+    )
+    .await?;
+    ensure(
+        rm.seq.is_none(),
+        "FX-ACK-7",
+        "an ack without seq for removing an absent reaction",
+        format!("{rm:?}"),
+    )?;
+    let rd = req(
+        ctx,
+        &mut ca,
+        "FX-EDT-8",
+        json!({"type":"read","messageId":m.id}),
+    )
+    .await?;
+    ensure(
+        rd.seq.is_some(),
+        "FX-EDT-8",
+        "a read event",
+        format!("{rd:?}"),
+    )?;
+    let rd2 = req(
+        ctx,
+        &mut ca,
+        "FX-ACK-7",
+        json!({"type":"read","messageId":m.id}),
+    )
+    .await?;
+    ensure(
+        rd2.seq.is_none(),
+        "FX-ACK-7",
+        "an ack without seq for a read at the current position",
+        format!("{rd2:?}"),
+    )?;
     let after = send(ctx, &mut ca, "barrier").await?;
     cb.wait_seq("FX-ACK-7", after.seq.unwrap_or(0)).await?;
     let kinds: Vec<&str> = cb.timeline().iter().map(|(e, _)| e.type_name()).collect();
-    ensure_eq("FX-ACK-7", "events broadcast", kinds, vec!["message", "reaction", "read", "message"])?;
-    ensure_eq("FX-ACK-7", "events stored", current_seq(ctx, &a, &room).await?, 4)
+    ensure_eq(
+        "FX-ACK-7",
+        "events broadcast",
+        kinds,
+        vec!["message", "reaction", "read", "message"],
+    )?;
+    ensure_eq(
+        "FX-ACK-7",
+        "events stored",
+        current_seq(ctx, &a, &room).await?,
+        4,
+    )
 }
 
 async fn failure_nothing(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, b, room, mut ca, mut cb) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "mine").await?;
-    req_err(ctx, &mut cb, "FX-ACK-8", json!({"type":"edit","messageId":m.id,"content":"not yours"}), ErrorCode::Forbidden).await?;
-    req_err(ctx, &mut cb, "FX-ACK-8", json!({"type":"reaction","messageId":98765,"emoji":"x"}), ErrorCode::NotFound).await?;
-    req_err(ctx, &mut cb, "FX-ACK-8", json!({"type":"message","content":""}), ErrorCode::InvalidContent).await?;
-    ensure_eq("FX-ACK-8", "events stored after failed requests", current_seq(ctx, &b, &room).await?, 1)?;
+    req_err(
+        ctx,
+        &mut cb,
+        "FX-ACK-8",
+        json!({"type":"edit","messageId":m.id,"content":"not yours"}),
+        ErrorCode::Forbidden,
+    )
+    .await?;
+    req_err(
+        ctx,
+        &mut cb,
+        "FX-ACK-8",
+        json!({"type":"reaction","messageId":98765,"emoji":"x"}),
+        ErrorCode::NotFound,
+    )
+    .await?;
+    req_err(
+        ctx,
+        &mut cb,
+        "FX-ACK-8",
+        json!({"type":"message","content":""}),
+        ErrorCode::InvalidContent,
+    )
+    .await?;
+    ensure_eq(
+        "FX-ACK-8",
+        "events stored after failed requests",
+        current_seq(ctx, &b, &room).await?,
+        1,
+    )?;
     let _ = a;
     Ok(())
 }

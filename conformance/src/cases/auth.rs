@@ -9,8 +9,8 @@ use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::{json, Value};
 
 use super::{expect_rejected, msg, req, req_err, send};
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{urlenc, Ctx, TokenOpts, User};
 
 /// Cases of this group.
@@ -38,7 +38,10 @@ pub fn cases() -> Vec<Case> {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn hs256() -> Value {
@@ -49,16 +52,31 @@ fn jwt_parts(tok: &str) -> Option<(Value, Value)> {
     let mut it = tok.split('.');
     let h = URL_SAFE_NO_PAD.decode(it.next()?).ok()?;
     let p = URL_SAFE_NO_PAD.decode(it.next()?).ok()?;
-    Some((serde_json::from_slice(&h).ok()?, serde_json::from_slice(&p).ok()?))
+    Some((
+        serde_json::from_slice(&h).ok()?,
+        serde_json::from_slice(&p).ok()?,
+    ))
 }
 
 /// Check a token is refused on the WebSocket (code/close) and on HTTP (401 code).
-async fn refused(ctx: &Ctx, clause: &str, token: &str, code: ErrorCode, close: u16) -> Result<(), CaseError> {
+async fn refused(
+    ctx: &Ctx,
+    clause: &str,
+    token: &str,
+    code: ErrorCode,
+    close: u16,
+) -> Result<(), CaseError> {
     let owner = ctx.user("owner").await?;
     let room = ctx.room(&owner, &[]).await?;
     let r = ctx.get(&format!("/rooms/{room}/history"), token).await?;
     r.expect_error(clause, "GET history with the token", code)?;
-    let mut c = ctx.connect_raw("crafted", &format!("/ws/room/{room}?token={}", urlenc(token)), &[]).await?;
+    let mut c = ctx
+        .connect_raw(
+            "crafted",
+            &format!("/ws/room/{room}?token={}", urlenc(token)),
+            &[],
+        )
+        .await?;
     expect_rejected(&mut c, clause, code, close).await
 }
 
@@ -70,18 +88,63 @@ async fn token_endpoint(ctx: &Ctx) -> Result<(), CaseError> {
     let id = ctx.uid("tok");
     let body = json!({"userId": id});
     let key = ctx.env.target.api_key.clone();
-    let r = ctx.http_with(reqwest::Method::POST, "/auth/token", None, Some(&body), &[("X-Fluxy-Api-Key", &key)], None).await?;
+    let r = ctx
+        .http_with(
+            reqwest::Method::POST,
+            "/auth/token",
+            None,
+            Some(&body),
+            &[("X-Fluxy-Api-Key", &key)],
+            None,
+        )
+        .await?;
     r.expect_status("FX-AUTH-1", "POST /auth/token", 200)?;
     let t: fluxy_protocol::http::TokenResponse = r.parse("FX-AUTH-1", "TokenResponse")?;
     let (h, p) = jwt_parts(&t.token).ok_or_else(|| fail("FX-AUTH-1", "a JWT", &t.token))?;
-    ensure_eq("FX-AUTH-1", "JWT header alg", h.get("alg").cloned(), Some(json!("HS256")))?;
-    ensure_eq("FX-AUTH-1", "JWT sub", p.get("sub").cloned(), Some(json!(id)))?;
-    ensure_eq("FX-AUTH-1", "JWT tid", p.get("tid").cloned(), Some(json!(ctx.env.tenant)))?;
-    ensure(p.get("exp").is_some_and(Value::is_u64), "FX-AUTH-1", "an integer exp", format!("{:?}", p.get("exp")))?;
-    ensure(p.get("roles").is_some_and(Value::is_array), "FX-AUTH-1", "a roles array", format!("{:?}", p.get("roles")))?;
-    let r = ctx.http(reqwest::Method::POST, "/auth/token", None, Some(&body)).await?;
+    ensure_eq(
+        "FX-AUTH-1",
+        "JWT header alg",
+        h.get("alg").cloned(),
+        Some(json!("HS256")),
+    )?;
+    ensure_eq(
+        "FX-AUTH-1",
+        "JWT sub",
+        p.get("sub").cloned(),
+        Some(json!(id)),
+    )?;
+    ensure_eq(
+        "FX-AUTH-1",
+        "JWT tid",
+        p.get("tid").cloned(),
+        Some(json!(ctx.env.tenant)),
+    )?;
+    ensure(
+        p.get("exp").is_some_and(Value::is_u64),
+        "FX-AUTH-1",
+        "an integer exp",
+        format!("{:?}", p.get("exp")),
+    )?;
+    ensure(
+        p.get("roles").is_some_and(Value::is_array),
+        "FX-AUTH-1",
+        "a roles array",
+        format!("{:?}", p.get("roles")),
+    )?;
+    let r = ctx
+        .http(reqwest::Method::POST, "/auth/token", None, Some(&body))
+        .await?;
     r.expect_error("FX-AUTH-1", "no X-Fluxy-Api-Key", ErrorCode::Unauthorized)?;
-    let r = ctx.http_with(reqwest::Method::POST, "/auth/token", None, Some(&body), &[("X-Fluxy-Api-Key", "fx_definitely_not_a_key")], None).await?;
+    let r = ctx
+        .http_with(
+            reqwest::Method::POST,
+            "/auth/token",
+            None,
+            Some(&body),
+            &[("X-Fluxy-Api-Key", "fx_definitely_not_a_key")],
+            None,
+        )
+        .await?;
     r.expect_error("FX-AUTH-1", "unknown API key", ErrorCode::InvalidApiKey)
 }
 
@@ -96,27 +159,61 @@ async fn ttl_and_roles(ctx: &Ctx) -> Result<(), CaseError> {
             b["roles"] = json!(roles);
         }
         let key = key.clone();
-        async move { ctx.http_with(reqwest::Method::POST, "/auth/token", None, Some(&b), &[("X-Fluxy-Api-Key", &key)], None).await }
+        async move {
+            ctx.http_with(
+                reqwest::Method::POST,
+                "/auth/token",
+                None,
+                Some(&b),
+                &[("X-Fluxy-Api-Key", &key)],
+                None,
+            )
+            .await
+        }
     };
-    for (ttl, want) in [(Some(5u64), 60u64), (None, 3600), (Some(10_000_000), 86_400), (Some(120), 120)] {
+    for (ttl, want) in [
+        (Some(5u64), 60u64),
+        (None, 3600),
+        (Some(10_000_000), 86_400),
+        (Some(120), 120),
+    ] {
         let r = mint(ttl, vec![]).await?;
         r.expect_status("FX-AUTH-2", "token request", 200)?;
         let t: fluxy_protocol::http::TokenResponse = r.parse("FX-AUTH-2", "TokenResponse")?;
-        ensure_eq("FX-AUTH-2", &format!("expiresIn for ttlSeconds {ttl:?}"), t.expires_in, want)?;
+        ensure_eq(
+            "FX-AUTH-2",
+            &format!("expiresIn for ttlSeconds {ttl:?}"),
+            t.expires_in,
+            want,
+        )?;
         if ttl.is_none() {
-            ensure_eq("FX-AUTH-2", "default roles", t.claims.roles.clone(), vec!["member".to_string()])?;
+            ensure_eq(
+                "FX-AUTH-2",
+                "default roles",
+                t.claims.roles.clone(),
+                vec!["member".to_string()],
+            )?;
         }
     }
     let r = mint(None, vec!["agent", "moderator"]).await?;
     let t: fluxy_protocol::http::TokenResponse = r.parse("FX-AUTH-2", "TokenResponse")?;
-    ensure(t.claims.roles.contains(&"agent".into()) && t.claims.roles.contains(&"moderator".into()), "FX-AUTH-2", "the requested roles", format!("{:?}", t.claims.roles))?;
+    ensure(
+        t.claims.roles.contains(&"agent".into()) && t.claims.roles.contains(&"moderator".into()),
+        "FX-AUTH-2",
+        "the requested roles",
+        format!("{:?}", t.claims.roles),
+    )?;
     let r = mint(None, vec!["superuser"]).await?;
     r.expect_error("FX-AUTH-2", "an unknown role", ErrorCode::InvalidFrame)
 }
 
 async fn expired_token(ctx: &Ctx) -> Result<(), CaseError> {
     let s = ctx.secret()?;
-    let tok = sign_raw(&hs256(), &claims(ctx, &ctx.uid("exp"), now() as i64 - 120), &s);
+    let tok = sign_raw(
+        &hs256(),
+        &claims(ctx, &ctx.uid("exp"), now() as i64 - 120),
+        &s,
+    );
     refused(ctx, "FX-AUTH-4", &tok, ErrorCode::TokenExpired, 4005).await
 }
 
@@ -124,16 +221,37 @@ async fn missing_exp(ctx: &Ctx) -> Result<(), CaseError> {
     let s = ctx.secret()?;
     let mut c = claims(ctx, &ctx.uid("noexp"), 0);
     c.as_object_mut().map(|o| o.remove("exp"));
-    refused(ctx, "FX-AUTH-4", &sign_raw(&hs256(), &c, &s), ErrorCode::Unauthorized, 4004).await?;
+    refused(
+        ctx,
+        "FX-AUTH-4",
+        &sign_raw(&hs256(), &c, &s),
+        ErrorCode::Unauthorized,
+        4004,
+    )
+    .await?;
     c["exp"] = json!((now() + 3600).to_string());
-    refused(ctx, "FX-AUTH-4", &sign_raw(&hs256(), &c, &s), ErrorCode::Unauthorized, 4004).await
+    refused(
+        ctx,
+        "FX-AUTH-4",
+        &sign_raw(&hs256(), &c, &s),
+        ErrorCode::Unauthorized,
+        4004,
+    )
+    .await
 }
 
 async fn nbf_future(ctx: &Ctx) -> Result<(), CaseError> {
     let s = ctx.secret()?;
     let mut c = claims(ctx, &ctx.uid("nbf"), now() as i64 + 7200);
     c["nbf"] = json!(now() + 3600);
-    refused(ctx, "FX-AUTH-5", &sign_raw(&hs256(), &c, &s), ErrorCode::Unauthorized, 4004).await
+    refused(
+        ctx,
+        "FX-AUTH-5",
+        &sign_raw(&hs256(), &c, &s),
+        ErrorCode::Unauthorized,
+        4004,
+    )
+    .await
 }
 
 async fn bad_signature(ctx: &Ctx) -> Result<(), CaseError> {
@@ -150,9 +268,15 @@ async fn bad_signature(ctx: &Ctx) -> Result<(), CaseError> {
     let t1 = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&sig));
     refused(ctx, "FX-AUTH-6", &t1, ErrorCode::Unauthorized, 4004).await?;
     // Change the payload (claim another user), keep the signature.
-    let (_, mut p) = jwt_parts(&u.token).ok_or_else(|| CaseError::Error("token not decodable".into()))?;
+    let (_, mut p) =
+        jwt_parts(&u.token).ok_or_else(|| CaseError::Error("token not decodable".into()))?;
     p["sub"] = json!("mallory");
-    let t2 = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(p.to_string()), parts[2]);
+    let t2 = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(p.to_string()),
+        parts[2]
+    );
     refused(ctx, "FX-AUTH-6", &t2, ErrorCode::Unauthorized, 4004).await
 }
 
@@ -163,10 +287,24 @@ async fn alg_none(ctx: &Ctx) -> Result<(), CaseError> {
         return Err(fail("FX-AUTH-1", "a three-part JWT", &u.token));
     }
     let h = URL_SAFE_NO_PAD.encode(json!({"alg":"none","typ":"JWT"}).to_string());
-    refused(ctx, "FX-AUTH-3", &format!("{h}.{}.", parts[1]), ErrorCode::Unauthorized, 4004).await?;
+    refused(
+        ctx,
+        "FX-AUTH-3",
+        &format!("{h}.{}.", parts[1]),
+        ErrorCode::Unauthorized,
+        4004,
+    )
+    .await?;
     if let Ok(s) = ctx.secret() {
         let c = claims(ctx, &ctx.uid("none"), now() as i64 + 3600);
-        refused(ctx, "FX-AUTH-3", &sign_raw(&json!({"alg":"none"}), &c, &s), ErrorCode::Unauthorized, 4004).await?;
+        refused(
+            ctx,
+            "FX-AUTH-3",
+            &sign_raw(&json!({"alg":"none"}), &c, &s),
+            ErrorCode::Unauthorized,
+            4004,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -175,7 +313,14 @@ async fn wrong_alg(ctx: &Ctx) -> Result<(), CaseError> {
     let s = ctx.secret()?;
     let c = claims(ctx, &ctx.uid("alg"), now() as i64 + 3600);
     for alg in ["HS512", "HS384", "hs256"] {
-        refused(ctx, "FX-AUTH-3", &sign_raw(&json!({"alg":alg,"typ":"JWT"}), &c, &s), ErrorCode::Unauthorized, 4004).await?;
+        refused(
+            ctx,
+            "FX-AUTH-3",
+            &sign_raw(&json!({"alg":alg,"typ":"JWT"}), &c, &s),
+            ErrorCode::Unauthorized,
+            4004,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -184,13 +329,24 @@ async fn wrong_tenant(ctx: &Ctx) -> Result<(), CaseError> {
     let s = ctx.secret()?;
     let mut c = claims(ctx, &ctx.uid("ten"), now() as i64 + 3600);
     c["tid"] = json!("no-such-tenant-x");
-    refused(ctx, "FX-AUTH-6", &sign_raw(&hs256(), &c, &s), ErrorCode::Unauthorized, 4004).await?;
+    refused(
+        ctx,
+        "FX-AUTH-6",
+        &sign_raw(&hs256(), &c, &s),
+        ErrorCode::Unauthorized,
+        4004,
+    )
+    .await?;
     if let Some(t2) = ctx.env.tenant2.clone() {
         c["tid"] = json!(t2);
         // Signed with tenant 1's secret: must not verify for tenant 2.
         let tok = sign_raw(&hs256(), &c, &s);
         let r = ctx.get("/rooms", &tok).await?;
-        r.expect_error("FX-AUTH-6", "GET /rooms with a tenant-2 token signed by tenant 1's secret", ErrorCode::Unauthorized)?;
+        r.expect_error(
+            "FX-AUTH-6",
+            "GET /rooms with a tenant-2 token signed by tenant 1's secret",
+            ErrorCode::Unauthorized,
+        )?;
     }
     Ok(())
 }
@@ -198,10 +354,24 @@ async fn wrong_tenant(ctx: &Ctx) -> Result<(), CaseError> {
 async fn bad_claims(ctx: &Ctx) -> Result<(), CaseError> {
     let s = ctx.secret()?;
     let mut c = claims(ctx, "bad sub!", now() as i64 + 3600);
-    refused(ctx, "FX-AUTH-6", &sign_raw(&hs256(), &c, &s), ErrorCode::Unauthorized, 4004).await?;
+    refused(
+        ctx,
+        "FX-AUTH-6",
+        &sign_raw(&hs256(), &c, &s),
+        ErrorCode::Unauthorized,
+        4004,
+    )
+    .await?;
     c["sub"] = json!(ctx.uid("x"));
     c.as_object_mut().map(|o| o.remove("tid"));
-    refused(ctx, "FX-AUTH-6", &sign_raw(&hs256(), &c, &s), ErrorCode::Unauthorized, 4004).await
+    refused(
+        ctx,
+        "FX-AUTH-6",
+        &sign_raw(&hs256(), &c, &s),
+        ErrorCode::Unauthorized,
+        4004,
+    )
+    .await
 }
 
 async fn non_member(ctx: &Ctx) -> Result<(), CaseError> {
@@ -210,11 +380,32 @@ async fn non_member(ctx: &Ctx) -> Result<(), CaseError> {
     let room = ctx.room(&a, &[]).await?;
     let r = ctx.get(&format!("/rooms/{room}/history"), &x.token).await?;
     r.expect_error("FX-HIS-7", "history for a non-member", ErrorCode::NotMember)?;
-    let r = ctx.post("/messages", &x.token, &json!({"roomId": room, "content": "hi"})).await?;
-    r.expect_error("FX-AUTH-11", "POST /messages by a non-member", ErrorCode::NotMember)?;
-    let mut c = ctx.connect_raw(&x.id, &format!("/ws/room/{room}?token={}", urlenc(&x.token)), &[]).await?;
+    let r = ctx
+        .post(
+            "/messages",
+            &x.token,
+            &json!({"roomId": room, "content": "hi"}),
+        )
+        .await?;
+    r.expect_error(
+        "FX-AUTH-11",
+        "POST /messages by a non-member",
+        ErrorCode::NotMember,
+    )?;
+    let mut c = ctx
+        .connect_raw(
+            &x.id,
+            &format!("/ws/room/{room}?token={}", urlenc(&x.token)),
+            &[],
+        )
+        .await?;
     expect_rejected(&mut c, "FX-AUTH-11", ErrorCode::NotMember, 4003).await?;
-    ensure_eq("FX-AUTH-11", "events stored by the non-member", super::current_seq(ctx, &a, &room).await?, 0)
+    ensure_eq(
+        "FX-AUTH-11",
+        "events stored by the non-member",
+        super::current_seq(ctx, &a, &room).await?,
+        0,
+    )
 }
 
 async fn admin_and_public(ctx: &Ctx) -> Result<(), CaseError> {
@@ -223,16 +414,29 @@ async fn admin_and_public(ctx: &Ctx) -> Result<(), CaseError> {
     for role in ["admin", "owner"] {
         let adm = ctx.user_roles(role, &[role]).await?;
         let mut c = ctx.connect(&adm, &room).await.map_err(|e| match e {
-            CaseError::Fail(f) => fail("FX-AUTH-11", format!("a token with role {role} connects to any room"), f.observed),
+            CaseError::Fail(f) => fail(
+                "FX-AUTH-11",
+                format!("a token with role {role} connects to any room"),
+                f.observed,
+            ),
             o => o,
         })?;
         send(ctx, &mut c, &format!("{role} was here")).await?;
     }
-    let req = fluxy_protocol::http::CreateRoomRequest { id: Some(ctx.uid("pub")), name: "public".into(), room_type: Some(fluxy_protocol::common::RoomType::Public), members: vec![] };
+    let req = fluxy_protocol::http::CreateRoomRequest {
+        id: Some(ctx.uid("pub")),
+        name: "public".into(),
+        room_type: Some(fluxy_protocol::common::RoomType::Public),
+        members: vec![],
+    };
     let pubroom = ctx.room_req(&a, req).await?;
     let x = ctx.user("anyone").await?;
     let mut c = ctx.connect(&x, &pubroom).await.map_err(|e| match e {
-        CaseError::Fail(f) => fail("FX-AUTH-11", "any user connects to a public room", f.observed),
+        CaseError::Fail(f) => fail(
+            "FX-AUTH-11",
+            "any user connects to a public room",
+            f.observed,
+        ),
         o => o,
     })?;
     send(ctx, &mut c, "hello public").await?;
@@ -242,25 +446,69 @@ async fn admin_and_public(ctx: &Ctx) -> Result<(), CaseError> {
 async fn frame_user_id(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, b, room, mut ca, mut cb) = super::pair(ctx).await?;
     let r = ctx.r();
-    ca.send_json(&json!({"type":"message","content":"spoof","userId": b.id, "senderId": b.id, "ref": r}))?;
+    ca.send_json(
+        &json!({"type":"message","content":"spoof","userId": b.id, "senderId": b.id, "ref": r}),
+    )?;
     let ack = ca.ack("FX-AUTH-7", &r).await?;
-    let f = cb.wait_frame("FX-AUTH-7", "the broadcast", |f| matches!(f, ServerFrame::Message(m) if Some(m.seq) == ack.seq)).await?;
+    let f = cb
+        .wait_frame(
+            "FX-AUTH-7",
+            "the broadcast",
+            |f| matches!(f, ServerFrame::Message(m) if Some(m.seq) == ack.seq),
+        )
+        .await?;
     if let ServerFrame::Message(m) = f {
-        ensure_eq("FX-AUTH-7", "message.userId", m.user_id.as_str(), a.id.as_str())?;
-        ensure_eq("FX-AUTH-7", "message.senderId", m.sender_id.as_str(), a.id.as_str())?;
+        ensure_eq(
+            "FX-AUTH-7",
+            "message.userId",
+            m.user_id.as_str(),
+            a.id.as_str(),
+        )?;
+        ensure_eq(
+            "FX-AUTH-7",
+            "message.senderId",
+            m.sender_id.as_str(),
+            a.id.as_str(),
+        )?;
     }
     // Reaction and read with a spoofed userId.
     let mid = ack.id.unwrap_or(0);
-    req(ctx, &mut ca, "FX-EDT-9", json!({"type":"reaction","messageId":mid,"emoji":"👍","userId":b.id})).await?;
-    let f = cb.wait_frame("FX-EDT-9", "the reaction broadcast", |f| matches!(f, ServerFrame::Reaction(_))).await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-EDT-9",
+        json!({"type":"reaction","messageId":mid,"emoji":"👍","userId":b.id}),
+    )
+    .await?;
+    let f = cb
+        .wait_frame("FX-EDT-9", "the reaction broadcast", |f| {
+            matches!(f, ServerFrame::Reaction(_))
+        })
+        .await?;
     if let ServerFrame::Reaction(x) = f {
-        ensure_eq("FX-EDT-9", "reaction.userId", x.user_id.as_str(), a.id.as_str())?;
+        ensure_eq(
+            "FX-EDT-9",
+            "reaction.userId",
+            x.user_id.as_str(),
+            a.id.as_str(),
+        )?;
     }
     // HTTP body with userId.
-    let res = ctx.post("/messages", &a.token, &json!({"roomId": room, "content":"http spoof", "userId": b.id})).await?;
+    let res = ctx
+        .post(
+            "/messages",
+            &a.token,
+            &json!({"roomId": room, "content":"http spoof", "userId": b.id}),
+        )
+        .await?;
     res.expect_status("FX-MSG-6", "POST /messages", 201)?;
     let v = res.json().unwrap_or(Value::Null);
-    ensure_eq("FX-AUTH-7", "POST /messages message.userId", v.pointer("/message/userId").cloned(), Some(json!(a.id)))?;
+    ensure_eq(
+        "FX-AUTH-7",
+        "POST /messages message.userId",
+        v.pointer("/message/userId").cloned(),
+        Some(json!(a.id)),
+    )?;
     let _ = msg;
     Ok(())
 }
@@ -270,41 +518,104 @@ async fn expiry_while_connected(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let exp = now() + 3;
-    let tok = sign_raw(&hs256(), &json!({"sub": a.id, "tid": ctx.env.tenant, "roles":["member"], "exp": exp}), &s);
-    let u = User { token: tok, ..a.clone() };
+    let tok = sign_raw(
+        &hs256(),
+        &json!({"sub": a.id, "tid": ctx.env.tenant, "roles":["member"], "exp": exp}),
+        &s,
+    );
+    let u = User {
+        token: tok,
+        ..a.clone()
+    };
     let mut c = ctx.connect(&u, &room).await?;
     // Deadline: expiry + 5 s skew + 5 s allowance + slack.
     let dur = Duration::from_secs(3 + 5 + 5) + ctx.ms(2000);
     let code = c.wait_close("FX-AUTH-10", dur).await?;
     let errs = super::errors(&c);
-    ensure(errs.iter().any(|e| e.code == ErrorCode::TokenExpired), "FX-AUTH-10", "error token_expired before the close", format!("errors {:?}", errs.iter().map(|e| e.code).collect::<Vec<_>>()))?;
+    ensure(
+        errs.iter().any(|e| e.code == ErrorCode::TokenExpired),
+        "FX-AUTH-10",
+        "error token_expired before the close",
+        format!(
+            "errors {:?}",
+            errs.iter().map(|e| e.code).collect::<Vec<_>>()
+        ),
+    )?;
     ensure_eq("FX-AUTH-10", "close code", code, Some(4005))?;
     let closed_at = now();
-    ensure(closed_at <= exp + 5 + 5 + 1, "FX-AUTH-10", "close within 5 s of expiry (+5 s skew)", format!("closed {}s after exp", closed_at.saturating_sub(exp)))
+    ensure(
+        closed_at <= exp + 5 + 5 + 1,
+        "FX-AUTH-10",
+        "close within 5 s of expiry (+5 s skew)",
+        format!("closed {}s after exp", closed_at.saturating_sub(exp)),
+    )
 }
 
 async fn refresh_in_band(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let mut c = ctx.connect(&a, &room).await?;
-    let fresh = ctx.mint_for(&a.id, TokenOpts { ttl: Some(7200), roles: vec!["member".into(), "moderator".into()], ..TokenOpts::default() }).await?;
+    let fresh = ctx
+        .mint_for(
+            &a.id,
+            TokenOpts {
+                ttl: Some(7200),
+                roles: vec!["member".into(), "moderator".into()],
+                ..TokenOpts::default()
+            },
+        )
+        .await?;
     let r = ctx.r();
     c.send_json(&json!({"type":"auth","token":fresh.token,"ref":r}))?;
     match c.answer("FX-AUTH-9", &r).await? {
         ServerFrame::TokenRefreshed(t) => {
-            ensure(t.roles.contains(&"moderator".to_string()), "FX-AUTH-9", "token_refreshed carries the new roles", format!("{:?}", t.roles))?;
-            let old = c.welcome.as_ref().map(|w| w.token_expires_at.clone()).unwrap_or_default();
-            ensure(t.token_expires_at > old, "FX-AUTH-9", "a later tokenExpiresAt", format!("{} (was {old})", t.token_expires_at))?;
+            ensure(
+                t.roles.contains(&"moderator".to_string()),
+                "FX-AUTH-9",
+                "token_refreshed carries the new roles",
+                format!("{:?}", t.roles),
+            )?;
+            let old = c
+                .welcome
+                .as_ref()
+                .map(|w| w.token_expires_at.clone())
+                .unwrap_or_default();
+            ensure(
+                t.token_expires_at > old,
+                "FX-AUTH-9",
+                "a later tokenExpiresAt",
+                format!("{} (was {old})", t.token_expires_at),
+            )?;
         }
-        other => return Err(fail("FX-AUTH-9", "token_refreshed with the ref", other.encode())),
+        other => {
+            return Err(fail(
+                "FX-AUTH-9",
+                "token_refreshed with the ref",
+                other.encode(),
+            ))
+        }
     }
     let other = ctx.user("other").await?;
-    req_err(ctx, &mut c, "FX-AUTH-9", json!({"type":"auth","token":other.token}), ErrorCode::Forbidden).await?;
+    req_err(
+        ctx,
+        &mut c,
+        "FX-AUTH-9",
+        json!({"type":"auth","token":other.token}),
+        ErrorCode::Forbidden,
+    )
+    .await?;
     let r = ctx.r();
     c.send_json(&json!({"type":"auth","token":"garbage.token.here","ref":r}))?;
     match c.answer("FX-AUTH-9", &r).await? {
-        ServerFrame::Error(e) if e.code == ErrorCode::Unauthorized || e.code == ErrorCode::TokenExpired => {}
-        other => return Err(fail("FX-AUTH-9", "error unauthorized for a bad token", other.encode())),
+        ServerFrame::Error(e)
+            if e.code == ErrorCode::Unauthorized || e.code == ErrorCode::TokenExpired => {}
+        other => {
+            return Err(fail(
+                "FX-AUTH-9",
+                "error unauthorized for a bad token",
+                other.encode(),
+            ))
+        }
     }
     // Still open and usable with the previous token.
     send(ctx, &mut c, "still here").await.map(|_| ())
@@ -315,9 +626,29 @@ async fn refresh_extends(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let exp = now() + 3;
-    let tok = sign_raw(&hs256(), &json!({"sub": a.id, "tid": ctx.env.tenant, "roles":["member"], "exp": exp}), &s);
-    let mut c = ctx.connect(&User { token: tok, ..a.clone() }, &room).await?;
-    let fresh = ctx.mint_for(&a.id, TokenOpts { ttl: Some(3600), ..TokenOpts::default() }).await?;
+    let tok = sign_raw(
+        &hs256(),
+        &json!({"sub": a.id, "tid": ctx.env.tenant, "roles":["member"], "exp": exp}),
+        &s,
+    );
+    let mut c = ctx
+        .connect(
+            &User {
+                token: tok,
+                ..a.clone()
+            },
+            &room,
+        )
+        .await?;
+    let fresh = ctx
+        .mint_for(
+            &a.id,
+            TokenOpts {
+                ttl: Some(3600),
+                ..TokenOpts::default()
+            },
+        )
+        .await?;
     let r = ctx.r();
     c.send_json(&json!({"type":"auth","token":fresh.token,"ref":r}))?;
     match c.answer("FX-AUTH-9", &r).await? {
@@ -329,7 +660,11 @@ async fn refresh_extends(ctx: &Ctx) -> Result<(), CaseError> {
     let until = exp + 5 + 5 + 1;
     while now() <= until {
         c.sync("FX-AUTH-9").await.map_err(|e| match e {
-            CaseError::Fail(f) => fail("FX-AUTH-9", "the refreshed connection stays open past the old expiry", f.observed),
+            CaseError::Fail(f) => fail(
+                "FX-AUTH-9",
+                "the refreshed connection stays open past the old expiry",
+                f.observed,
+            ),
             o => o,
         })?;
         tokio::time::sleep(Duration::from_millis(500)).await; // poll interval of the condition loop
@@ -342,20 +677,51 @@ async fn http_requires_token(ctx: &Ctx) -> Result<(), CaseError> {
     let room = ctx.room(&a, &[]).await?;
     let routes: Vec<(reqwest::Method, String, Option<Value>)> = vec![
         (reqwest::Method::GET, "/rooms".into(), None),
-        (reqwest::Method::POST, "/rooms".into(), Some(json!({"name":"x"}))),
+        (
+            reqwest::Method::POST,
+            "/rooms".into(),
+            Some(json!({"name":"x"})),
+        ),
         (reqwest::Method::GET, format!("/rooms/{room}"), None),
         (reqwest::Method::GET, format!("/rooms/{room}/members"), None),
-        (reqwest::Method::POST, format!("/rooms/{room}/members"), Some(json!({"userId":"x"}))),
+        (
+            reqwest::Method::POST,
+            format!("/rooms/{room}/members"),
+            Some(json!({"userId":"x"})),
+        ),
         (reqwest::Method::GET, format!("/rooms/{room}/history"), None),
-        (reqwest::Method::POST, "/messages".into(), Some(json!({"roomId":room,"content":"x"}))),
-        (reqwest::Method::GET, format!("/api/messages?roomId={room}"), None),
-        (reqwest::Method::GET, format!("/rooms/{room}/poll?timeoutMs=0"), None),
+        (
+            reqwest::Method::POST,
+            "/messages".into(),
+            Some(json!({"roomId":room,"content":"x"})),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/api/messages?roomId={room}"),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/rooms/{room}/poll?timeoutMs=0"),
+            None,
+        ),
     ];
     for (m, p, b) in routes {
         let r = ctx.http(m.clone(), &p, None, b.as_ref()).await?;
-        r.expect_error("FX-AUTH-8", &format!("{m} {p} without a token"), ErrorCode::Unauthorized)?;
+        r.expect_error(
+            "FX-AUTH-8",
+            &format!("{m} {p} without a token"),
+            ErrorCode::Unauthorized,
+        )?;
     }
-    let r = ctx.http(reqwest::Method::GET, &format!("/rooms/{room}/history?token={}", urlenc(&a.token)), None, None).await?;
+    let r = ctx
+        .http(
+            reqwest::Method::GET,
+            &format!("/rooms/{room}/history?token={}", urlenc(&a.token)),
+            None,
+            None,
+        )
+        .await?;
     r.expect_status("FX-AUTH-8", "history with ?token=", 200)
 }
 
@@ -363,9 +729,24 @@ async fn api_keys_not_exposed(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let key = ctx.env.target.api_key.clone();
-    for p in ["/rooms".to_string(), format!("/rooms/{room}"), format!("/rooms/{room}/members"), "/health".into()] {
+    for p in [
+        "/rooms".to_string(),
+        format!("/rooms/{room}"),
+        format!("/rooms/{room}/members"),
+        "/health".into(),
+    ] {
         let r = ctx.get(&p, &a.token).await?;
-        ensure(!r.text.contains(&key), "FX-AUTH-12", format!("GET {p} does not reveal the API key"), "the API key appears in the body")?;
+        ensure(
+            !r.text.contains(&key),
+            "FX-AUTH-12",
+            format!("GET {p} does not reveal the API key"),
+            "the API key appears in the body",
+        )?;
     }
-    ensure(!a.token.contains(&key), "FX-AUTH-12", "tokens do not embed the API key", "they do")
+    ensure(
+        !a.token.contains(&key),
+        "FX-AUTH-12",
+        "tokens do not embed the API key",
+        "they do",
+    )
 }

@@ -4,8 +4,8 @@ use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::{json, Value};
 
 use super::{pair, req, req_err, send};
-use crate::case::{ensure, ensure_eq, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, Case, CaseError};
 use crate::ctx::Ctx;
 
 /// Cases of this group.
@@ -24,16 +24,51 @@ pub fn cases() -> Vec<Case> {
 async fn edit_author(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, _, mut ca, mut cb) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "mine").await?;
-    req_err(ctx, &mut cb, "FX-EDT-1", json!({"type":"edit","messageId":m.id,"content":"hijacked"}), ErrorCode::Forbidden).await?;
+    req_err(
+        ctx,
+        &mut cb,
+        "FX-EDT-1",
+        json!({"type":"edit","messageId":m.id,"content":"hijacked"}),
+        ErrorCode::Forbidden,
+    )
+    .await?;
     let adm = ctx.user_roles("adm", &["admin", "owner"]).await?;
-    let room = ca.welcome.as_ref().map(|w| w.room_id.clone()).unwrap_or_default();
+    let room = ca
+        .welcome
+        .as_ref()
+        .map(|w| w.room_id.clone())
+        .unwrap_or_default();
     let mut cadm = ctx.connect(&adm, &room).await?;
-    req_err(ctx, &mut cadm, "FX-EDT-1", json!({"type":"edit","messageId":m.id,"content":"admin edit"}), ErrorCode::Forbidden).await?;
-    let e = req(ctx, &mut ca, "FX-EDT-1", json!({"type":"edit","messageId":m.id,"content":"mine, edited","userId":"someone"})).await?;
-    let f = cb.wait_frame("FX-EDT-9", "the edit event", |f| matches!(f, ServerFrame::Edit(x) if Some(x.seq) == e.seq)).await?;
+    req_err(
+        ctx,
+        &mut cadm,
+        "FX-EDT-1",
+        json!({"type":"edit","messageId":m.id,"content":"admin edit"}),
+        ErrorCode::Forbidden,
+    )
+    .await?;
+    let e = req(
+        ctx,
+        &mut ca,
+        "FX-EDT-1",
+        json!({"type":"edit","messageId":m.id,"content":"mine, edited","userId":"someone"}),
+    )
+    .await?;
+    let f = cb
+        .wait_frame(
+            "FX-EDT-9",
+            "the edit event",
+            |f| matches!(f, ServerFrame::Edit(x) if Some(x.seq) == e.seq),
+        )
+        .await?;
     if let ServerFrame::Edit(x) = f {
         ensure_eq("FX-EDT-9", "edit.userId", x.user_id, a.id.clone())?;
-        ensure_eq("FX-EDT-2", "edit.content", x.content, "mine, edited".to_string())?;
+        ensure_eq(
+            "FX-EDT-2",
+            "edit.content",
+            x.content,
+            "mine, edited".to_string(),
+        )?;
         ensure_eq("FX-EDT-2", "edit.id", Some(x.id), m.id)?;
     }
     Ok(())
@@ -42,13 +77,47 @@ async fn edit_author(ctx: &Ctx) -> Result<(), CaseError> {
 async fn edit_versions(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut ca, mut cb) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "v1").await?;
-    req(ctx, &mut ca, "FX-EDT-2", json!({"type":"edit","messageId":m.id,"content":"v2","expectedVersion":1})).await?;
-    req(ctx, &mut ca, "FX-EDT-2", json!({"type":"edit","messageId":m.id,"content":"v3"})).await?;
-    req_err(ctx, &mut ca, "FX-EDT-2", json!({"type":"edit","messageId":m.id,"content":"stale","expectedVersion":2}), ErrorCode::Conflict).await?;
-    let last = req(ctx, &mut ca, "FX-EDT-2", json!({"type":"edit","messageId":m.id,"content":"v4","expectedVersion":3})).await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-EDT-2",
+        json!({"type":"edit","messageId":m.id,"content":"v2","expectedVersion":1}),
+    )
+    .await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-EDT-2",
+        json!({"type":"edit","messageId":m.id,"content":"v3"}),
+    )
+    .await?;
+    req_err(
+        ctx,
+        &mut ca,
+        "FX-EDT-2",
+        json!({"type":"edit","messageId":m.id,"content":"stale","expectedVersion":2}),
+        ErrorCode::Conflict,
+    )
+    .await?;
+    let last = req(
+        ctx,
+        &mut ca,
+        "FX-EDT-2",
+        json!({"type":"edit","messageId":m.id,"content":"v4","expectedVersion":3}),
+    )
+    .await?;
     cb.wait_seq("FX-EDT-2", last.seq.unwrap_or(0)).await?;
-    let vs: Vec<u64> = cb.timeline().iter().filter_map(|(_, v)| v.get("version").and_then(Value::as_u64)).collect();
-    ensure_eq("FX-EDT-2", "versions of message, edit, edit, edit", vs, vec![1, 2, 3, 4])
+    let vs: Vec<u64> = cb
+        .timeline()
+        .iter()
+        .filter_map(|(_, v)| v.get("version").and_then(Value::as_u64))
+        .collect();
+    ensure_eq(
+        "FX-EDT-2",
+        "versions of message, edit, edit, edit",
+        vs,
+        vec![1, 2, 3, 4],
+    )
 }
 
 async fn delete_auth(ctx: &Ctx) -> Result<(), CaseError> {
@@ -58,21 +127,68 @@ async fn delete_auth(ctx: &Ctx) -> Result<(), CaseError> {
     let m3 = send(ctx, &mut cb, "three").await?;
     let m4 = send(ctx, &mut ca, "four").await?;
     // b (member) cannot delete a's message.
-    req_err(ctx, &mut cb, "FX-EDT-3", json!({"type":"delete","messageId":m1.id}), ErrorCode::Forbidden).await?;
+    req_err(
+        ctx,
+        &mut cb,
+        "FX-EDT-3",
+        json!({"type":"delete","messageId":m1.id}),
+        ErrorCode::Forbidden,
+    )
+    .await?;
     // a is the room owner: may delete b's message.
-    let d = req(ctx, &mut ca, "FX-EDT-3", json!({"type":"delete","messageId":m2.id})).await?;
-    let f = cb.wait_frame("FX-EDT-9", "the delete event", |f| matches!(f, ServerFrame::Delete(x) if Some(x.seq) == d.seq)).await?;
+    let d = req(
+        ctx,
+        &mut ca,
+        "FX-EDT-3",
+        json!({"type":"delete","messageId":m2.id}),
+    )
+    .await?;
+    let f = cb
+        .wait_frame(
+            "FX-EDT-9",
+            "the delete event",
+            |f| matches!(f, ServerFrame::Delete(x) if Some(x.seq) == d.seq),
+        )
+        .await?;
     if let ServerFrame::Delete(x) = f {
-        ensure_eq("FX-EDT-9", "delete.userId (the owner, not the author)", x.user_id, a.id.clone())?;
+        ensure_eq(
+            "FX-EDT-9",
+            "delete.userId (the owner, not the author)",
+            x.user_id,
+            a.id.clone(),
+        )?;
     }
     // Author deletes own.
-    req(ctx, &mut ca, "FX-EDT-3", json!({"type":"delete","messageId":m4.id})).await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-EDT-3",
+        json!({"type":"delete","messageId":m4.id}),
+    )
+    .await?;
     // Token moderator (not a room member role) may delete.
     let md = ctx.user_roles("mod", &["moderator"]).await?;
-    let r = ctx.post(&format!("/rooms/{room}/members"), &a.token, &json!({"userId": md.id})).await?;
-    ensure(r.status == 200 || r.status == 201, "FX-TEN-5", "owner adds a member", format!("{} {}", r.status, r.text))?;
+    let r = ctx
+        .post(
+            &format!("/rooms/{room}/members"),
+            &a.token,
+            &json!({"userId": md.id}),
+        )
+        .await?;
+    ensure(
+        r.status == 200 || r.status == 201,
+        "FX-TEN-5",
+        "owner adds a member",
+        format!("{} {}", r.status, r.text),
+    )?;
     let mut cm = ctx.connect(&md, &room).await?;
-    req(ctx, &mut cm, "FX-EDT-3", json!({"type":"delete","messageId":m3.id})).await?;
+    req(
+        ctx,
+        &mut cm,
+        "FX-EDT-3",
+        json!({"type":"delete","messageId":m3.id}),
+    )
+    .await?;
     let _ = b;
     Ok(())
 }
@@ -80,9 +196,27 @@ async fn delete_auth(ctx: &Ctx) -> Result<(), CaseError> {
 async fn deleted_final(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, mut cb) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "doomed").await?;
-    req(ctx, &mut ca, "FX-EDT-4", json!({"type":"edit","messageId":m.id,"content":"doomed v2"})).await?;
-    let d = req(ctx, &mut ca, "FX-EDT-4", json!({"type":"delete","messageId":m.id})).await?;
-    let f = cb.wait_frame("FX-EDT-4", "the delete event", |f| matches!(f, ServerFrame::Delete(x) if Some(x.seq) == d.seq)).await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-EDT-4",
+        json!({"type":"edit","messageId":m.id,"content":"doomed v2"}),
+    )
+    .await?;
+    let d = req(
+        ctx,
+        &mut ca,
+        "FX-EDT-4",
+        json!({"type":"delete","messageId":m.id}),
+    )
+    .await?;
+    let f = cb
+        .wait_frame(
+            "FX-EDT-4",
+            "the delete event",
+            |f| matches!(f, ServerFrame::Delete(x) if Some(x.seq) == d.seq),
+        )
+        .await?;
     if let ServerFrame::Delete(x) = f {
         ensure_eq("FX-EDT-4", "delete.version", x.version, 3)?;
     }
@@ -94,29 +228,76 @@ async fn deleted_final(ctx: &Ctx) -> Result<(), CaseError> {
     ] {
         req_err(ctx, &mut ca, "FX-EDT-4", f, ErrorCode::Conflict).await?;
     }
-    let r = ctx.get(&format!("/api/messages?roomId={room}"), &a.token).await?;
-    let ids: Vec<u64> = r.json().and_then(|v| v.get("messages").and_then(Value::as_array).cloned()).unwrap_or_default().iter().filter_map(|x| x.get("id").and_then(Value::as_u64)).collect();
-    ensure(!ids.contains(&m.id.unwrap_or(0)), "FX-EDT-4", "the deleted message is gone from /api/messages", format!("ids {ids:?}"))
+    let r = ctx
+        .get(&format!("/api/messages?roomId={room}"), &a.token)
+        .await?;
+    let ids: Vec<u64> = r
+        .json()
+        .and_then(|v| v.get("messages").and_then(Value::as_array).cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|x| x.get("id").and_then(Value::as_u64))
+        .collect();
+    ensure(
+        !ids.contains(&m.id.unwrap_or(0)),
+        "FX-EDT-4",
+        "the deleted message is gone from /api/messages",
+        format!("ids {ids:?}"),
+    )
 }
 
 async fn reactions(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut ca, mut cb) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "react").await?;
-    let r = |emoji: &str, op: &str| json!({"type":"reaction","messageId":m.id,"emoji":emoji,"op":op});
+    let r =
+        |emoji: &str, op: &str| json!({"type":"reaction","messageId":m.id,"emoji":emoji,"op":op});
     let a1 = req(ctx, &mut ca, "FX-EDT-5", r("👍", "add")).await?;
     let b1 = req(ctx, &mut cb, "FX-EDT-5", r("👍", "add")).await?;
-    ensure(a1.seq.is_some() && b1.seq.is_some(), "FX-EDT-5", "two users' same emoji are two reactions", format!("{a1:?} {b1:?}"))?;
+    ensure(
+        a1.seq.is_some() && b1.seq.is_some(),
+        "FX-EDT-5",
+        "two users' same emoji are two reactions",
+        format!("{a1:?} {b1:?}"),
+    )?;
     let a2 = req(ctx, &mut ca, "FX-EDT-5", r("👍", "add")).await?;
-    ensure(a2.seq.is_none(), "FX-EDT-5", "a repeated add changes nothing", format!("{a2:?}"))?;
+    ensure(
+        a2.seq.is_none(),
+        "FX-EDT-5",
+        "a repeated add changes nothing",
+        format!("{a2:?}"),
+    )?;
     let rm = req(ctx, &mut ca, "FX-EDT-5", r("👍", "remove")).await?;
-    ensure(rm.seq.is_some(), "FX-EDT-5", "remove produces an event", format!("{rm:?}"))?;
-    let f = cb.wait_frame("FX-EDT-5", "the remove event", |f| matches!(f, ServerFrame::Reaction(x) if Some(x.seq) == rm.seq)).await?;
+    ensure(
+        rm.seq.is_some(),
+        "FX-EDT-5",
+        "remove produces an event",
+        format!("{rm:?}"),
+    )?;
+    let f = cb
+        .wait_frame(
+            "FX-EDT-5",
+            "the remove event",
+            |f| matches!(f, ServerFrame::Reaction(x) if Some(x.seq) == rm.seq),
+        )
+        .await?;
     if let ServerFrame::Reaction(x) = f {
-        ensure_eq("FX-EDT-5", "reaction.op", format!("{:?}", x.op), "Remove".to_string())?;
+        ensure_eq(
+            "FX-EDT-5",
+            "reaction.op",
+            format!("{:?}", x.op),
+            "Remove".to_string(),
+        )?;
     }
     let long = "x".repeat(65);
     for bad in ["", " 👍", "👍 ", long.as_str()] {
-        req_err(ctx, &mut ca, "FX-EDT-6", r(bad, "add"), ErrorCode::InvalidFrame).await?;
+        req_err(
+            ctx,
+            &mut ca,
+            "FX-EDT-6",
+            r(bad, "add"),
+            ErrorCode::InvalidFrame,
+        )
+        .await?;
     }
     let ok64 = "y".repeat(64);
     req(ctx, &mut ca, "FX-EDT-6", r(&ok64, "add")).await?;
@@ -140,23 +321,69 @@ async fn not_found(ctx: &Ctx) -> Result<(), CaseError> {
     for i in 0..3 {
         send(ctx, &mut co, &format!("o{i}")).await?;
     }
-    req_err(ctx, &mut ca, "FX-EDT-7", json!({"type":"edit","messageId":3,"content":"x"}), ErrorCode::NotFound).await
+    req_err(
+        ctx,
+        &mut ca,
+        "FX-EDT-7",
+        json!({"type":"edit","messageId":3,"content":"x"}),
+        ErrorCode::NotFound,
+    )
+    .await
 }
 
 async fn reads(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, b, _, mut ca, mut cb) = pair(ctx).await?;
     let m1 = send(ctx, &mut ca, "1").await?;
     let m2 = send(ctx, &mut ca, "2").await?;
-    let r2 = req(ctx, &mut cb, "FX-EDT-8", json!({"type":"read","messageId":m2.id,"userId":"spoof"})).await?;
-    ensure(r2.seq.is_some(), "FX-EDT-8", "a read event when advancing", format!("{r2:?}"))?;
-    let f = ca.wait_frame("FX-EDT-9", "the read event", |f| matches!(f, ServerFrame::Read(x) if Some(x.seq) == r2.seq)).await?;
+    let r2 = req(
+        ctx,
+        &mut cb,
+        "FX-EDT-8",
+        json!({"type":"read","messageId":m2.id,"userId":"spoof"}),
+    )
+    .await?;
+    ensure(
+        r2.seq.is_some(),
+        "FX-EDT-8",
+        "a read event when advancing",
+        format!("{r2:?}"),
+    )?;
+    let f = ca
+        .wait_frame(
+            "FX-EDT-9",
+            "the read event",
+            |f| matches!(f, ServerFrame::Read(x) if Some(x.seq) == r2.seq),
+        )
+        .await?;
     if let ServerFrame::Read(x) = f {
         ensure_eq("FX-EDT-9", "read.userId", x.user_id, b.id.clone())?;
         ensure_eq("FX-EDT-8", "read.messageId", Some(x.message_id), m2.id)?;
     }
-    let back = req(ctx, &mut cb, "FX-EDT-8", json!({"type":"read","messageId":m1.id})).await?;
-    ensure(back.seq.is_none(), "FX-EDT-8", "no event when reading backwards", format!("{back:?}"))?;
+    let back = req(
+        ctx,
+        &mut cb,
+        "FX-EDT-8",
+        json!({"type":"read","messageId":m1.id}),
+    )
+    .await?;
+    ensure(
+        back.seq.is_none(),
+        "FX-EDT-8",
+        "no event when reading backwards",
+        format!("{back:?}"),
+    )?;
     let m3 = send(ctx, &mut ca, "3").await?;
-    let r3 = req(ctx, &mut cb, "FX-EDT-8", json!({"type":"read","messageId":m3.id})).await?;
-    ensure(r3.seq.is_some(), "FX-EDT-8", "a read event when advancing again", format!("{r3:?}"))
+    let r3 = req(
+        ctx,
+        &mut cb,
+        "FX-EDT-8",
+        json!({"type":"read","messageId":m3.id}),
+    )
+    .await?;
+    ensure(
+        r3.seq.is_some(),
+        "FX-EDT-8",
+        "a read event when advancing again",
+        format!("{r3:?}"),
+    )
 }

@@ -5,8 +5,8 @@ use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::json;
 
 use super::{errors, expect_rejected, pair, req_err, send};
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{urlenc, Ctx, Incoming};
 
 /// Cases of this group.
@@ -26,13 +26,39 @@ pub fn cases() -> Vec<Case> {
 async fn error_shape(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut ca, _) = pair(ctx).await?;
     ca.send_text("nope")?;
-    req_err(ctx, &mut ca, "FX-ERR-1", json!({"type":"edit","messageId":1234,"content":"x"}), ErrorCode::NotFound).await?;
-    req_err(ctx, &mut ca, "FX-ERR-1", json!({"type":"message","content":" "}), ErrorCode::InvalidContent).await?;
-    req_err(ctx, &mut ca, "FX-ERR-1", json!({"type":"agentRun","runId":"r","status":"started"}), ErrorCode::Forbidden).await?;
+    req_err(
+        ctx,
+        &mut ca,
+        "FX-ERR-1",
+        json!({"type":"edit","messageId":1234,"content":"x"}),
+        ErrorCode::NotFound,
+    )
+    .await?;
+    req_err(
+        ctx,
+        &mut ca,
+        "FX-ERR-1",
+        json!({"type":"message","content":" "}),
+        ErrorCode::InvalidContent,
+    )
+    .await?;
+    req_err(
+        ctx,
+        &mut ca,
+        "FX-ERR-1",
+        json!({"type":"agentRun","runId":"r","status":"started"}),
+        ErrorCode::Forbidden,
+    )
+    .await?;
     ca.send_json(&json!({"type":"mystery"}))?;
     ca.sync("FX-ERR-1").await?;
     for it in &ca.log {
-        if let Incoming::Text { value: Some(v), text, .. } = it {
+        if let Incoming::Text {
+            value: Some(v),
+            text,
+            ..
+        } = it
+        {
             if v.get("type").and_then(|t| t.as_str()) != Some("error") {
                 continue;
             }
@@ -41,11 +67,28 @@ async fn error_shape(ctx: &Ctx) -> Result<(), CaseError> {
             let Some(known) = known else {
                 return Err(fail("FX-ERR-2", "a code from the table", text));
             };
-            ensure(v.get("message").and_then(|m| m.as_str()).is_some_and(|m| !m.is_empty()), "FX-ERR-1", "a non-empty message", text)?;
-            ensure_eq("FX-ERR-3", &format!("retryable of {code}"), v.get("retryable").and_then(|r| r.as_bool()), Some(known.retryable()))?;
+            ensure(
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .is_some_and(|m| !m.is_empty()),
+                "FX-ERR-1",
+                "a non-empty message",
+                text,
+            )?;
+            ensure_eq(
+                "FX-ERR-3",
+                &format!("retryable of {code}"),
+                v.get("retryable").and_then(|r| r.as_bool()),
+                Some(known.retryable()),
+            )?;
         }
     }
-    ensure(errors(&ca).len() >= 5, "FX-ERR-1", "five error frames", errors(&ca).len())
+    ensure(
+        errors(&ca).len() >= 5,
+        "FX-ERR-1",
+        "five error frames",
+        errors(&ca).len(),
+    )
 }
 
 async fn http_errors(ctx: &Ctx) -> Result<(), CaseError> {
@@ -53,32 +96,92 @@ async fn http_errors(ctx: &Ctx) -> Result<(), CaseError> {
     let x = ctx.user("x").await?;
     let checks: Vec<(String, Option<&str>, ErrorCode)> = vec![
         ("/rooms".into(), None, ErrorCode::Unauthorized),
-        (format!("/rooms/{room}/history"), Some(x.token.as_str()), ErrorCode::NotMember),
-        (format!("/rooms/{room}/history?limit=0"), Some(a.token.as_str()), ErrorCode::InvalidFrame),
-        (format!("/rooms/{room}/history?cursor=zzzz"), Some(a.token.as_str()), ErrorCode::InvalidCursor),
-        ("/rooms/no-such-room-xyz".into(), Some(a.token.as_str()), ErrorCode::NotFound),
+        (
+            format!("/rooms/{room}/history"),
+            Some(x.token.as_str()),
+            ErrorCode::NotMember,
+        ),
+        (
+            format!("/rooms/{room}/history?limit=0"),
+            Some(a.token.as_str()),
+            ErrorCode::InvalidFrame,
+        ),
+        (
+            format!("/rooms/{room}/history?cursor=zzzz"),
+            Some(a.token.as_str()),
+            ErrorCode::InvalidCursor,
+        ),
+        (
+            "/rooms/no-such-room-xyz".into(),
+            Some(a.token.as_str()),
+            ErrorCode::NotFound,
+        ),
     ];
     for (p, t, code) in checks {
         let r = ctx.http(reqwest::Method::GET, &p, t, None).await?;
         r.expect_error("FX-ERR-4", &format!("GET {p}"), code)?;
-        let ct = r.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-        ensure(ct.starts_with("application/json"), "FX-ERR-4", format!("Content-Type application/json on GET {p}"), ct)?;
+        let ct = r
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        ensure(
+            ct.starts_with("application/json"),
+            "FX-ERR-4",
+            format!("Content-Type application/json on GET {p}"),
+            ct,
+        )?;
         let v = r.json().unwrap_or_default();
-        ensure(v.get("message").is_some() && v.get("retryable").is_some(), "FX-ERR-4", "an ErrorBody with message and retryable", &r.text)?;
+        ensure(
+            v.get("message").is_some() && v.get("retryable").is_some(),
+            "FX-ERR-4",
+            "an ErrorBody with message and retryable",
+            &r.text,
+        )?;
     }
     let r = ctx.post("/rooms", &a.token, &json!({"name": 5})).await?;
-    r.expect_error("FX-ERR-4", "POST /rooms with a mistyped name", ErrorCode::InvalidFrame)?;
-    let r = ctx.http_with(reqwest::Method::POST, "/rooms", Some(&a.token), None, &[("Content-Type", "application/json")], None).await?;
-    ensure(r.status == 400 && matches!(r.error_code().as_deref(), Some("malformed_frame") | Some("invalid_frame")), "FX-ERR-4", "400 malformed_frame for an empty JSON body", format!("{} {}", r.status, r.text))
+    r.expect_error(
+        "FX-ERR-4",
+        "POST /rooms with a mistyped name",
+        ErrorCode::InvalidFrame,
+    )?;
+    let r = ctx
+        .http_with(
+            reqwest::Method::POST,
+            "/rooms",
+            Some(&a.token),
+            None,
+            &[("Content-Type", "application/json")],
+            None,
+        )
+        .await?;
+    ensure(
+        r.status == 400
+            && matches!(
+                r.error_code().as_deref(),
+                Some("malformed_frame") | Some("invalid_frame")
+            ),
+        "FX-ERR-4",
+        "400 malformed_frame for an empty JSON body",
+        format!("{} {}", r.status, r.text),
+    )
 }
 
 async fn routes(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let r = ctx.get("/no/such/route", &a.token).await?;
     r.expect_error("FX-ERR-9", "GET /no/such/route", ErrorCode::NotFound)?;
-    let r = ctx.http(reqwest::Method::DELETE, "/auth/token", None, None).await?;
-    r.expect_error("FX-ERR-9", "DELETE /auth/token", ErrorCode::MethodNotAllowed)?;
-    let r = ctx.http(reqwest::Method::PUT, "/rooms", Some(&a.token), None).await?;
+    let r = ctx
+        .http(reqwest::Method::DELETE, "/auth/token", None, None)
+        .await?;
+    r.expect_error(
+        "FX-ERR-9",
+        "DELETE /auth/token",
+        ErrorCode::MethodNotAllowed,
+    )?;
+    let r = ctx
+        .http(reqwest::Method::PUT, "/rooms", Some(&a.token), None)
+        .await?;
     r.expect_error("FX-ERR-9", "PUT /rooms", ErrorCode::MethodNotAllowed)
 }
 
@@ -87,20 +190,53 @@ async fn close_codes(ctx: &Ctx) -> Result<(), CaseError> {
     let room = ctx.room(&a, &[]).await?;
     let x = ctx.user("x").await?;
     let cases = [
-        (format!("/ws/room/{room}?token=bad.token.x"), ErrorCode::Unauthorized, CloseCode::Unauthorized),
-        (format!("/ws/room/{room}?token={}", urlenc(&x.token)), ErrorCode::NotMember, CloseCode::Forbidden),
-        (format!("/ws/room/{room}?token={}&v=9", urlenc(&a.token)), ErrorCode::UnsupportedVersion, CloseCode::UnsupportedVersion),
+        (
+            format!("/ws/room/{room}?token=bad.token.x"),
+            ErrorCode::Unauthorized,
+            CloseCode::Unauthorized,
+        ),
+        (
+            format!("/ws/room/{room}?token={}", urlenc(&x.token)),
+            ErrorCode::NotMember,
+            CloseCode::Forbidden,
+        ),
+        (
+            format!("/ws/room/{room}?token={}&v=9", urlenc(&a.token)),
+            ErrorCode::UnsupportedVersion,
+            CloseCode::UnsupportedVersion,
+        ),
     ];
     for (path, code, close) in cases {
         let mut c = ctx.connect_raw("probe", &path, &[]).await?;
         if let Some(Incoming::Refused { status, .. }) = c.log.first() {
-            return Err(fail("FX-ERR-8", format!("an error frame, then close {}", close.code()), format!("HTTP {status} refusal")));
+            return Err(fail(
+                "FX-ERR-8",
+                format!("an error frame, then close {}", close.code()),
+                format!("HTTP {status} refusal"),
+            ));
         }
         expect_rejected(&mut c, "FX-ERR-5", code, close.code()).await?;
-        let reason = c.log.iter().find_map(|i| match i { Incoming::Closed { reason, .. } => Some(reason.clone()), _ => None }).unwrap_or_default();
-        ensure_eq("FX-ERR-5", &format!("close reason for {}", close.code()), reason.as_str(), close.reason())?;
+        let reason = c
+            .log
+            .iter()
+            .find_map(|i| match i {
+                Incoming::Closed { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        ensure_eq(
+            "FX-ERR-5",
+            &format!("close reason for {}", close.code()),
+            reason.as_str(),
+            close.reason(),
+        )?;
         // FX-ERR-6 (client obligation): the runner classifies every code it sees.
-        ensure(CloseCode::from_code(close.code()).is_some(), "FX-ERR-6", "a close code from the table", close.code())?;
+        ensure(
+            CloseCode::from_code(close.code()).is_some(),
+            "FX-ERR-6",
+            "a close code from the table",
+            close.code(),
+        )?;
     }
     Ok(())
 }
@@ -109,7 +245,12 @@ async fn isolated(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, b, room, mut ca, mut cb) = pair(ctx).await?;
     let mut acked = Vec::new();
     for i in 0..5 {
-        acked.push(send(ctx, &mut ca, &format!("safe {i}")).await?.seq.unwrap_or(0));
+        acked.push(
+            send(ctx, &mut ca, &format!("safe {i}"))
+                .await?
+                .seq
+                .unwrap_or(0),
+        );
     }
     // b misbehaves in every way it can, then dies without a close frame.
     cb.send_text("{{{{")?;
@@ -121,10 +262,20 @@ async fn isolated(ctx: &Ctx) -> Result<(), CaseError> {
     acked.push(vb.seq.unwrap_or(0));
     cb.kill();
     for i in 0..5 {
-        acked.push(send(ctx, &mut ca, &format!("still fine {i}")).await?.seq.unwrap_or(0));
+        acked.push(
+            send(ctx, &mut ca, &format!("still fine {i}"))
+                .await?
+                .seq
+                .unwrap_or(0),
+        );
     }
     let c3 = ctx.connect(&b, &room).await?;
-    let hist: Vec<u64> = ctx.walk_forward(&a, &room, 100).await?.iter().map(|(e, _)| e.seq()).collect();
+    let hist: Vec<u64> = ctx
+        .walk_forward(&a, &room, 100)
+        .await?
+        .iter()
+        .map(|(e, _)| e.seq())
+        .collect();
     ensure_eq("FX-ERR-7", "every acked event in history", hist, acked)?;
     drop(c3);
     Ok(())
@@ -132,7 +283,13 @@ async fn isolated(ctx: &Ctx) -> Result<(), CaseError> {
 
 async fn room_not_found(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user_roles("a", &["admin"]).await?;
-    let mut c = ctx.connect_raw("probe", &format!("/ws/room/{}?token={}", ctx.uid("nowhere"), urlenc(&a.token)), &[]).await?;
+    let mut c = ctx
+        .connect_raw(
+            "probe",
+            &format!("/ws/room/{}?token={}", ctx.uid("nowhere"), urlenc(&a.token)),
+            &[],
+        )
+        .await?;
     expect_rejected(&mut c, "FX-ERR-5", ErrorCode::NotFound, 4404).await
 }
 
@@ -141,16 +298,33 @@ async fn clause_index(_ctx: &Ctx) -> Result<(), CaseError> {
         .map_err(|e| fail("FX-VER-6", "a clause index with unique ids", e.to_string()))?;
     for c in &cs {
         if c.level == fluxy_protocol::spec::Level::Removed {
-            ensure(c.text.starts_with("REMOVED"), "FX-VER-6", "tombstones start with REMOVED", &c.text)?;
+            ensure(
+                c.text.starts_with("REMOVED"),
+                "FX-VER-6",
+                "tombstones start with REMOVED",
+                &c.text,
+            )?;
         }
     }
-    ensure(cs.len() >= 142, "FX-VER-6", "no clause removed without a tombstone (>= 142 clauses)", cs.len())
+    ensure(
+        cs.len() >= 142,
+        "FX-VER-6",
+        "no clause removed without a tombstone (>= 142 clauses)",
+        cs.len(),
+    )
 }
 
 async fn client_ignores(ctx: &Ctx) -> Result<(), CaseError> {
     // The runner's decoder rejects unknown types; its connection keeps reading past them.
     let unknown = r#"{"type":"future_frame","x":1}"#;
-    ensure(ServerFrame::decode(unknown).is_err(), "FX-VER-5", "an unknown type is recognised as unknown", "decoded")?;
+    ensure(
+        ServerFrame::decode(unknown).is_err(),
+        "FX-VER-5",
+        "an unknown type is recognised as unknown",
+        "decoded",
+    )?;
     let (_, _, _, mut ca, _) = pair(ctx).await?;
-    send(ctx, &mut ca, "the runner keeps reading").await.map(|_| ())
+    send(ctx, &mut ca, "the runner keeps reading")
+        .await
+        .map(|_| ())
 }

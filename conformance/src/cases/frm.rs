@@ -5,34 +5,108 @@ use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::{json, Value};
 
 use super::{errors, pair, req, send};
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{Ctx, Incoming};
 
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
     vec![
-        case!("frm/malformed-json", ["FX-FRM-3", "FX-FRM-1"], "non-JSON and non-object frames get malformed_frame; the connection stays usable", malformed),
-        case!("frm/missing-or-mistyped-field", ["FX-FRM-3"], "missing or mistyped fields get invalid_frame naming the field", missing_field),
-        case!("frm/unknown-type", ["FX-FRM-3", "FX-FRM-2"], "an unknown or missing type gets unknown_type / invalid_frame", unknown_type),
-        case!("frm/unknown-fields-ignored", ["FX-FRM-4"], "unknown fields in a frame cause no error", unknown_fields),
-        case!("frm/null-as-absent", ["FX-FRM-12"], "null optional fields are treated as absent", null_absent),
-        case!("frm/timestamps", ["FX-FRM-5"], "every timestamp is RFC 3339 UTC with exactly three fractional digits", timestamps),
-        case!("frm/invalid-ids", ["FX-FRM-6"], "ids outside ^[A-Za-z0-9_-]{1,128}$ are rejected", invalid_ids),
-        case!("frm/ref-echo", ["FX-FRM-7"], "ack, error, replay and token_refreshed echo the request's ref", ref_echo),
-        case!("frm/ping-pong", ["FX-FRM-8"], "ping is answered by pong echoing ts", ping_pong),
-        case!("frm/binary-frame", ["FX-FRM-9"], "a binary frame gets binary_not_supported and the connection stays open", binary),
-        case!("frm/error-only-to-sender", ["FX-FRM-10"], "an error goes only to the connection that caused it", error_only_to_sender),
-        case!("frm/server-frames-well-formed", ["FX-FRM-1", "FX-FRM-2"], "every server frame is one JSON object with a known string type", server_frames),
+        case!(
+            "frm/malformed-json",
+            ["FX-FRM-3", "FX-FRM-1"],
+            "non-JSON and non-object frames get malformed_frame; the connection stays usable",
+            malformed
+        ),
+        case!(
+            "frm/missing-or-mistyped-field",
+            ["FX-FRM-3"],
+            "missing or mistyped fields get invalid_frame naming the field",
+            missing_field
+        ),
+        case!(
+            "frm/unknown-type",
+            ["FX-FRM-3", "FX-FRM-2"],
+            "an unknown or missing type gets unknown_type / invalid_frame",
+            unknown_type
+        ),
+        case!(
+            "frm/unknown-fields-ignored",
+            ["FX-FRM-4"],
+            "unknown fields in a frame cause no error",
+            unknown_fields
+        ),
+        case!(
+            "frm/null-as-absent",
+            ["FX-FRM-12"],
+            "null optional fields are treated as absent",
+            null_absent
+        ),
+        case!(
+            "frm/timestamps",
+            ["FX-FRM-5"],
+            "every timestamp is RFC 3339 UTC with exactly three fractional digits",
+            timestamps
+        ),
+        case!(
+            "frm/invalid-ids",
+            ["FX-FRM-6"],
+            "ids outside ^[A-Za-z0-9_-]{1,128}$ are rejected",
+            invalid_ids
+        ),
+        case!(
+            "frm/ref-echo",
+            ["FX-FRM-7"],
+            "ack, error, replay and token_refreshed echo the request's ref",
+            ref_echo
+        ),
+        case!(
+            "frm/ping-pong",
+            ["FX-FRM-8"],
+            "ping is answered by pong echoing ts",
+            ping_pong
+        ),
+        case!(
+            "frm/binary-frame",
+            ["FX-FRM-9"],
+            "a binary frame gets binary_not_supported and the connection stays open",
+            binary
+        ),
+        case!(
+            "frm/error-only-to-sender",
+            ["FX-FRM-10"],
+            "an error goes only to the connection that caused it",
+            error_only_to_sender
+        ),
+        case!(
+            "frm/server-frames-well-formed",
+            ["FX-FRM-1", "FX-FRM-2"],
+            "every server frame is one JSON object with a known string type",
+            server_frames
+        ),
     ]
 }
 
 async fn malformed(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut c, _) = pair(ctx).await?;
-    for bad in ["this is not json", "{\"type\":\"message\",", "[1,2,3]", "\"message\"", "42", "null"] {
+    for bad in [
+        "this is not json",
+        "{\"type\":\"message\",",
+        "[1,2,3]",
+        "\"message\"",
+        "42",
+        "null",
+    ] {
         c.send_text(bad)?;
-        let e = c.expect_error_any("FX-FRM-3", ErrorCode::MalformedFrame).await?;
-        ensure(!e.message.is_empty(), "FX-ERR-1", "a human-readable message", "empty")?;
+        let e = c
+            .expect_error_any("FX-FRM-3", ErrorCode::MalformedFrame)
+            .await?;
+        ensure(
+            !e.message.is_empty(),
+            "FX-ERR-1",
+            "a human-readable message",
+            "empty",
+        )?;
     }
     send(ctx, &mut c, "still usable").await.map(|_| ())
 }
@@ -42,15 +116,25 @@ async fn missing_field(ctx: &Ctx) -> Result<(), CaseError> {
     let cases = [
         (json!({"type":"message"}), "content"),
         (json!({"type":"message","content":42}), "content"),
-        (json!({"type":"edit","messageId":"one","content":"x"}), "messageId"),
+        (
+            json!({"type":"edit","messageId":"one","content":"x"}),
+            "messageId",
+        ),
         (json!({"type":"reaction","emoji":"x"}), "messageId"),
         (json!({"type":"resume","lastSeq":-1}), "lastSeq"),
         (json!({"type":"typing","isTyping":"yes"}), "isTyping"),
     ];
     for (f, field) in cases {
         c.send_json(&f)?;
-        let e = c.expect_error_any("FX-FRM-3", ErrorCode::InvalidFrame).await?;
-        ensure_eq("FX-FRM-3", &format!("error.field for {f}"), e.field.as_deref(), Some(field))?;
+        let e = c
+            .expect_error_any("FX-FRM-3", ErrorCode::InvalidFrame)
+            .await?;
+        ensure_eq(
+            "FX-FRM-3",
+            &format!("error.field for {f}"),
+            e.field.as_deref(),
+            Some(field),
+        )?;
     }
     send(ctx, &mut c, "still usable").await.map(|_| ())
 }
@@ -58,30 +142,63 @@ async fn missing_field(ctx: &Ctx) -> Result<(), CaseError> {
 async fn unknown_type(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut c, _) = pair(ctx).await?;
     c.send_json(&json!({"type":"launch_missiles","ref":"u1"}))?;
-    c.expect_error_any("FX-FRM-3", ErrorCode::UnknownType).await?;
+    c.expect_error_any("FX-FRM-3", ErrorCode::UnknownType)
+        .await?;
     c.send_json(&json!({"type":"welcome"}))?;
-    c.expect_error_any("FX-FRM-2", ErrorCode::UnknownType).await?;
+    c.expect_error_any("FX-FRM-2", ErrorCode::UnknownType)
+        .await?;
     c.send_json(&json!({"content":"no type"}))?;
-    let e = c.expect_error_any("FX-FRM-2", ErrorCode::InvalidFrame).await?;
+    let e = c
+        .expect_error_any("FX-FRM-2", ErrorCode::InvalidFrame)
+        .await?;
     ensure_eq("FX-FRM-2", "error.field", e.field.as_deref(), Some("type"))?;
     c.send_json(&json!({"type":7}))?;
-    c.expect_error_any("FX-FRM-2", ErrorCode::InvalidFrame).await?;
+    c.expect_error_any("FX-FRM-2", ErrorCode::InvalidFrame)
+        .await?;
     send(ctx, &mut c, "still usable").await.map(|_| ())
 }
 
 async fn unknown_fields(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut c, _) = pair(ctx).await?;
-    let a = req(ctx, &mut c, "FX-FRM-4", json!({"type":"message","content":"x","futureField":{"a":1},"priority":"high"})).await?;
-    req(ctx, &mut c, "FX-FRM-4", json!({"type":"reaction","messageId":a.id,"emoji":"🎉","extra":[1]})).await?;
+    let a = req(
+        ctx,
+        &mut c,
+        "FX-FRM-4",
+        json!({"type":"message","content":"x","futureField":{"a":1},"priority":"high"}),
+    )
+    .await?;
+    req(
+        ctx,
+        &mut c,
+        "FX-FRM-4",
+        json!({"type":"reaction","messageId":a.id,"emoji":"🎉","extra":[1]}),
+    )
+    .await?;
     c.send_json(&json!({"type":"ping","ts":5,"whatever":true}))?;
-    c.wait_frame("FX-FRM-4", "pong", |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(5))).await?;
-    ensure(errors(&c).is_empty(), "FX-FRM-4", "no error", format!("{:?}", errors(&c)))
+    c.wait_frame(
+        "FX-FRM-4",
+        "pong",
+        |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(5)),
+    )
+    .await?;
+    ensure(
+        errors(&c).is_empty(),
+        "FX-FRM-4",
+        "no error",
+        format!("{:?}", errors(&c)),
+    )
 }
 
 async fn null_absent(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut c, _) = pair(ctx).await?;
     req(ctx, &mut c, "FX-FRM-12", json!({"type":"message","content":"x","clientMessageId":null,"parentId":null,"attachments":null})).await?;
-    req(ctx, &mut c, "FX-FRM-12", json!({"type":"message","content":"y","parentId":null})).await?;
+    req(
+        ctx,
+        &mut c,
+        "FX-FRM-12",
+        json!({"type":"message","content":"y","parentId":null}),
+    )
+    .await?;
     Ok(())
 }
 
@@ -108,10 +225,34 @@ fn check_ts(v: &Value, path: &str, out: &mut Vec<String>) {
 async fn timestamps(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut c, _) = pair(ctx).await?;
     let ack = send(ctx, &mut c, "time").await?;
-    req(ctx, &mut c, "FX-FRM-5", json!({"type":"edit","messageId":ack.id,"content":"time2"})).await?;
-    req(ctx, &mut c, "FX-FRM-5", json!({"type":"reaction","messageId":ack.id,"emoji":"⏰"})).await?;
-    let e = req(ctx, &mut c, "FX-FRM-5", json!({"type":"message","content":"del"})).await?;
-    req(ctx, &mut c, "FX-FRM-5", json!({"type":"delete","messageId":e.id})).await?;
+    req(
+        ctx,
+        &mut c,
+        "FX-FRM-5",
+        json!({"type":"edit","messageId":ack.id,"content":"time2"}),
+    )
+    .await?;
+    req(
+        ctx,
+        &mut c,
+        "FX-FRM-5",
+        json!({"type":"reaction","messageId":ack.id,"emoji":"⏰"}),
+    )
+    .await?;
+    let e = req(
+        ctx,
+        &mut c,
+        "FX-FRM-5",
+        json!({"type":"message","content":"del"}),
+    )
+    .await?;
+    req(
+        ctx,
+        &mut c,
+        "FX-FRM-5",
+        json!({"type":"delete","messageId":e.id}),
+    )
+    .await?;
     c.wait_seq("FX-FRM-5", e.seq.unwrap_or(0) + 1).await?;
     let mut bad = Vec::new();
     for it in &c.log {
@@ -123,61 +264,168 @@ async fn timestamps(ctx: &Ctx) -> Result<(), CaseError> {
     check_ts(&h.json().unwrap_or(Value::Null), "history", &mut bad);
     let tr = ctx.get("/rooms", &a.token).await?;
     check_ts(&tr.json().unwrap_or(Value::Null), "rooms", &mut bad);
-    ensure(bad.is_empty(), "FX-FRM-5", "timestamps like 2026-11-26T16:19:14.677Z", bad.join(", "))?;
+    ensure(
+        bad.is_empty(),
+        "FX-FRM-5",
+        "timestamps like 2026-11-26T16:19:14.677Z",
+        bad.join(", "),
+    )?;
     if let Some(ack_at) = &ack.created_at {
-        ensure(ack_at.len() == 24 && ack_at.ends_with('Z'), "FX-FRM-5", "ack.createdAt with milliseconds and Z", ack_at)?;
+        ensure(
+            ack_at.len() == 24 && ack_at.ends_with('Z'),
+            "FX-FRM-5",
+            "ack.createdAt with milliseconds and Z",
+            ack_at,
+        )?;
     }
     Ok(())
 }
 
 async fn invalid_ids(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
-    let r = ctx.post("/rooms", &a.token, &json!({"id":"bad id!","name":"x"})).await?;
-    r.expect_error("FX-FRM-6", "POST /rooms with id 'bad id!'", ErrorCode::InvalidFrame)?;
+    let r = ctx
+        .post("/rooms", &a.token, &json!({"id":"bad id!","name":"x"}))
+        .await?;
+    r.expect_error(
+        "FX-FRM-6",
+        "POST /rooms with id 'bad id!'",
+        ErrorCode::InvalidFrame,
+    )?;
     let long = "x".repeat(129);
-    let r = ctx.post("/rooms", &a.token, &json!({"id":long,"name":"x"})).await?;
-    r.expect_error("FX-FRM-6", "POST /rooms with a 129-character id", ErrorCode::InvalidFrame)?;
+    let r = ctx
+        .post("/rooms", &a.token, &json!({"id":long,"name":"x"}))
+        .await?;
+    r.expect_error(
+        "FX-FRM-6",
+        "POST /rooms with a 129-character id",
+        ErrorCode::InvalidFrame,
+    )?;
     let key = ctx.env.target.api_key.clone();
-    let r = ctx.http_with(reqwest::Method::POST, "/auth/token", None, Some(&json!({"userId":"no spaces"})), &[("X-Fluxy-Api-Key", &key)], None).await?;
-    r.expect_error("FX-FRM-6", "POST /auth/token with userId 'no spaces'", ErrorCode::InvalidFrame)?;
-    let r = ctx.post("/messages", &a.token, &json!({"roomId":"bad room!","content":"x"})).await?;
-    ensure(r.status == 400 || r.status == 404, "FX-FRM-6", "400 invalid_frame (or 404) for roomId 'bad room!'", format!("{} {}", r.status, r.text))?;
+    let r = ctx
+        .http_with(
+            reqwest::Method::POST,
+            "/auth/token",
+            None,
+            Some(&json!({"userId":"no spaces"})),
+            &[("X-Fluxy-Api-Key", &key)],
+            None,
+        )
+        .await?;
+    r.expect_error(
+        "FX-FRM-6",
+        "POST /auth/token with userId 'no spaces'",
+        ErrorCode::InvalidFrame,
+    )?;
+    let r = ctx
+        .post(
+            "/messages",
+            &a.token,
+            &json!({"roomId":"bad room!","content":"x"}),
+        )
+        .await?;
+    ensure(
+        r.status == 400 || r.status == 404,
+        "FX-FRM-6",
+        "400 invalid_frame (or 404) for roomId 'bad room!'",
+        format!("{} {}", r.status, r.text),
+    )?;
     let r = ctx.get("/rooms/bad%20room/history", &a.token).await?;
-    ensure(r.status == 404 || (r.status == 400 && r.error_code().as_deref() == Some("invalid_frame")), "FX-FRM-6", "404 (or 400 invalid_frame) for an invalid path id", format!("{} {}", r.status, r.text))
+    ensure(
+        r.status == 404 || (r.status == 400 && r.error_code().as_deref() == Some("invalid_frame")),
+        "FX-FRM-6",
+        "404 (or 400 invalid_frame) for an invalid path id",
+        format!("{} {}", r.status, r.text),
+    )
 }
 
 async fn ref_echo(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, _, mut c, _) = pair(ctx).await?;
     c.send_json(&json!({"type":"message","content":"x","ref":"ref-ack-1"}))?;
-    ensure(matches!(c.answer("FX-FRM-7", "ref-ack-1").await?, ServerFrame::Ack(_)), "FX-FRM-7", "ack with ref", "other")?;
+    ensure(
+        matches!(
+            c.answer("FX-FRM-7", "ref-ack-1").await?,
+            ServerFrame::Ack(_)
+        ),
+        "FX-FRM-7",
+        "ack with ref",
+        "other",
+    )?;
     c.send_json(&json!({"type":"edit","messageId":99999,"content":"x","ref":"ref-err-1"}))?;
-    ensure(matches!(c.answer("FX-FRM-7", "ref-err-1").await?, ServerFrame::Error(_)), "FX-FRM-7", "error with ref", "other")?;
+    ensure(
+        matches!(
+            c.answer("FX-FRM-7", "ref-err-1").await?,
+            ServerFrame::Error(_)
+        ),
+        "FX-FRM-7",
+        "error with ref",
+        "other",
+    )?;
     c.send_json(&json!({"type":"resume","lastSeq":0,"ref":"ref-rep-1"}))?;
-    ensure(matches!(c.answer("FX-FRM-7", "ref-rep-1").await?, ServerFrame::Replay(_)), "FX-FRM-7", "replay with ref", "other")?;
-    let fresh = ctx.mint_for(&a.id, crate::ctx::TokenOpts::default()).await?;
+    ensure(
+        matches!(
+            c.answer("FX-FRM-7", "ref-rep-1").await?,
+            ServerFrame::Replay(_)
+        ),
+        "FX-FRM-7",
+        "replay with ref",
+        "other",
+    )?;
+    let fresh = ctx
+        .mint_for(&a.id, crate::ctx::TokenOpts::default())
+        .await?;
     c.send_json(&json!({"type":"auth","token":fresh.token,"ref":"ref-tok-1"}))?;
-    ensure(matches!(c.answer("FX-FRM-7", "ref-tok-1").await?, ServerFrame::TokenRefreshed(_)), "FX-FRM-7", "token_refreshed with ref", "other")
+    ensure(
+        matches!(
+            c.answer("FX-FRM-7", "ref-tok-1").await?,
+            ServerFrame::TokenRefreshed(_)
+        ),
+        "FX-FRM-7",
+        "token_refreshed with ref",
+        "other",
+    )
 }
 
 async fn ping_pong(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut c, _) = pair(ctx).await?;
     c.send_json(&json!({"type":"ping","ts":123456789}))?;
-    c.wait_frame("FX-FRM-8", "pong with echo 123456789", |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(123456789))).await?;
+    c.wait_frame(
+        "FX-FRM-8",
+        "pong with echo 123456789",
+        |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(123456789)),
+    )
+    .await?;
     c.send_json(&json!({"type":"ping"}))?;
-    c.wait_frame("FX-FRM-8", "pong for a ping without ts", |f| matches!(f, ServerFrame::Pong(p) if p.ts > 0)).await?;
+    c.wait_frame(
+        "FX-FRM-8",
+        "pong for a ping without ts",
+        |f| matches!(f, ServerFrame::Pong(p) if p.ts > 0),
+    )
+    .await?;
     Ok(())
 }
 
 async fn binary(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut c, mut o) = pair(ctx).await?;
     c.send_binary(vec![0, 1, 2, 3, 255])?;
-    c.expect_error_any("FX-FRM-9", ErrorCode::BinaryNotSupported).await?;
+    c.expect_error_any("FX-FRM-9", ErrorCode::BinaryNotSupported)
+        .await?;
     c.send_binary(br#"{"type":"message","content":"binary json"}"#.to_vec())?;
-    c.expect_error_any("FX-FRM-9", ErrorCode::BinaryNotSupported).await?;
+    c.expect_error_any("FX-FRM-9", ErrorCode::BinaryNotSupported)
+        .await?;
     let a = send(ctx, &mut c, "text still works").await?;
     o.wait_seq("FX-FRM-9", a.seq.unwrap_or(0)).await?;
-    ensure_eq("FX-FRM-9", "events stored (binary frames must not create any)", a.seq, Some(1))?;
-    let bins = c.log.iter().chain(o.log.iter()).filter(|i| matches!(i, Incoming::Binary(_))).count();
+    ensure_eq(
+        "FX-FRM-9",
+        "events stored (binary frames must not create any)",
+        a.seq,
+        Some(1),
+    )?;
+    let bins = c
+        .log
+        .iter()
+        .chain(o.log.iter())
+        .filter(|i| matches!(i, Incoming::Binary(_)))
+        .count();
     ensure_eq("FX-FRM-9", "binary frames sent by the server", bins, 0)
 }
 
@@ -185,19 +433,31 @@ async fn error_only_to_sender(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut c, mut o) = pair(ctx).await?;
     c.send_text("garbage")?;
     c.send_json(&json!({"type":"edit","messageId":424242,"content":"x","ref":"e1"}))?;
-    c.expect_error("FX-FRM-10", "e1", ErrorCode::NotFound).await?;
+    c.expect_error("FX-FRM-10", "e1", ErrorCode::NotFound)
+        .await?;
     let a = send(ctx, &mut c, "barrier").await?;
     o.wait_seq("FX-FRM-10", a.seq.unwrap_or(0)).await?;
     o.sync("FX-FRM-10").await?;
     let errs = errors(&o);
-    ensure(errs.is_empty(), "FX-FRM-10", "no error frames on the other connection", format!("{errs:?}"))
+    ensure(
+        errs.is_empty(),
+        "FX-FRM-10",
+        "no error frames on the other connection",
+        format!("{errs:?}"),
+    )
 }
 
 async fn server_frames(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut c, mut o) = pair(ctx).await?;
     let a = send(ctx, &mut c, "hello").await?;
     c.send_json(&json!({"type":"typing","isTyping":true}))?;
-    req(ctx, &mut c, "FX-FRM-2", json!({"type":"reaction","messageId":a.id,"emoji":"👍"})).await?;
+    req(
+        ctx,
+        &mut c,
+        "FX-FRM-2",
+        json!({"type":"reaction","messageId":a.id,"emoji":"👍"}),
+    )
+    .await?;
     c.send_text("bad")?;
     c.sync("FX-FRM-2").await?;
     o.wait_seq("FX-FRM-2", 2).await?;
@@ -205,15 +465,41 @@ async fn server_frames(ctx: &Ctx) -> Result<(), CaseError> {
         for it in &conn.log {
             match it {
                 Incoming::Text { text, value, frame } => {
-                    ensure(value.as_ref().is_some_and(Value::is_object), "FX-FRM-1", "a JSON object", text)?;
-                    let t = value.as_ref().and_then(|v| v.get("type")).and_then(Value::as_str);
-                    ensure(t.is_some_and(|t| fluxy_protocol::server::SERVER_TYPES.contains(&t)), "FX-FRM-2", "a known string type", text)?;
+                    ensure(
+                        value.as_ref().is_some_and(Value::is_object),
+                        "FX-FRM-1",
+                        "a JSON object",
+                        text,
+                    )?;
+                    let t = value
+                        .as_ref()
+                        .and_then(|v| v.get("type"))
+                        .and_then(Value::as_str);
+                    ensure(
+                        t.is_some_and(|t| fluxy_protocol::server::SERVER_TYPES.contains(&t)),
+                        "FX-FRM-2",
+                        "a known string type",
+                        text,
+                    )?;
                     if frame.is_none() {
-                        let err = ServerFrame::decode(text).err().map(|e| e.to_string()).unwrap_or_default();
-                        return Err(fail("FX-FRM-2", "a frame matching the ServerFrame schema", format!("{text} ({err})")));
+                        let err = ServerFrame::decode(text)
+                            .err()
+                            .map(|e| e.to_string())
+                            .unwrap_or_default();
+                        return Err(fail(
+                            "FX-FRM-2",
+                            "a frame matching the ServerFrame schema",
+                            format!("{text} ({err})"),
+                        ));
                     }
                 }
-                Incoming::Binary(n) => return Err(fail("FX-FRM-1", "text frames only", format!("binary frame of {n} bytes"))),
+                Incoming::Binary(n) => {
+                    return Err(fail(
+                        "FX-FRM-1",
+                        "text frames only",
+                        format!("binary frame of {n} bytes"),
+                    ))
+                }
                 _ => {}
             }
         }

@@ -7,8 +7,8 @@ use fluxy_protocol::ErrorCode;
 use serde_json::{json, Value};
 
 use super::{msg, pair, req, send};
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{urlenc, Ctx, User};
 
 /// Cases of this group.
@@ -25,16 +25,26 @@ pub fn cases() -> Vec<Case> {
 }
 
 async fn page(ctx: &Ctx, u: &User, room: &str, q: &str) -> Result<(HistoryPage, Value), CaseError> {
-    let r = ctx.get(&format!("/rooms/{room}/history?{q}"), &u.token).await?;
+    let r = ctx
+        .get(&format!("/rooms/{room}/history?{q}"), &u.token)
+        .await?;
     r.expect_status("FX-HIS-1", &format!("GET history?{q}"), 200)?;
-    Ok((r.parse("FX-HIS-1", "HistoryPage")?, r.json().unwrap_or_default()))
+    Ok((
+        r.parse("FX-HIS-1", "HistoryPage")?,
+        r.json().unwrap_or_default(),
+    ))
 }
 
 fn seqs(p: &HistoryPage) -> Vec<u64> {
     p.events.iter().map(|e| e.seq()).collect()
 }
 
-async fn fill_ws(ctx: &Ctx, c: &mut crate::ctx::Conn, n: usize, tag: &str) -> Result<(), CaseError> {
+async fn fill_ws(
+    ctx: &Ctx,
+    c: &mut crate::ctx::Conn,
+    n: usize,
+    tag: &str,
+) -> Result<(), CaseError> {
     for i in 0..n {
         c.send_json(&msg(&format!("{tag}{i}"), &format!("{tag}{i}")))?;
     }
@@ -47,12 +57,27 @@ async fn page_shape(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, _) = pair(ctx).await?;
     fill_ws(ctx, &mut ca, 12, "h").await?;
     let (p, v) = page(ctx, &a, &room, "limit=5").await?;
-    ensure_eq("FX-HIS-2", "backward page seqs", seqs(&p), vec![8, 9, 10, 11, 12])?;
+    ensure_eq(
+        "FX-HIS-2",
+        "backward page seqs",
+        seqs(&p),
+        vec![8, 9, 10, 11, 12],
+    )?;
     ensure(p.has_more, "FX-HIS-1", "hasMore true", "false")?;
     ensure_eq("FX-HIS-1", "currentSeq", p.current_seq, 12)?;
-    ensure(v.get("hasMore").is_some() && v.get("currentSeq").is_some(), "FX-HIS-1", "hasMore and currentSeq fields", v.to_string())?;
+    ensure(
+        v.get("hasMore").is_some() && v.get("currentSeq").is_some(),
+        "FX-HIS-1",
+        "hasMore and currentSeq fields",
+        v.to_string(),
+    )?;
     let (p, _) = page(ctx, &a, &room, "direction=backward&limit=5").await?;
-    ensure_eq("FX-HIS-2", "explicit backward", seqs(&p), vec![8, 9, 10, 11, 12])?;
+    ensure_eq(
+        "FX-HIS-2",
+        "explicit backward",
+        seqs(&p),
+        vec![8, 9, 10, 11, 12],
+    )?;
     let (p, _) = page(ctx, &a, &room, "direction=forward&limit=4").await?;
     ensure_eq("FX-HIS-2", "forward page", seqs(&p), vec![1, 2, 3, 4])?;
     let (p, _) = page(ctx, &a, &room, "direction=forward&limit=4&afterSeq=9").await?;
@@ -70,9 +95,18 @@ async fn partition_backward(ctx: &Ctx) -> Result<(), CaseError> {
         let mut s = seqs(&p);
         s.reverse();
         all.extend(s);
-        ensure_eq("FX-HIS-6", "nextCursor present exactly when hasMore", p.next_cursor.is_some(), p.has_more)?;
-        let Some(c) = p.next_cursor.clone() else { break };
-        p = page(ctx, &a, &room, &format!("limit=4&cursor={}", urlenc(&c))).await?.0;
+        ensure_eq(
+            "FX-HIS-6",
+            "nextCursor present exactly when hasMore",
+            p.next_cursor.is_some(),
+            p.has_more,
+        )?;
+        let Some(c) = p.next_cursor.clone() else {
+            break;
+        };
+        p = page(ctx, &a, &room, &format!("limit=4&cursor={}", urlenc(&c)))
+            .await?
+            .0;
     }
     all.reverse();
     ensure_eq("FX-HIS-3", "seqs visited backward", all, (1..=23).collect())
@@ -86,7 +120,12 @@ async fn partition_writing(ctx: &Ctx) -> Result<(), CaseError> {
     let mut written = 20u64;
     for i in 0..200 {
         all.extend(seqs(&p));
-        ensure(p.next_cursor.is_some(), "FX-HIS-6", "a forward page always carries nextCursor", format!("page {:?} without nextCursor", seqs(&p)))?;
+        ensure(
+            p.next_cursor.is_some(),
+            "FX-HIS-6",
+            "a forward page always carries nextCursor",
+            format!("page {:?} without nextCursor", seqs(&p)),
+        )?;
         // Commit new events while walking.
         if i < 6 {
             cb.send_json(&msg(&format!("during {i}"), &format!("dw{i}")))?;
@@ -97,9 +136,21 @@ async fn partition_writing(ctx: &Ctx) -> Result<(), CaseError> {
             break;
         }
         let c = p.next_cursor.clone().unwrap_or_default();
-        p = page(ctx, &a, &room, &format!("direction=forward&limit=3&cursor={}", urlenc(&c))).await?.0;
+        p = page(
+            ctx,
+            &a,
+            &room,
+            &format!("direction=forward&limit=3&cursor={}", urlenc(&c)),
+        )
+        .await?
+        .0;
     }
-    ensure_eq("FX-HIS-3", "seqs visited forward while writing", all, (1..=written).collect())
+    ensure_eq(
+        "FX-HIS-3",
+        "seqs visited forward while writing",
+        all,
+        (1..=written).collect(),
+    )
 }
 
 async fn limit_bounds(ctx: &Ctx) -> Result<(), CaseError> {
@@ -108,16 +159,25 @@ async fn limit_bounds(ctx: &Ctx) -> Result<(), CaseError> {
     let (p, _) = page(ctx, &a, &room, "").await?;
     ensure_eq("FX-HIS-5", "default page size", p.events.len(), 50)?;
     let (p, _) = page(ctx, &a, &room, "limit=100000").await?;
-    ensure(p.events.len() == 55, "FX-HIS-5", "a huge limit is clamped, not rejected (55 events here)", p.events.len())?;
+    ensure(
+        p.events.len() == 55,
+        "FX-HIS-5",
+        "a huge limit is clamped, not rejected (55 events here)",
+        p.events.len(),
+    )?;
     for bad in ["0", "-1", "abc", "1.5"] {
-        let r = ctx.get(&format!("/rooms/{room}/history?limit={bad}"), &a.token).await?;
+        let r = ctx
+            .get(&format!("/rooms/{room}/history?limit={bad}"), &a.token)
+            .await?;
         r.expect_error("FX-HIS-5", &format!("limit={bad}"), ErrorCode::InvalidFrame)?;
     }
     Ok(())
 }
 
 fn mutate(c: &str, f: impl Fn(&mut Vec<u8>)) -> String {
-    let mut b = URL_SAFE_NO_PAD.decode(c).unwrap_or_else(|_| c.as_bytes().to_vec());
+    let mut b = URL_SAFE_NO_PAD
+        .decode(c)
+        .unwrap_or_else(|_| c.as_bytes().to_vec());
     f(&mut b);
     URL_SAFE_NO_PAD.encode(b)
 }
@@ -126,12 +186,18 @@ async fn cursor_tamper(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, _) = pair(ctx).await?;
     fill_ws(ctx, &mut ca, 6, "c").await?;
     let (p, _) = page(ctx, &a, &room, "limit=2").await?;
-    let cur = p.next_cursor.clone().ok_or_else(|| fail("FX-HIS-6", "nextCursor when hasMore", "none"))?;
+    let cur = p
+        .next_cursor
+        .clone()
+        .ok_or_else(|| fail("FX-HIS-6", "nextCursor when hasMore", "none"))?;
     let other = ctx.room(&a, &[]).await?;
     let mut co = ctx.connect(&a, &other).await?;
     fill_ws(ctx, &mut co, 4, "o").await?;
     let (po, _) = page(ctx, &a, &other, "limit=1").await?;
-    let foreign = po.next_cursor.clone().ok_or_else(|| fail("FX-HIS-6", "nextCursor when hasMore", "none"))?;
+    let foreign = po
+        .next_cursor
+        .clone()
+        .ok_or_else(|| fail("FX-HIS-6", "nextCursor when hasMore", "none"))?;
     let mid = cur.len() / 2;
     let flipped = {
         let mut s: Vec<char> = cur.chars().collect();
@@ -140,30 +206,78 @@ async fn cursor_tamper(ctx: &Ctx) -> Result<(), CaseError> {
     };
     let bads = vec![
         ("altered", flipped),
-        ("seq bumped", mutate(&cur, |b| if b.len() > 9 { b[9] ^= 1 })),
+        (
+            "seq bumped",
+            mutate(&cur, |b| {
+                if b.len() > 9 {
+                    b[9] ^= 1
+                }
+            }),
+        ),
         ("truncated", cur[..cur.len() - 4].to_string()),
-        ("forged", URL_SAFE_NO_PAD.encode(b"\x01\x00\x00\x00\x00\x00\x00\x00\x00\x05forged-cursor-payload-with-no-valid-tag")),
+        (
+            "forged",
+            URL_SAFE_NO_PAD.encode(
+                b"\x01\x00\x00\x00\x00\x00\x00\x00\x00\x05forged-cursor-payload-with-no-valid-tag",
+            ),
+        ),
         ("garbage", "%%%not-base64%%%".to_string()),
         ("other room", foreign),
     ];
     for (what, c) in bads {
-        let r = ctx.get(&format!("/rooms/{room}/history?limit=2&cursor={}", urlenc(&c)), &a.token).await?;
-        r.expect_error("FX-HIS-4", &format!("{what} cursor"), ErrorCode::InvalidCursor)?;
+        let r = ctx
+            .get(
+                &format!("/rooms/{room}/history?limit=2&cursor={}", urlenc(&c)),
+                &a.token,
+            )
+            .await?;
+        r.expect_error(
+            "FX-HIS-4",
+            &format!("{what} cursor"),
+            ErrorCode::InvalidCursor,
+        )?;
     }
-    let r = ctx.get(&format!("/rooms/{room}/poll?cursor={}&timeoutMs=0", urlenc(&cur[..cur.len() - 4])), &a.token).await?;
-    r.expect_error("FX-HIS-4", "truncated cursor on /poll", ErrorCode::InvalidCursor)?;
+    let r = ctx
+        .get(
+            &format!(
+                "/rooms/{room}/poll?cursor={}&timeoutMs=0",
+                urlenc(&cur[..cur.len() - 4])
+            ),
+            &a.token,
+        )
+        .await?;
+    r.expect_error(
+        "FX-HIS-4",
+        "truncated cursor on /poll",
+        ErrorCode::InvalidCursor,
+    )?;
     // Another tenant's cursor for a room with the same id.
     if ctx.env.target.api_key2.is_some() {
         let a2 = ctx.user2("t2").await?;
         let body = json!({"id": room, "name": "same id other tenant"});
         let r = ctx.post("/rooms", &a2.token, &body).await?;
-        r.expect_status("FX-TEN-2", "POST /rooms with an id used in another tenant", 201)?;
+        r.expect_status(
+            "FX-TEN-2",
+            "POST /rooms with an id used in another tenant",
+            201,
+        )?;
         let mut c2 = ctx.connect(&a2, &room).await?;
         fill_ws(ctx, &mut c2, 4, "t").await?;
         let (p2, _) = page(ctx, &a2, &room, "limit=1").await?;
-        let c2cur = p2.next_cursor.ok_or_else(|| fail("FX-HIS-6", "nextCursor", "none"))?;
-        let r = ctx.get(&format!("/rooms/{room}/history?limit=2&cursor={}", urlenc(&c2cur)), &a.token).await?;
-        r.expect_error("FX-TEN-7", "a cursor of the same room id issued in another tenant", ErrorCode::InvalidCursor)?;
+        let c2cur = p2
+            .next_cursor
+            .ok_or_else(|| fail("FX-HIS-6", "nextCursor", "none"))?;
+        let r = ctx
+            .get(
+                &format!("/rooms/{room}/history?limit=2&cursor={}", urlenc(&c2cur)),
+                &a.token,
+            )
+            .await?;
+        r.expect_error(
+            "FX-TEN-7",
+            "a cursor of the same room id issued in another tenant",
+            ErrorCode::InvalidCursor,
+        )?;
     }
     Ok(())
 }
@@ -172,45 +286,115 @@ async fn legacy(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, _) = pair(ctx).await?;
     let mut ids = Vec::new();
     for i in 0..9 {
-        ids.push(send(ctx, &mut ca, &format!("legacy {i}")).await?.id.unwrap_or(0));
+        ids.push(
+            send(ctx, &mut ca, &format!("legacy {i}"))
+                .await?
+                .id
+                .unwrap_or(0),
+        );
     }
-    req(ctx, &mut ca, "FX-HIS-8", json!({"type":"edit","messageId":ids[8],"content":"legacy 8 edited"})).await?;
-    req(ctx, &mut ca, "FX-HIS-8", json!({"type":"delete","messageId":ids[7]})).await?;
-    req(ctx, &mut ca, "FX-HIS-8", json!({"type":"reaction","messageId":ids[6],"emoji":"🔥"})).await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-HIS-8",
+        json!({"type":"edit","messageId":ids[8],"content":"legacy 8 edited"}),
+    )
+    .await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-HIS-8",
+        json!({"type":"delete","messageId":ids[7]}),
+    )
+    .await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-HIS-8",
+        json!({"type":"reaction","messageId":ids[6],"emoji":"🔥"}),
+    )
+    .await?;
     let mut got: Vec<Value> = Vec::new();
     let mut q = format!("/api/messages?roomId={room}&limit=3");
     for _ in 0..20 {
         let r = ctx.get(&q, &a.token).await?;
         r.expect_status("FX-HIS-8", "GET /api/messages", 200)?;
         let v = r.json().unwrap_or_default();
-        let msgs = v.get("messages").and_then(Value::as_array).cloned().ok_or_else(|| fail("FX-HIS-8", "a messages array", &r.text))?;
+        let msgs = v
+            .get("messages")
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| fail("FX-HIS-8", "a messages array", &r.text))?;
         if got.is_empty() {
             let rx = v.pointer(&format!("/reactions/{}", ids[6])).cloned();
-            ensure(rx.is_some_and(|x| x.get("🔥").is_some()), "FX-HIS-8", "reaction counts for the reacted message", v.get("reactions").cloned().unwrap_or_default())?;
+            ensure(
+                rx.is_some_and(|x| x.get("🔥").is_some()),
+                "FX-HIS-8",
+                "reaction counts for the reacted message",
+                v.get("reactions").cloned().unwrap_or_default(),
+            )?;
         }
         got.extend(msgs);
         let more = v.get("hasMore").and_then(Value::as_bool).unwrap_or(false);
         if !more {
             break;
         }
-        let c = v.get("nextCursor").and_then(Value::as_str).ok_or_else(|| fail("FX-HIS-8", "nextCursor with hasMore", v.to_string()))?;
+        let c = v
+            .get("nextCursor")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail("FX-HIS-8", "nextCursor with hasMore", v.to_string()))?;
         q = format!("/api/messages?roomId={room}&limit=3&before={}", urlenc(c));
     }
-    let gids: Vec<u64> = got.iter().filter_map(|m| m.get("id").and_then(Value::as_u64)).collect();
+    let gids: Vec<u64> = got
+        .iter()
+        .filter_map(|m| m.get("id").and_then(Value::as_u64))
+        .collect();
     let mut want: Vec<u64> = ids.iter().copied().filter(|i| *i != ids[7]).collect();
     want.reverse();
-    ensure_eq("FX-HIS-8", "legacy ids, newest first, deleted excluded", gids, want)?;
+    ensure_eq(
+        "FX-HIS-8",
+        "legacy ids, newest first, deleted excluded",
+        gids,
+        want,
+    )?;
     let first = got.first().and_then(|m| m.get("content")).cloned();
-    ensure_eq("FX-HIS-8", "current content of an edited message", first, Some(json!("legacy 8 edited")))
+    ensure_eq(
+        "FX-HIS-8",
+        "current content of an edited message",
+        first,
+        Some(json!("legacy 8 edited")),
+    )
 }
 
 async fn append_only(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, _) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "original text").await?;
-    req(ctx, &mut ca, "FX-HIS-10", json!({"type":"edit","messageId":m.id,"content":"changed"})).await?;
-    req(ctx, &mut ca, "FX-HIS-10", json!({"type":"delete","messageId":m.id})).await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-HIS-10",
+        json!({"type":"edit","messageId":m.id,"content":"changed"}),
+    )
+    .await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-HIS-10",
+        json!({"type":"delete","messageId":m.id}),
+    )
+    .await?;
     let (p, v) = page(ctx, &a, &room, "direction=forward").await?;
     let kinds: Vec<&str> = p.events.iter().map(|e| e.type_name()).collect();
-    ensure_eq("FX-HIS-10", "event types in history", kinds, vec!["message", "edit", "delete"])?;
-    ensure_eq("FX-HIS-10", "the original message content", v.pointer("/events/0/content").cloned(), Some(json!("original text")))
+    ensure_eq(
+        "FX-HIS-10",
+        "event types in history",
+        kinds,
+        vec!["message", "edit", "delete"],
+    )?;
+    ensure_eq(
+        "FX-HIS-10",
+        "the original message content",
+        v.pointer("/events/0/content").cloned(),
+        Some(json!("original text")),
+    )
 }

@@ -5,8 +5,8 @@ use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::Value;
 
 use super::{expect_rejected, msg, send};
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{urlenc, Ctx};
 
 /// Cases of this group.
@@ -33,24 +33,106 @@ async fn welcome_first(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let c = ctx.connect(&a, &room).await?;
-    let w = c.welcome.clone().ok_or_else(|| CaseError::Error("no welcome".into()))?;
-    ensure_eq("FX-VER-1", "welcome.protocolVersion", w.protocol_version.as_str(), "1.0")?;
-    ensure_eq("FX-HS-5", "welcome.userId", w.user_id.as_str(), a.id.as_str())?;
-    ensure_eq("FX-HS-5", "welcome.roomId", w.room_id.as_str(), room.as_str())?;
-    ensure(!w.connection_id.is_empty(), "FX-HS-5", "a connectionId", "empty")?;
-    ensure(w.roles.iter().any(|r| r == "member"), "FX-HS-5", "roles from the token ([member])", format!("{:?}", w.roles))?;
-    ensure_eq("FX-HS-5", "welcome.currentSeq of a new room", w.current_seq, 0)?;
-    ensure(parse_timestamp(&w.token_expires_at).is_some(), "FX-FRM-5", "tokenExpiresAt in RFC 3339 with milliseconds", &w.token_expires_at)?;
-    ensure(w.heartbeat_interval_ms > 0 && w.idle_timeout_ms > 0, "FX-HS-5", "positive heartbeatIntervalMs and idleTimeoutMs", format!("{} / {}", w.heartbeat_interval_ms, w.idle_timeout_ms))?;
+    let w = c
+        .welcome
+        .clone()
+        .ok_or_else(|| CaseError::Error("no welcome".into()))?;
+    ensure_eq(
+        "FX-VER-1",
+        "welcome.protocolVersion",
+        w.protocol_version.as_str(),
+        "1.0",
+    )?;
+    ensure_eq(
+        "FX-HS-5",
+        "welcome.userId",
+        w.user_id.as_str(),
+        a.id.as_str(),
+    )?;
+    ensure_eq(
+        "FX-HS-5",
+        "welcome.roomId",
+        w.room_id.as_str(),
+        room.as_str(),
+    )?;
+    ensure(
+        !w.connection_id.is_empty(),
+        "FX-HS-5",
+        "a connectionId",
+        "empty",
+    )?;
+    ensure(
+        w.roles.iter().any(|r| r == "member"),
+        "FX-HS-5",
+        "roles from the token ([member])",
+        format!("{:?}", w.roles),
+    )?;
+    ensure_eq(
+        "FX-HS-5",
+        "welcome.currentSeq of a new room",
+        w.current_seq,
+        0,
+    )?;
+    ensure(
+        parse_timestamp(&w.token_expires_at).is_some(),
+        "FX-FRM-5",
+        "tokenExpiresAt in RFC 3339 with milliseconds",
+        &w.token_expires_at,
+    )?;
+    ensure(
+        w.heartbeat_interval_ms > 0 && w.idle_timeout_ms > 0,
+        "FX-HS-5",
+        "positive heartbeatIntervalMs and idleTimeoutMs",
+        format!("{} / {}", w.heartbeat_interval_ms, w.idle_timeout_ms),
+    )?;
     let l = &w.limits;
-    ensure(l.max_frame_bytes >= 65536, "FX-LIM-1", "limits.maxFrameBytes >= 65536", l.max_frame_bytes)?;
-    ensure_eq("FX-LIM-2", "limits.maxContentChars", l.max_content_chars, 4000)?;
-    ensure(l.rate_burst > 0 && l.rate_per_second > 0 && l.max_page_limit > 0, "FX-LIM-5", "positive rateBurst, ratePerSecond, maxPageLimit", format!("{l:?}"))?;
-    ensure(l.resume_window >= 100, "FX-RES-5", "limits.resumeWindow >= 100", l.resume_window)?;
+    ensure(
+        l.max_frame_bytes >= 65536,
+        "FX-LIM-1",
+        "limits.maxFrameBytes >= 65536",
+        l.max_frame_bytes,
+    )?;
+    ensure_eq(
+        "FX-LIM-2",
+        "limits.maxContentChars",
+        l.max_content_chars,
+        4000,
+    )?;
+    ensure(
+        l.rate_burst > 0 && l.rate_per_second > 0 && l.max_page_limit > 0,
+        "FX-LIM-5",
+        "positive rateBurst, ratePerSecond, maxPageLimit",
+        format!("{l:?}"),
+    )?;
+    ensure(
+        l.resume_window >= 100,
+        "FX-RES-5",
+        "limits.resumeWindow >= 100",
+        l.resume_window,
+    )?;
     // The raw welcome has every field.
-    let raw = c.log.first().and_then(|i| match i { crate::ctx::Incoming::Text { value, .. } => value.clone(), _ => None }).unwrap_or(Value::Null);
-    for f in ["maxFrameBytes", "maxContentChars", "rateBurst", "ratePerSecond", "resumeWindow", "maxPageLimit"] {
-        ensure(raw.pointer(&format!("/limits/{f}")).is_some(), "FX-LIM-5", format!("welcome.limits.{f}"), "missing")?;
+    let raw = c
+        .log
+        .first()
+        .and_then(|i| match i {
+            crate::ctx::Incoming::Text { value, .. } => value.clone(),
+            _ => None,
+        })
+        .unwrap_or(Value::Null);
+    for f in [
+        "maxFrameBytes",
+        "maxContentChars",
+        "rateBurst",
+        "ratePerSecond",
+        "resumeWindow",
+        "maxPageLimit",
+    ] {
+        ensure(
+            raw.pointer(&format!("/limits/{f}")).is_some(),
+            "FX-LIM-5",
+            format!("welcome.limits.{f}"),
+            "missing",
+        )?;
     }
     Ok(())
 }
@@ -64,16 +146,40 @@ async fn connect_sequence(ctx: &Ctx) -> Result<(), CaseError> {
     }
     c0.close();
     let mut c = ctx.connect(&a, &room).await?;
-    let kinds: Vec<&str> = c.frames().iter().map(|f| f.type_name()).collect::<Vec<_>>().into_iter().take(3).collect();
-    ensure_eq("FX-HS-8", "first three frames", kinds, vec!["welcome", "history", "subscription_succeeded"])?;
-    let h = c.snapshot.clone().ok_or_else(|| fail("FX-HS-6", "a history frame", "none"))?;
+    let kinds: Vec<&str> = c
+        .frames()
+        .iter()
+        .map(|f| f.type_name())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .take(3)
+        .collect();
+    ensure_eq(
+        "FX-HS-8",
+        "first three frames",
+        kinds,
+        vec!["welcome", "history", "subscription_succeeded"],
+    )?;
+    let h = c
+        .snapshot
+        .clone()
+        .ok_or_else(|| fail("FX-HS-6", "a history frame", "none"))?;
     let seqs: Vec<u64> = h.events.iter().map(|e| e.seq()).collect();
     ensure_eq("FX-HS-6", "history seqs", seqs, vec![1, 2, 3])?;
     ensure_eq("FX-HS-6", "history.currentSeq", h.current_seq, 3)?;
     ensure_eq("FX-HS-6", "history.hasMore", h.has_more, false)?;
-    let p = c.wait_frame("FX-HS-8", "a presence frame to the new connection", |f| matches!(f, ServerFrame::Presence(_))).await?;
+    let p = c
+        .wait_frame("FX-HS-8", "a presence frame to the new connection", |f| {
+            matches!(f, ServerFrame::Presence(_))
+        })
+        .await?;
     if let ServerFrame::Presence(p) = p {
-        ensure(p.users.contains(&a.id), "FX-PRE-1", "presence lists the connected user", format!("{:?}", p.users))?;
+        ensure(
+            p.users.contains(&a.id),
+            "FX-PRE-1",
+            "presence lists the connected user",
+            format!("{:?}", p.users),
+        )?;
     }
     Ok(())
 }
@@ -82,12 +188,27 @@ async fn token_in_header(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let auth = format!("Bearer {}", a.token);
-    let mut c = ctx.connect_raw(&a.id, &format!("/ws/room/{room}"), &[("Authorization", &auth)]).await?;
+    let mut c = ctx
+        .connect_raw(
+            &a.id,
+            &format!("/ws/room/{room}"),
+            &[("Authorization", &auth)],
+        )
+        .await?;
     c.handshake().await.map_err(|e| match e {
-        CaseError::Fail(f) => fail("FX-HS-1", "a connection authenticated by the Authorization header", f.observed),
+        CaseError::Fail(f) => fail(
+            "FX-HS-1",
+            "a connection authenticated by the Authorization header",
+            f.observed,
+        ),
         o => o,
     })?;
-    ensure_eq("FX-HS-1", "welcome.userId", c.welcome.as_ref().map(|w| w.user_id.clone()), Some(a.id.clone()))
+    ensure_eq(
+        "FX-HS-1",
+        "welcome.userId",
+        c.welcome.as_ref().map(|w| w.user_id.clone()),
+        Some(a.id.clone()),
+    )
 }
 
 async fn replay_off(ctx: &Ctx) -> Result<(), CaseError> {
@@ -97,7 +218,12 @@ async fn replay_off(ctx: &Ctx) -> Result<(), CaseError> {
     send(ctx, &mut c0, "x").await?;
     for v in ["off", "false", "0"] {
         let c = ctx.connect_q(&a, &room, &format!("replay={v}")).await?;
-        ensure(c.snapshot.is_none() && c.replay.is_none(), "FX-HS-6", format!("no history frame with replay={v}"), "a history frame")?;
+        ensure(
+            c.snapshot.is_none() && c.replay.is_none(),
+            "FX-HS-6",
+            format!("no history frame with replay={v}"),
+            "a history frame",
+        )?;
     }
     Ok(())
 }
@@ -111,14 +237,27 @@ async fn replay_limit(ctx: &Ctx) -> Result<(), CaseError> {
     }
     for q in ["replayLimit=2", "historyLimit=2"] {
         let c = ctx.connect_q(&a, &room, q).await?;
-        let h = c.snapshot.clone().ok_or_else(|| fail("FX-HS-6", "a history frame", "none"))?;
+        let h = c
+            .snapshot
+            .clone()
+            .ok_or_else(|| fail("FX-HS-6", "a history frame", "none"))?;
         let seqs: Vec<u64> = h.events.iter().map(|e| e.seq()).collect();
-        ensure_eq("FX-HS-6", &format!("snapshot seqs with {q}"), seqs, vec![4, 5])?;
+        ensure_eq(
+            "FX-HS-6",
+            &format!("snapshot seqs with {q}"),
+            seqs,
+            vec![4, 5],
+        )?;
         ensure_eq("FX-HS-6", &format!("hasMore with {q}"), h.has_more, true)?;
     }
     let c = ctx.connect_q(&a, &room, "replayLimit=100000").await?;
     let n = c.snapshot.as_ref().map(|h| h.events.len()).unwrap_or(0);
-    ensure_eq("FX-HS-6", "snapshot size with a huge replayLimit (clamped, all 5)", n, 5)
+    ensure_eq(
+        "FX-HS-6",
+        "snapshot size with a huge replayLimit (clamped, all 5)",
+        n,
+        5,
+    )
 }
 
 async fn last_seq_replay(ctx: &Ctx) -> Result<(), CaseError> {
@@ -129,8 +268,16 @@ async fn last_seq_replay(ctx: &Ctx) -> Result<(), CaseError> {
         send(ctx, &mut c0, &format!("m{i}")).await?;
     }
     let c = ctx.connect_q(&a, &room, "lastSeq=2").await?;
-    ensure(c.snapshot.is_none(), "FX-HS-7", "no history frame when lastSeq is given", "a history frame")?;
-    let r = c.replay.clone().ok_or_else(|| fail("FX-HS-7", "a replay frame", "none"))?;
+    ensure(
+        c.snapshot.is_none(),
+        "FX-HS-7",
+        "no history frame when lastSeq is given",
+        "a history frame",
+    )?;
+    let r = c
+        .replay
+        .clone()
+        .ok_or_else(|| fail("FX-HS-7", "a replay frame", "none"))?;
     let seqs: Vec<u64> = r.events.iter().map(|e| e.seq()).collect();
     ensure_eq("FX-HS-7", "replay seqs", seqs, vec![3, 4])?;
     ensure_eq("FX-HS-7", "replay.fromSeq", r.from_seq, 2)?;
@@ -157,11 +304,25 @@ async fn no_loss_during_handshake(ctx: &Ctx) -> Result<(), CaseError> {
         if start < total {
             c.wait_seq("FX-HS-9", total).await?;
         }
-        let snap: Vec<u64> = c.snapshot.as_ref().map(|h| h.events.iter().map(|e| e.seq()).collect()).unwrap_or_default();
-        ensure(snap.last().copied().unwrap_or(0) == start, "FX-HS-6", "the snapshot ends at welcome.currentSeq", format!("snapshot {snap:?}, currentSeq {start}"))?;
+        let snap: Vec<u64> = c
+            .snapshot
+            .as_ref()
+            .map(|h| h.events.iter().map(|e| e.seq()).collect())
+            .unwrap_or_default();
+        ensure(
+            snap.last().copied().unwrap_or(0) == start,
+            "FX-HS-6",
+            "the snapshot ends at welcome.currentSeq",
+            format!("snapshot {snap:?}, currentSeq {start}"),
+        )?;
         let live: Vec<u64> = c.timeline().iter().map(|(e, _)| e.seq()).collect();
         let want: Vec<u64> = (start + 1..=total).collect();
-        ensure_eq("FX-HS-9", &format!("live seqs after currentSeq {start} on {}", c.label), live, want)?;
+        ensure_eq(
+            "FX-HS-9",
+            &format!("live seqs after currentSeq {start} on {}", c.label),
+            live,
+            want,
+        )?;
     }
     Ok(())
 }
@@ -170,7 +331,11 @@ async fn early_frames(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let mut c = ctx
-        .connect_raw(&a.id, &format!("/ws/room/{room}?token={}", urlenc(&a.token)), &[])
+        .connect_raw(
+            &a.id,
+            &format!("/ws/room/{room}?token={}", urlenc(&a.token)),
+            &[],
+        )
         .await?;
     for i in 0..5 {
         c.send_json(&msg(&format!("early{i}"), &format!("e{i}")))?;
@@ -181,7 +346,12 @@ async fn early_frames(ctx: &Ctx) -> Result<(), CaseError> {
         let a = c.ack("FX-HS-10", &format!("e{i}")).await?;
         seqs.push(a.seq.unwrap_or(0));
     }
-    ensure_eq("FX-HS-10", "seqs of the early frames, in send order", seqs, vec![1, 2, 3, 4, 5])
+    ensure_eq(
+        "FX-HS-10",
+        "seqs of the early frames, in send order",
+        seqs,
+        vec![1, 2, 3, 4, 5],
+    )
 }
 
 async fn identity_hints(ctx: &Ctx) -> Result<(), CaseError> {
@@ -189,12 +359,32 @@ async fn identity_hints(ctx: &Ctx) -> Result<(), CaseError> {
     let v = ctx.user("victim").await?;
     let room = ctx.room(&a, &[&v]).await?;
     let mut c = ctx
-        .connect_raw(&a.id, &format!("/ws/room/{room}?token={}&userId={}&user_id={}", urlenc(&a.token), v.id, v.id), &[("X-User-Id", &v.id), ("X-Fluxy-User-Id", &v.id)])
+        .connect_raw(
+            &a.id,
+            &format!(
+                "/ws/room/{room}?token={}&userId={}&user_id={}",
+                urlenc(&a.token),
+                v.id,
+                v.id
+            ),
+            &[("X-User-Id", &v.id), ("X-Fluxy-User-Id", &v.id)],
+        )
         .await?;
     c.handshake().await?;
-    ensure_eq("FX-HS-11", "welcome.userId", c.welcome.as_ref().map(|w| w.user_id.clone()), Some(a.id.clone()))?;
+    ensure_eq(
+        "FX-HS-11",
+        "welcome.userId",
+        c.welcome.as_ref().map(|w| w.user_id.clone()),
+        Some(a.id.clone()),
+    )?;
     let ack = send(ctx, &mut c, "who am i").await?;
-    let ev = c.wait_frame("FX-HS-11", "the broadcast of the message", |f| matches!(f, ServerFrame::Message(m) if Some(m.seq) == ack.seq)).await?;
+    let ev = c
+        .wait_frame(
+            "FX-HS-11",
+            "the broadcast of the message",
+            |f| matches!(f, ServerFrame::Message(m) if Some(m.seq) == ack.seq),
+        )
+        .await?;
     if let ServerFrame::Message(m) = ev {
         ensure_eq("FX-HS-11", "message.userId", m.user_id, a.id.clone())?;
     }
@@ -209,7 +399,11 @@ async fn version_param(ctx: &Ctx) -> Result<(), CaseError> {
         o => o,
     })?;
     let mut c = ctx
-        .connect_raw(&a.id, &format!("/ws/room/{room}?token={}&v=2", urlenc(&a.token)), &[])
+        .connect_raw(
+            &a.id,
+            &format!("/ws/room/{room}?token={}&v=2", urlenc(&a.token)),
+            &[],
+        )
         .await?;
     expect_rejected(&mut c, "FX-VER-2", ErrorCode::UnsupportedVersion, 4009).await
 }
@@ -218,9 +412,18 @@ async fn subprotocol(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let mut c = ctx
-        .connect_raw(&a.id, &format!("/ws/room/{room}?token={}", urlenc(&a.token)), &[("Sec-WebSocket-Protocol", "fluxy.v1")])
+        .connect_raw(
+            &a.id,
+            &format!("/ws/room/{room}?token={}", urlenc(&a.token)),
+            &[("Sec-WebSocket-Protocol", "fluxy.v1")],
+        )
         .await?;
-    ensure_eq("FX-VER-3", "selected subprotocol", c.subprotocol.clone(), Some("fluxy.v1".to_string()))?;
+    ensure_eq(
+        "FX-VER-3",
+        "selected subprotocol",
+        c.subprotocol.clone(),
+        Some("fluxy.v1".to_string()),
+    )?;
     c.handshake().await
 }
 
@@ -234,17 +437,35 @@ async fn plain_http(ctx: &Ctx) -> Result<(), CaseError> {
 async fn failure_in_band(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
-    let mut c = ctx.connect_raw(&a.id, &format!("/ws/room/{room}?token=not.a.token"), &[]).await?;
+    let mut c = ctx
+        .connect_raw(&a.id, &format!("/ws/room/{room}?token=not.a.token"), &[])
+        .await?;
     if let Some(crate::ctx::Incoming::Refused { status, body }) = c.log.first() {
-        return Err(fail("FX-HS-3", "the upgrade is accepted, then error unauthorized and close 4004", format!("upgrade refused with HTTP {status} {body}")));
+        return Err(fail(
+            "FX-HS-3",
+            "the upgrade is accepted, then error unauthorized and close 4004",
+            format!("upgrade refused with HTTP {status} {body}"),
+        ));
     }
     expect_rejected(&mut c, "FX-HS-2", ErrorCode::Unauthorized, 4004).await
 }
 
 async fn health(ctx: &Ctx) -> Result<(), CaseError> {
-    let r = ctx.http(reqwest::Method::GET, "/health", None, None).await?;
+    let r = ctx
+        .http(reqwest::Method::GET, "/health", None, None)
+        .await?;
     r.expect_status("FX-AUTH-8", "GET /health without a token", 200)?;
     let h: fluxy_protocol::http::HealthResponse = r.parse("FX-VER-1", "HealthResponse")?;
-    ensure_eq("FX-VER-1", "health.protocolVersion", h.protocol_version.as_str(), "1.0")?;
-    ensure(h.protocol_version.starts_with("1."), "FX-VER-4", "a 1.x protocol version", &h.protocol_version)
+    ensure_eq(
+        "FX-VER-1",
+        "health.protocolVersion",
+        h.protocol_version.as_str(),
+        "1.0",
+    )?;
+    ensure(
+        h.protocol_version.starts_with("1."),
+        "FX-VER-4",
+        "a 1.x protocol version",
+        &h.protocol_version,
+    )
 }

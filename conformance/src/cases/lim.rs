@@ -7,8 +7,8 @@ use fluxy_protocol::ServerFrame;
 use serde_json::json;
 
 use super::{current_seq, errors, pair, send};
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::Ctx;
 
 /// Cases of this group.
@@ -25,20 +25,38 @@ pub fn cases() -> Vec<Case> {
 
 async fn too_large(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, _) = pair(ctx).await?;
-    let max = ca.welcome.as_ref().map(|w| w.limits.max_frame_bytes).unwrap_or(65536) as usize;
+    let max = ca
+        .welcome
+        .as_ref()
+        .map(|w| w.limits.max_frame_bytes)
+        .unwrap_or(65536) as usize;
     let big = json!({"type":"message","content":"x".repeat(max + 100),"ref":"big"}).to_string();
     ca.send_text(&big)?;
-    ca.expect_error_any("FX-LIM-1", ErrorCode::PayloadTooLarge).await?;
+    ca.expect_error_any("FX-LIM-1", ErrorCode::PayloadTooLarge)
+        .await?;
     let ok = send(ctx, &mut ca, "after the big one").await?;
-    ensure_eq("FX-LIM-1", "the oversized frame stored nothing", ok.seq, Some(1))?;
+    ensure_eq(
+        "FX-LIM-1",
+        "the oversized frame stored nothing",
+        ok.seq,
+        Some(1),
+    )?;
     let body = json!({"roomId": room, "content": "y".repeat(1_100_000)});
     let r = ctx.post("/messages", &a.token, &body).await?;
-    r.expect_error("FX-LIM-1", "POST /messages with a 1.1 MB body", ErrorCode::PayloadTooLarge)
+    r.expect_error(
+        "FX-LIM-1",
+        "POST /messages with a 1.1 MB body",
+        ErrorCode::PayloadTooLarge,
+    )
 }
 
 async fn rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, _) = pair(ctx).await?;
-    let l = ca.welcome.as_ref().map(|w| w.limits.clone()).ok_or_else(|| CaseError::Error("no welcome".into()))?;
+    let l = ca
+        .welcome
+        .as_ref()
+        .map(|w| w.limits.clone())
+        .ok_or_else(|| CaseError::Error("no welcome".into()))?;
     let n = (l.rate_burst + l.rate_per_second + 50).min(3000) as usize;
     for i in 0..n {
         ca.send_json(&json!({"type":"read","messageId":1,"ref":format!("rl{i}")}))?;
@@ -47,29 +65,72 @@ async fn rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
     ca.answer("FX-LIM-3", &format!("rl{}", n - 1)).await?;
     ca.sync("FX-LIM-3").await?;
     let errs = errors(&ca);
-    let limited: Vec<_> = errs.iter().filter(|e| e.code == ErrorCode::RateLimited).collect();
-    ensure(!limited.is_empty(), "FX-LIM-3", format!("rate_limited for some of {n} frames sent at once (burst {})", l.rate_burst), format!("{} errors, none rate_limited", errs.len()))?;
-    let bad = limited.iter().find(|e| e.retry_after_ms.unwrap_or(0) == 0 || !e.retryable);
+    let limited: Vec<_> = errs
+        .iter()
+        .filter(|e| e.code == ErrorCode::RateLimited)
+        .collect();
+    ensure(
+        !limited.is_empty(),
+        "FX-LIM-3",
+        format!(
+            "rate_limited for some of {n} frames sent at once (burst {})",
+            l.rate_burst
+        ),
+        format!("{} errors, none rate_limited", errs.len()),
+    )?;
+    let bad = limited
+        .iter()
+        .find(|e| e.retry_after_ms.unwrap_or(0) == 0 || !e.retryable);
     if let Some(e) = bad {
-        return Err(fail("FX-LIM-3", "rate_limited with retryAfterMs > 0 and retryable true", format!("{e:?}")));
+        return Err(fail(
+            "FX-LIM-3",
+            "rate_limited with retryAfterMs > 0 and retryable true",
+            format!("{e:?}"),
+        ));
     }
-    let wait = limited.iter().filter_map(|e| e.retry_after_ms).max().unwrap_or(1000);
-    ensure_eq("FX-LIM-3", "events stored by rate-limited frames", current_seq(ctx, &a, &room).await?, 0)?;
+    let wait = limited
+        .iter()
+        .filter_map(|e| e.retry_after_ms)
+        .max()
+        .unwrap_or(1000);
+    ensure_eq(
+        "FX-LIM-3",
+        "events stored by rate-limited frames",
+        current_seq(ctx, &a, &room).await?,
+        0,
+    )?;
     // After retryAfterMs a frame is accepted (this wait is the server's own instruction).
     tokio::time::sleep(Duration::from_millis(wait.min(10_000) + 50)).await;
     let ok = send(ctx, &mut ca, "after the limit").await?;
-    ensure(ok.seq.is_some(), "FX-LIM-3", "a frame after retryAfterMs is accepted", format!("{ok:?}"))
+    ensure(
+        ok.seq.is_some(),
+        "FX-LIM-3",
+        "a frame after retryAfterMs is accepted",
+        format!("{ok:?}"),
+    )
 }
 
 async fn ping_not_limited(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut ca, _) = pair(ctx).await?;
-    let burst = ca.welcome.as_ref().map(|w| w.limits.rate_burst).unwrap_or(200);
+    let burst = ca
+        .welcome
+        .as_ref()
+        .map(|w| w.limits.rate_burst)
+        .unwrap_or(200);
     let n = (burst + 20).min(2000);
     for i in 0..n {
         ca.send_json(&json!({"type":"ping","ts":i}))?;
     }
-    ca.wait_frame("FX-LIM-4", "the last pong", |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(n - 1))).await?;
-    let limited = errors(&ca).iter().filter(|e| e.code == ErrorCode::RateLimited).count();
+    ca.wait_frame(
+        "FX-LIM-4",
+        "the last pong",
+        |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(n - 1)),
+    )
+    .await?;
+    let limited = errors(&ca)
+        .iter()
+        .filter(|e| e.code == ErrorCode::RateLimited)
+        .count();
     ensure_eq("FX-LIM-4", "rate_limited answers to pings", limited, 0)
 }
 
@@ -78,16 +139,43 @@ async fn idle_timeout(ctx: &Ctx) -> Result<(), CaseError> {
     let room = ctx.room(&a, &[]).await?;
     let mut c = ctx.connect(&a, &room).await?;
     c.stop_keepalive();
-    let idle = c.welcome.as_ref().map(|w| w.idle_timeout_ms).unwrap_or(60_000);
-    let hb = c.welcome.as_ref().map(|w| w.heartbeat_interval_ms).unwrap_or(0);
+    let idle = c
+        .welcome
+        .as_ref()
+        .map(|w| w.idle_timeout_ms)
+        .unwrap_or(60_000);
+    let hb = c
+        .welcome
+        .as_ref()
+        .map(|w| w.heartbeat_interval_ms)
+        .unwrap_or(0);
     if idle > 20_000 {
         return Err(CaseError::Skip(format!("idleTimeoutMs is {idle}; start the server with a shorter idle timeout to check FX-LIM-8 quickly")));
     }
-    let code = c.wait_close("FX-LIM-8", Duration::from_millis(idle) + ctx.ms(3000)).await?;
+    let code = c
+        .wait_close("FX-LIM-8", Duration::from_millis(idle) + ctx.ms(3000))
+        .await?;
     ensure_eq("FX-LIM-8", "close code", code, Some(4000))?;
-    let reason = c.log.iter().find_map(|i| match i { crate::ctx::Incoming::Closed { reason, .. } => Some(reason.clone()), _ => None }).unwrap_or_default();
-    ensure_eq("FX-ERR-5", "close reason", reason.as_str(), "heartbeat_timeout")?;
-    ensure(hb * 2 <= idle, "FX-LIM-8", "heartbeatIntervalMs at most half of idleTimeoutMs (SHOULD)", format!("{hb} / {idle}"))
+    let reason = c
+        .log
+        .iter()
+        .find_map(|i| match i {
+            crate::ctx::Incoming::Closed { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    ensure_eq(
+        "FX-ERR-5",
+        "close reason",
+        reason.as_str(),
+        "heartbeat_timeout",
+    )?;
+    ensure(
+        hb * 2 <= idle,
+        "FX-LIM-8",
+        "heartbeatIntervalMs at most half of idleTimeoutMs (SHOULD)",
+        format!("{hb} / {idle}"),
+    )
 }
 
 async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
@@ -111,8 +199,20 @@ async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
     };
     r.expect_error("FX-LIM-7", "an HTTP 429", ErrorCode::RateLimited)?;
     let v = r.json().unwrap_or_default();
-    ensure(v.get("retryAfterMs").and_then(|x| x.as_u64()).is_some_and(|x| x > 0), "FX-LIM-7", "retryAfterMs > 0", &r.text)?;
-    ensure(r.headers.get("retry-after").is_some(), "FX-LIM-7", "a Retry-After header", "none")
+    ensure(
+        v.get("retryAfterMs")
+            .and_then(|x| x.as_u64())
+            .is_some_and(|x| x > 0),
+        "FX-LIM-7",
+        "retryAfterMs > 0",
+        &r.text,
+    )?;
+    ensure(
+        r.headers.get("retry-after").is_some(),
+        "FX-LIM-7",
+        "a Retry-After header",
+        "none",
+    )
 }
 
 async fn invalid_flood(ctx: &Ctx) -> Result<(), CaseError> {
@@ -121,13 +221,25 @@ async fn invalid_flood(ctx: &Ctx) -> Result<(), CaseError> {
         ca.send_text("not json")?;
     }
     ca.send_json(&json!({"type":"ping","ts":424242}))?;
-    let it = ca.wait_item("FX-FRM-11", "a pong after the flood, or close 4010", |i| {
-        matches!(i.frame(), Some(ServerFrame::Pong(p)) if p.echo == Some(424242)) || i.is_end()
-    }).await?;
+    let it = ca
+        .wait_item("FX-FRM-11", "a pong after the flood, or close 4010", |i| {
+            matches!(i.frame(), Some(ServerFrame::Pong(p)) if p.echo == Some(424242)) || i.is_end()
+        })
+        .await?;
     if let crate::ctx::Incoming::Closed { code, reason } = it {
-        ensure_eq("FX-ERR-5", "close after an invalid-frame flood", (code, reason.as_str()), (Some(4010), "protocol_violation"))?;
+        ensure_eq(
+            "FX-ERR-5",
+            "close after an invalid-frame flood",
+            (code, reason.as_str()),
+            (Some(4010), "protocol_violation"),
+        )?;
         let n = errors(&ca).len();
-        ensure(n >= 100, "FX-FRM-11", "at least 100 invalid frames before closing with 4010", n)?;
+        ensure(
+            n >= 100,
+            "FX-FRM-11",
+            "at least 100 invalid frames before closing with 4010",
+            n,
+        )?;
     } else if !matches!(it, crate::ctx::Incoming::Text { .. }) {
         return Err(fail("FX-FRM-11", "a pong or close 4010", format!("{it:?}")));
     }

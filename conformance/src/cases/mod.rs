@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use crate::case::{fail, Case, CaseError};
 use crate::ctx::{Conn, Ctx, Incoming, User};
 
+pub mod ackg;
 pub mod agt;
 pub mod auth;
 pub mod edt;
@@ -21,7 +22,6 @@ pub mod pre;
 pub mod res;
 pub mod ten;
 pub mod trn;
-pub mod ackg;
 
 /// Every case, in report order.
 pub fn all() -> Vec<Case> {
@@ -62,13 +62,22 @@ pub async fn send(ctx: &Ctx, c: &mut Conn, content: &str) -> Result<AckFrame, Ca
     c.send_json(&msg(content, &r))?;
     let a = c.ack("FX-ACK-1", &r).await?;
     if a.seq.is_none() || a.id.is_none() {
-        return Err(fail("FX-ACK-1", "the ack of a new message carries id and seq", format!("{a:?}")));
+        return Err(fail(
+            "FX-ACK-1",
+            "the ack of a new message carries id and seq",
+            format!("{a:?}"),
+        ));
     }
     Ok(a)
 }
 
 /// Send any frame (as JSON with a fresh ref) and wait for the ack.
-pub async fn req(ctx: &Ctx, c: &mut Conn, clause: &str, mut frame: Value) -> Result<AckFrame, CaseError> {
+pub async fn req(
+    ctx: &Ctx,
+    c: &mut Conn,
+    clause: &str,
+    mut frame: Value,
+) -> Result<AckFrame, CaseError> {
     let r = ctx.r();
     frame["ref"] = json!(r);
     c.send_json(&frame)?;
@@ -76,7 +85,13 @@ pub async fn req(ctx: &Ctx, c: &mut Conn, clause: &str, mut frame: Value) -> Res
 }
 
 /// Send any frame (with a fresh ref) and expect `error code`.
-pub async fn req_err(ctx: &Ctx, c: &mut Conn, clause: &str, mut frame: Value, code: ErrorCode) -> Result<(), CaseError> {
+pub async fn req_err(
+    ctx: &Ctx,
+    c: &mut Conn,
+    clause: &str,
+    mut frame: Value,
+    code: ErrorCode,
+) -> Result<(), CaseError> {
     let r = ctx.r();
     frame["ref"] = json!(r);
     c.send_json(&frame)?;
@@ -96,23 +111,49 @@ pub async fn pair(ctx: &Ctx) -> Result<(User, User, String, Conn, Conn), CaseErr
 
 /// Expect a handshake failure: either (SHOULD) an `error code` frame then close `close`,
 /// or (MAY) an HTTP refusal with the code's status. In both cases nothing else (FX-HS-2).
-pub async fn expect_rejected(c: &mut Conn, clause: &str, code: ErrorCode, close: u16) -> Result<(), CaseError> {
+pub async fn expect_rejected(
+    c: &mut Conn,
+    clause: &str,
+    code: ErrorCode,
+    close: u16,
+) -> Result<(), CaseError> {
     let d = c.wait_dur() * 2;
     let end = c.wait_close(clause, d).await;
     let log = c.log.clone();
     for it in &log {
         if let Some(f) = it.frame() {
-            if matches!(f, ServerFrame::Welcome(_) | ServerFrame::History(_) | ServerFrame::Replay(_) | ServerFrame::SubscriptionSucceeded(_) | ServerFrame::Presence(_)) || f.clone().into_timeline().is_some() {
-                return Err(fail("FX-HS-2", "no welcome, snapshot or events on a rejected connection", f.encode()));
+            if matches!(
+                f,
+                ServerFrame::Welcome(_)
+                    | ServerFrame::History(_)
+                    | ServerFrame::Replay(_)
+                    | ServerFrame::SubscriptionSucceeded(_)
+                    | ServerFrame::Presence(_)
+            ) || f.clone().into_timeline().is_some()
+            {
+                return Err(fail(
+                    "FX-HS-2",
+                    "no welcome, snapshot or events on a rejected connection",
+                    f.encode(),
+                ));
             }
         }
     }
     if let Some(Incoming::Refused { status, body }) = log.first() {
-        let got = serde_json::from_str::<Value>(body).ok().and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned));
+        let got = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned));
         if *status == code.http_status() && got.as_deref() == Some(code.as_str()) {
             return Ok(());
         }
-        return Err(fail(clause, format!("rejection with {code} (HTTP {} or close {close})", code.http_status()), format!("HTTP {status} {body}")));
+        return Err(fail(
+            clause,
+            format!(
+                "rejection with {code} (HTTP {} or close {close})",
+                code.http_status()
+            ),
+            format!("HTTP {status} {body}"),
+        ));
     }
     let errs: Vec<_> = log
         .iter()
@@ -124,16 +165,27 @@ pub async fn expect_rejected(c: &mut Conn, clause: &str, code: ErrorCode, close:
     let closed = end?;
     if !errs.contains(&code) {
         if closed == Some(close) {
-            return Err(fail("FX-HS-3", format!("an `error {code}` frame before close {close}"), format!("errors {errs:?}, close {closed:?}")));
+            return Err(fail(
+                "FX-HS-3",
+                format!("an `error {code}` frame before close {close}"),
+                format!("errors {errs:?}, close {closed:?}"),
+            ));
         }
-        return Err(fail(clause, format!("`error {code}` and close {close}"), format!("errors {errs:?}, close {closed:?}")));
+        return Err(fail(
+            clause,
+            format!("`error {code}` and close {close}"),
+            format!("errors {errs:?}, close {closed:?}"),
+        ));
     }
     if closed != Some(close) {
-        return Err(fail("FX-ERR-5", format!("close code {close}"), format!("close {closed:?}")));
+        return Err(fail(
+            "FX-ERR-5",
+            format!("close code {close}"),
+            format!("close {closed:?}"),
+        ));
     }
     Ok(())
 }
-
 
 /// The `error` frames received so far.
 pub fn errors(c: &Conn) -> Vec<fluxy_protocol::server::ErrorFrame> {

@@ -6,24 +6,57 @@ use fluxy_protocol::ServerFrame;
 use serde_json::{json, Value};
 
 use super::{msg, pair, req, send};
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{Ctx, Incoming};
 
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
     vec![
-        case!("ord/one-sender-fifo", ["FX-ORD-3", "FX-ORD-2"], "frames of one connection are sequenced in the order sent", fifo),
-        case!("ord/multi-sender-total-order", ["FX-ORD-4", "FX-ORD-2"], "many concurrent senders: every receiver sees one identical order", total_order),
-        case!("ord/gap-free-burst", ["FX-ORD-1", "FX-ORD-2"], "a burst gets seq 1..N with no gaps or repeats", gap_free),
-        case!("ord/identical-representation", ["FX-ORD-5", "FX-RES-2", "FX-TRN-2"], "one event has the same JSON live, in snapshot, replay, history, SSE and poll", identical),
-        case!("ord/ephemeral-no-seq", ["FX-ORD-6", "FX-PRE-6"], "ephemeral frames carry no top-level seq", ephemeral),
-        case!("ord/durable-before-delivery", ["FX-ORD-7", "FX-ACK-1"], "an event delivered or acked is already readable through history", durable),
+        case!(
+            "ord/one-sender-fifo",
+            ["FX-ORD-3", "FX-ORD-2"],
+            "frames of one connection are sequenced in the order sent",
+            fifo
+        ),
+        case!(
+            "ord/multi-sender-total-order",
+            ["FX-ORD-4", "FX-ORD-2"],
+            "many concurrent senders: every receiver sees one identical order",
+            total_order
+        ),
+        case!(
+            "ord/gap-free-burst",
+            ["FX-ORD-1", "FX-ORD-2"],
+            "a burst gets seq 1..N with no gaps or repeats",
+            gap_free
+        ),
+        case!(
+            "ord/identical-representation",
+            ["FX-ORD-5", "FX-RES-2", "FX-TRN-2"],
+            "one event has the same JSON live, in snapshot, replay, history, SSE and poll",
+            identical
+        ),
+        case!(
+            "ord/ephemeral-no-seq",
+            ["FX-ORD-6", "FX-PRE-6"],
+            "ephemeral frames carry no top-level seq",
+            ephemeral
+        ),
+        case!(
+            "ord/durable-before-delivery",
+            ["FX-ORD-7", "FX-ACK-1"],
+            "an event delivered or acked is already readable through history",
+            durable
+        ),
     ]
 }
 
 fn content_of(v: &Value) -> String {
-    v.get("content").and_then(Value::as_str).unwrap_or("").to_string()
+    v.get("content")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
 }
 
 async fn fifo(ctx: &Ctx) -> Result<(), CaseError> {
@@ -36,7 +69,12 @@ async fn fifo(ctx: &Ctx) -> Result<(), CaseError> {
     for i in 0..n {
         let a = ca.ack("FX-ORD-3", &format!("f{i}")).await?;
         let s = a.seq.unwrap_or(0);
-        ensure(s > last, "FX-ORD-3", format!("frame {i} sequenced after frame {}", i.max(1) - 1), format!("seq {s} after {last}"))?;
+        ensure(
+            s > last,
+            "FX-ORD-3",
+            format!("frame {i} sequenced after frame {}", i.max(1) - 1),
+            format!("seq {s} after {last}"),
+        )?;
         last = s;
     }
     cb.wait_count("FX-ORD-2", n).await?;
@@ -72,15 +110,37 @@ async fn total_order(ctx: &Ctx) -> Result<(), CaseError> {
     let mut orders: Vec<Vec<(u64, String)>> = Vec::new();
     for r in receivers.iter_mut().chain(senders.iter_mut()) {
         r.wait_count("FX-ORD-2", total).await?;
-        orders.push(r.timeline().iter().map(|(e, v)| (e.seq(), content_of(v))).collect());
+        orders.push(
+            r.timeline()
+                .iter()
+                .map(|(e, v)| (e.seq(), content_of(v)))
+                .collect(),
+        );
     }
     let first = orders[0].clone();
     let seqs: Vec<u64> = first.iter().map(|x| x.0).collect();
-    ensure_eq("FX-ORD-2", "seqs seen by the first receiver", seqs, (1..=total as u64).collect())?;
+    ensure_eq(
+        "FX-ORD-2",
+        "seqs seen by the first receiver",
+        seqs,
+        (1..=total as u64).collect(),
+    )?;
     for (i, o) in orders.iter().enumerate().skip(1) {
         if *o != first {
-            let pos = o.iter().zip(first.iter()).position(|(x, y)| x != y).unwrap_or(0);
-            return Err(fail("FX-ORD-4", format!("connection {i} sees the same order as connection 0"), format!("differs at index {pos}: {:?} vs {:?}", o.get(pos), first.get(pos))));
+            let pos = o
+                .iter()
+                .zip(first.iter())
+                .position(|(x, y)| x != y)
+                .unwrap_or(0);
+            return Err(fail(
+                "FX-ORD-4",
+                format!("connection {i} sees the same order as connection 0"),
+                format!(
+                    "differs at index {pos}: {:?} vs {:?}",
+                    o.get(pos),
+                    first.get(pos)
+                ),
+            ));
         }
     }
     // Per-sender FIFO inside the total order.
@@ -89,7 +149,12 @@ async fn total_order(ctx: &Ctx) -> Result<(), CaseError> {
         let (k, i) = c.split_once('-').unwrap_or(("?", "0"));
         let i: usize = i.parse().unwrap_or(0);
         let e = next.entry(k.to_string()).or_insert(0);
-        ensure(i == *e, "FX-ORD-3", format!("{k}'s messages in send order"), format!("{c} after {}", e))?;
+        ensure(
+            i == *e,
+            "FX-ORD-3",
+            format!("{k}'s messages in send order"),
+            format!("{c} after {}", e),
+        )?;
         *e += 1;
     }
     Ok(())
@@ -121,27 +186,66 @@ async fn identical(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, mut cb) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "same everywhere").await?;
     let seq = m.seq.unwrap_or(0);
-    req(ctx, &mut ca, "FX-ORD-5", json!({"type":"reaction","messageId":m.id,"emoji":"✅"})).await?;
-    req(ctx, &mut ca, "FX-ORD-5", json!({"type":"edit","messageId":m.id,"content":"edited"})).await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-ORD-5",
+        json!({"type":"reaction","messageId":m.id,"emoji":"✅"}),
+    )
+    .await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-ORD-5",
+        json!({"type":"edit","messageId":m.id,"content":"edited"}),
+    )
+    .await?;
     cb.wait_seq("FX-ORD-5", seq + 2).await?;
     let live: Vec<Value> = cb.timeline().into_iter().map(|(_, v)| v).collect();
     let check = |path: &str, got: &[Value]| -> Result<(), CaseError> {
-        ensure_eq("FX-ORD-5", &format!("events via {path}"), got.to_vec(), live.clone())
+        ensure_eq(
+            "FX-ORD-5",
+            &format!("events via {path}"),
+            got.to_vec(),
+            live.clone(),
+        )
     };
     let c2 = ctx.connect(&a, &room).await?;
     check("connect snapshot", &c2.snapshot_raw)?;
     let r = ctx.r();
     cb.send_json(&json!({"type":"resume","lastSeq":0,"ref":r}))?;
-    let rep = cb.wait_item("FX-RES-2", "replay", |i| matches!(i.frame(), Some(ServerFrame::Replay(_)))).await?;
+    let rep = cb
+        .wait_item("FX-RES-2", "replay", |i| {
+            matches!(i.frame(), Some(ServerFrame::Replay(_)))
+        })
+        .await?;
     if let Incoming::Text { value: Some(v), .. } = rep {
-        let ev = v.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+        let ev = v
+            .get("events")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         ensure_eq("FX-RES-2", "events via replay", ev, live.clone())?;
     }
     let h = ctx.walk_forward(&a, &room, 50).await?;
-    check("history", &h.into_iter().map(|(_, v)| v).collect::<Vec<_>>())?;
-    let p = ctx.get(&format!("/rooms/{room}/poll?afterSeq=0&timeoutMs=0"), &a.token).await?;
+    check(
+        "history",
+        &h.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+    )?;
+    let p = ctx
+        .get(
+            &format!("/rooms/{room}/poll?afterSeq=0&timeoutMs=0"),
+            &a.token,
+        )
+        .await?;
     let pv = p.json().unwrap_or(Value::Null);
-    check("long-poll", &pv.get("events").and_then(Value::as_array).cloned().unwrap_or_default())?;
+    check(
+        "long-poll",
+        &pv.get("events")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+    )?;
     let mut s = ctx.sse(&a, &room, "", &[("Last-Event-ID", "0")]).await?;
     s.wait_seq("FX-TRN-2", seq + 2).await?;
     let sv: Vec<Value> = s.timeline().into_iter().map(|(_, _, v)| v).collect();
@@ -152,7 +256,10 @@ async fn ephemeral(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, mut cb) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "x").await?;
     ca.send_json(&json!({"type":"typing","isTyping":true}))?;
-    cb.wait_frame("FX-PRE-5", "typing", |f| matches!(f, ServerFrame::Typing(_))).await?;
+    cb.wait_frame("FX-PRE-5", "typing", |f| {
+        matches!(f, ServerFrame::Typing(_))
+    })
+    .await?;
     ca.send_text("bad json")?;
     ca.sync("FX-ORD-6").await?;
     let r = ctx.r();
@@ -160,12 +267,33 @@ async fn ephemeral(ctx: &Ctx) -> Result<(), CaseError> {
     ca.answer("FX-ORD-6", &r).await?;
     let c3 = ctx.connect(&a, &room).await?;
     drop(c3);
-    cb.wait_frame("FX-ORD-6", "presence after a disconnect", |f| matches!(f, ServerFrame::Presence(_))).await?;
+    cb.wait_frame("FX-ORD-6", "presence after a disconnect", |f| {
+        matches!(f, ServerFrame::Presence(_))
+    })
+    .await?;
     // `ack` is listed as ephemeral in FX-ORD-6 but FX-ACK-1 requires its `seq`: ACK-1 governs.
-    let eph = ["welcome", "history", "replay", "subscription_succeeded", "error", "pong", "token_refreshed", "typing", "agentTyping", "presence", "member_joined", "member_left"];
+    let eph = [
+        "welcome",
+        "history",
+        "replay",
+        "subscription_succeeded",
+        "error",
+        "pong",
+        "token_refreshed",
+        "typing",
+        "agentTyping",
+        "presence",
+        "member_joined",
+        "member_left",
+    ];
     for c in [&ca, &cb] {
         for it in &c.log {
-            if let Incoming::Text { value: Some(v), text, .. } = it {
+            if let Incoming::Text {
+                value: Some(v),
+                text,
+                ..
+            } = it
+            {
                 let t = v.get("type").and_then(Value::as_str).unwrap_or("");
                 if eph.contains(&t) && v.get("seq").is_some() {
                     return Err(fail("FX-ORD-6", format!("no top-level seq on `{t}`"), text));
@@ -174,8 +302,18 @@ async fn ephemeral(ctx: &Ctx) -> Result<(), CaseError> {
         }
     }
     let h = ctx.history(&a, &room, "").await?;
-    ensure_eq("FX-PRE-6", "history after a message and typing", h.events.iter().map(|e| e.type_name()).collect::<Vec<_>>(), vec!["message"])?;
-    ensure_eq("FX-PRE-6", "currentSeq (typing is not sequenced)", h.current_seq, m.seq.unwrap_or(0))
+    ensure_eq(
+        "FX-PRE-6",
+        "history after a message and typing",
+        h.events.iter().map(|e| e.type_name()).collect::<Vec<_>>(),
+        vec!["message"],
+    )?;
+    ensure_eq(
+        "FX-PRE-6",
+        "currentSeq (typing is not sequenced)",
+        h.current_seq,
+        m.seq.unwrap_or(0),
+    )
 }
 
 async fn durable(ctx: &Ctx) -> Result<(), CaseError> {
@@ -184,10 +322,20 @@ async fn durable(ctx: &Ctx) -> Result<(), CaseError> {
         let ack = send(ctx, &mut ca, &format!("durable {i}")).await?;
         let seq = ack.seq.unwrap_or(0);
         let h = ctx.history(&a, &room, "limit=5").await?;
-        ensure(h.events.iter().any(|e| e.seq() == seq), "FX-ACK-1", format!("seq {seq} in history once acked"), format!("history up to {}", h.current_seq))?;
+        ensure(
+            h.events.iter().any(|e| e.seq() == seq),
+            "FX-ACK-1",
+            format!("seq {seq} in history once acked"),
+            format!("history up to {}", h.current_seq),
+        )?;
         cb.wait_seq("FX-ORD-7", seq).await?;
         let h = ctx.history(&b, &room, "limit=5").await?;
-        ensure(h.current_seq >= seq, "FX-ORD-7", format!("seq {seq} readable once delivered"), format!("currentSeq {}", h.current_seq))?;
+        ensure(
+            h.current_seq >= seq,
+            "FX-ORD-7",
+            format!("seq {seq} readable once delivered"),
+            format!("currentSeq {}", h.current_seq),
+        )?;
     }
     Ok(())
 }

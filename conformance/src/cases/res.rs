@@ -4,8 +4,8 @@ use fluxy_protocol::{ErrorCode, ServerFrame, TimelineEvent};
 use serde_json::{json, Value};
 
 use super::{msg, pair, send};
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{Conn, Ctx, Incoming, User};
 use crate::proxy::{of_type, Action, Proxy, Rule, Side};
 
@@ -26,17 +26,30 @@ fn seqs(v: &[TimelineEvent]) -> Vec<u64> {
     v.iter().map(|e| e.seq()).collect()
 }
 
-async fn resume(c: &mut Conn, ctx: &Ctx, last: u64, clause: &str) -> Result<(fluxy_protocol::server::ReplayFrame, Vec<Value>), CaseError> {
+async fn resume(
+    c: &mut Conn,
+    ctx: &Ctx,
+    last: u64,
+    clause: &str,
+) -> Result<(fluxy_protocol::server::ReplayFrame, Vec<Value>), CaseError> {
     let r = ctx.r();
     c.send_json(&json!({"type":"resume","lastSeq":last,"ref":r}))?;
-    let it = c.wait_item(clause, "a replay answering resume", |i| match i.frame() {
-        Some(ServerFrame::Replay(x)) => x.reference.as_deref() == Some(r.as_str()),
-        Some(ServerFrame::Error(e)) => e.reference.as_deref() == Some(r.as_str()),
-        _ => false,
-    }).await?;
+    let it = c
+        .wait_item(clause, "a replay answering resume", |i| match i.frame() {
+            Some(ServerFrame::Replay(x)) => x.reference.as_deref() == Some(r.as_str()),
+            Some(ServerFrame::Error(e)) => e.reference.as_deref() == Some(r.as_str()),
+            _ => false,
+        })
+        .await?;
     match it {
-        Incoming::Text { frame: Some(ServerFrame::Replay(x)), value, .. } => {
-            let raw = value.and_then(|v| v.get("events").and_then(Value::as_array).cloned()).unwrap_or_default();
+        Incoming::Text {
+            frame: Some(ServerFrame::Replay(x)),
+            value,
+            ..
+        } => {
+            let raw = value
+                .and_then(|v| v.get("events").and_then(Value::as_array).cloned())
+                .unwrap_or_default();
             Ok((x, raw))
         }
         Incoming::Text { text, .. } => Err(fail(clause, "a replay", text)),
@@ -60,13 +73,33 @@ async fn resume_exact(ctx: &Ctx) -> Result<(), CaseError> {
     ca.ack("FX-RES-1", "d24").await?;
     let mut nb = ctx.connect_q(&b, &room, "replay=off").await?;
     let (rep, raw) = resume(&mut nb, ctx, last, "FX-RES-1").await?;
-    ensure_eq("FX-RES-1", "replay seqs", seqs(&rep.events), (last + 1..=35).collect())?;
+    ensure_eq(
+        "FX-RES-1",
+        "replay seqs",
+        seqs(&rep.events),
+        (last + 1..=35).collect(),
+    )?;
     ensure_eq("FX-RES-1", "replay.fromSeq", rep.from_seq, last)?;
-    ensure(rep.current_seq >= 35, "FX-RES-1", "replay.currentSeq >= 35", rep.current_seq)?;
+    ensure(
+        rep.current_seq >= 35,
+        "FX-RES-1",
+        "replay.currentSeq >= 35",
+        rep.current_seq,
+    )?;
     ensure_eq("FX-RES-1", "replay.hasMore", rep.has_more, false)?;
     cw.wait_seq("FX-RES-2", 35).await?;
-    let orig: Vec<Value> = cw.timeline().into_iter().filter(|(e, _)| e.seq() > last).map(|(_, v)| v).collect();
-    ensure_eq("FX-RES-2", "replayed events (JSON) vs original delivery", raw, orig)?;
+    let orig: Vec<Value> = cw
+        .timeline()
+        .into_iter()
+        .filter(|(e, _)| e.seq() > last)
+        .map(|(_, v)| v)
+        .collect();
+    ensure_eq(
+        "FX-RES-2",
+        "replayed events (JSON) vs original delivery",
+        raw,
+        orig,
+    )?;
     // Live continues after the replay.
     let more = send(ctx, &mut ca, "after resume").await?;
     nb.wait_seq("FX-RES-3", more.seq.unwrap_or(0)).await?;
@@ -90,11 +123,21 @@ async fn proxy_cut(ctx: &Ctx) -> Result<(), CaseError> {
     cb.wait_close("FX-RES-3", ctx.wait()).await.ok();
     ca.ack("FX-RES-3", &format!("p{}", total - 1)).await?;
     let got: Vec<u64> = cb.timeline().iter().map(|(e, _)| e.seq()).collect();
-    ensure_eq("FX-ORD-2", "events before the cut (in order, gap-free)", got.clone(), (1..=got.len() as u64).collect())?;
+    ensure_eq(
+        "FX-ORD-2",
+        "events before the cut (in order, gap-free)",
+        got.clone(),
+        (1..=got.len() as u64).collect(),
+    )?;
     let last = got.last().copied().unwrap_or(0);
     // Reconnect (through the proxy again) with ?lastSeq=.
-    let mut nb = proxy.connect(ctx, &b, &room, &format!("lastSeq={last}")).await?;
-    let rep = nb.replay.clone().ok_or_else(|| fail("FX-HS-7", "a replay on connect with lastSeq", "none"))?;
+    let mut nb = proxy
+        .connect(ctx, &b, &room, &format!("lastSeq={last}"))
+        .await?;
+    let rep = nb
+        .replay
+        .clone()
+        .ok_or_else(|| fail("FX-HS-7", "a replay on connect with lastSeq", "none"))?;
     let mut all: Vec<u64> = got;
     all.extend(seqs(&rep.events));
     let start = nb.current_seq();
@@ -106,7 +149,12 @@ async fn proxy_cut(ctx: &Ctx) -> Result<(), CaseError> {
             all.push(e.seq());
         }
     }
-    ensure_eq("FX-RES-3", "every seq exactly once across the cut", all, (1..=total).collect())
+    ensure_eq(
+        "FX-RES-3",
+        "every seq exactly once across the cut",
+        all,
+        (1..=total).collect(),
+    )
 }
 
 async fn proxy_slow(ctx: &Ctx) -> Result<(), CaseError> {
@@ -115,8 +163,22 @@ async fn proxy_slow(ctx: &Ctx) -> Result<(), CaseError> {
     let room = ctx.room(&a, &[&b]).await?;
     let mut ca = ctx.connect(&a, &room).await?;
     let proxy = Proxy::start(ctx).await?;
-    proxy.rule(Rule::new(Side::ToClient, Action::Delay(ctx.ms(30)), of_type("message")).times(10));
-    proxy.rule(Rule::new(Side::ToServer, Action::Delay(ctx.ms(50)), of_type("message")).times(3));
+    proxy.rule(
+        Rule::new(
+            Side::ToClient,
+            Action::Delay(ctx.ms(30)),
+            of_type("message"),
+        )
+        .times(10),
+    );
+    proxy.rule(
+        Rule::new(
+            Side::ToServer,
+            Action::Delay(ctx.ms(50)),
+            of_type("message"),
+        )
+        .times(3),
+    );
     let mut cb = proxy.connect(ctx, &b, &room, "").await?;
     for i in 0..15 {
         ca.send_json(&msg(&format!("a{i}"), &format!("s{i}")))?;
@@ -127,7 +189,12 @@ async fn proxy_slow(ctx: &Ctx) -> Result<(), CaseError> {
     let sb: Vec<u64> = cb.timeline().iter().map(|(e, _)| e.seq()).collect();
     let sa: Vec<u64> = ca.timeline().iter().map(|(e, _)| e.seq()).collect();
     ensure_eq("FX-ORD-2", "seqs on the slow link", sb, (1..=30).collect())?;
-    ensure_eq("FX-ORD-2", "seqs on the direct link", sa, (1..=30).collect())
+    ensure_eq(
+        "FX-ORD-2",
+        "seqs on the direct link",
+        sa,
+        (1..=30).collect(),
+    )
 }
 
 async fn fill(ctx: &Ctx, users: &[User], room: &str, n: usize) -> Result<(), CaseError> {
@@ -144,7 +211,10 @@ async fn fill(ctx: &Ctx, users: &[User], room: &str, n: usize) -> Result<(), Cas
         for r in futures_util::future::join_all(futs).await {
             let r = r?;
             if r.status != 201 {
-                return Err(CaseError::Error(format!("set-up: POST /messages answered {} {}", r.status, r.text)));
+                return Err(CaseError::Error(format!(
+                    "set-up: POST /messages answered {} {}",
+                    r.status, r.text
+                )));
             }
         }
         left -= k;
@@ -154,9 +224,15 @@ async fn fill(ctx: &Ctx, users: &[User], room: &str, n: usize) -> Result<(), Cas
 
 async fn too_far_back(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, b, room, mut ca, _) = pair(ctx).await?;
-    let window = ca.welcome.as_ref().map(|w| w.limits.resume_window).unwrap_or(1000);
+    let window = ca
+        .welcome
+        .as_ref()
+        .map(|w| w.limits.resume_window)
+        .unwrap_or(1000);
     if window > 3000 {
-        return Err(CaseError::Skip(format!("resumeWindow {window} is too large to fill quickly")));
+        return Err(CaseError::Skip(format!(
+            "resumeWindow {window} is too large to fill quickly"
+        )));
     }
     let n = window as usize + 5;
     fill(ctx, &[a.clone(), b.clone()], &room, n).await?;
@@ -164,12 +240,23 @@ async fn too_far_back(ctx: &Ctx) -> Result<(), CaseError> {
     ca.send_json(&json!({"type":"resume","lastSeq":1,"ref":r}))?;
     match ca.answer("FX-RES-4", &r).await? {
         ServerFrame::Error(e) if e.code == ErrorCode::ResyncRequired => {}
-        other => return Err(fail("FX-RES-4", "error resync_required (no partial replay)", crate::ctx::short(&other.encode(), 300))),
+        other => {
+            return Err(fail(
+                "FX-RES-4",
+                "error resync_required (no partial replay)",
+                crate::ctx::short(&other.encode(), 300),
+            ))
+        }
     }
     // Within the window still works.
     let cur = n as u64;
     let (rep, _) = resume(&mut ca, ctx, cur - 3, "FX-RES-1").await?;
-    ensure_eq("FX-RES-1", "replay within the window", seqs(&rep.events), vec![cur - 2, cur - 1, cur])
+    ensure_eq(
+        "FX-RES-1",
+        "replay within the window",
+        seqs(&rep.events),
+        vec![cur - 2, cur - 1, cur],
+    )
 }
 
 async fn future(ctx: &Ctx) -> Result<(), CaseError> {
@@ -177,29 +264,59 @@ async fn future(ctx: &Ctx) -> Result<(), CaseError> {
     send(ctx, &mut ca, "one").await?;
     let r = ctx.r();
     ca.send_json(&json!({"type":"resume","lastSeq":1000,"ref":r}))?;
-    ca.expect_error("FX-RES-4", &r, ErrorCode::ResyncRequired).await?;
+    ca.expect_error("FX-RES-4", &r, ErrorCode::ResyncRequired)
+        .await?;
     send(ctx, &mut ca, "still open").await.map(|_| ())
 }
 
 async fn bounded(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, b, room, mut ca, _) = pair(ctx).await?;
-    let l = ca.welcome.as_ref().map(|w| w.limits.clone()).ok_or_else(|| CaseError::Error("no welcome".into()))?;
-    ensure(l.resume_window >= 100, "FX-RES-5", "resumeWindow >= 100", l.resume_window)?;
+    let l = ca
+        .welcome
+        .as_ref()
+        .map(|w| w.limits.clone())
+        .ok_or_else(|| CaseError::Error("no welcome".into()))?;
+    ensure(
+        l.resume_window >= 100,
+        "FX-RES-5",
+        "resumeWindow >= 100",
+        l.resume_window,
+    )?;
     if l.max_page_limit >= l.resume_window || l.max_page_limit > 1000 {
         // Replay of the whole window fits one frame: check a complete replay says hasMore false.
         fill(ctx, &[a, b], &room, 30).await?;
         let (rep, _) = resume(&mut ca, ctx, 0, "FX-RES-1").await?;
-        ensure_eq("FX-RES-1", "replay of 30 events", seqs(&rep.events), (1..=30).collect())?;
-        return ensure_eq("FX-RES-1", "hasMore on a complete replay", rep.has_more, false);
+        ensure_eq(
+            "FX-RES-1",
+            "replay of 30 events",
+            seqs(&rep.events),
+            (1..=30).collect(),
+        )?;
+        return ensure_eq(
+            "FX-RES-1",
+            "hasMore on a complete replay",
+            rep.has_more,
+            false,
+        );
     }
     let n = l.max_page_limit as usize + 10;
     fill(ctx, &[a, b], &room, n).await?;
     let (rep, _) = resume(&mut ca, ctx, 0, "FX-RES-1").await?;
-    ensure_eq("FX-RES-1", "events in a bounded replay", rep.events.len() as u64, l.max_page_limit)?;
+    ensure_eq(
+        "FX-RES-1",
+        "events in a bounded replay",
+        rep.events.len() as u64,
+        l.max_page_limit,
+    )?;
     ensure(rep.has_more, "FX-RES-1", "hasMore true", "false")?;
     let last = rep.events.last().map(|e| e.seq()).unwrap_or(0);
     let (rep2, _) = resume(&mut ca, ctx, last, "FX-RES-1").await?;
-    ensure_eq("FX-RES-1", "continuation", seqs(&rep2.events), (last + 1..=n as u64).collect())
+    ensure_eq(
+        "FX-RES-1",
+        "continuation",
+        seqs(&rep2.events),
+        (last + 1..=n as u64).collect(),
+    )
 }
 
 async fn many(ctx: &Ctx) -> Result<(), CaseError> {
@@ -221,7 +338,12 @@ async fn many(ctx: &Ctx) -> Result<(), CaseError> {
         let r = format!("mr{i}");
         match c.answer("FX-RES-7", &r).await? {
             ServerFrame::Replay(rep) => {
-                ensure_eq("FX-RES-7", &format!("replay for lastSeq {}", i * 3), seqs(&rep.events), ((i * 3) as u64 + 1..=30).collect())?;
+                ensure_eq(
+                    "FX-RES-7",
+                    &format!("replay for lastSeq {}", i * 3),
+                    seqs(&rep.events),
+                    ((i * 3) as u64 + 1..=30).collect(),
+                )?;
             }
             other => return Err(fail("FX-RES-7", "a replay", other.encode())),
         }

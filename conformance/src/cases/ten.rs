@@ -5,8 +5,8 @@ use fluxy_protocol::ErrorCode;
 use serde_json::json;
 
 use super::{expect_rejected, send};
-use crate::case::{ensure, ensure_eq, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, Case, CaseError};
 use crate::ctx::{urlenc, Ctx};
 
 /// Cases of this group.
@@ -25,10 +25,20 @@ pub fn cases() -> Vec<Case> {
 
 async fn token_tenant(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
-    ensure_eq("FX-TEN-1", "tid of a token from --api-key", a.tenant.clone(), ctx.env.tenant.clone())?;
+    ensure_eq(
+        "FX-TEN-1",
+        "tid of a token from --api-key",
+        a.tenant.clone(),
+        ctx.env.tenant.clone(),
+    )?;
     ctx.need_tenant2()?;
     let b = ctx.user2("b").await?;
-    ensure(b.tenant != a.tenant, "FX-TEN-1", "a different tid for the second key", &b.tenant)
+    ensure(
+        b.tenant != a.tenant,
+        "FX-TEN-1",
+        "a different tid for the second key",
+        &b.tenant,
+    )
 }
 
 async fn same_id(ctx: &Ctx) -> Result<(), CaseError> {
@@ -37,14 +47,25 @@ async fn same_id(ctx: &Ctx) -> Result<(), CaseError> {
     let b = ctx.user2("b").await?;
     let id = ctx.uid("shared");
     for u in [&a, &b] {
-        let r = ctx.post("/rooms", &u.token, &json!({"id": id, "name": "shared id"})).await?;
-        r.expect_status("FX-TEN-2", "POST /rooms with the same id in each tenant", 201)?;
+        let r = ctx
+            .post("/rooms", &u.token, &json!({"id": id, "name": "shared id"}))
+            .await?;
+        r.expect_status(
+            "FX-TEN-2",
+            "POST /rooms with the same id in each tenant",
+            201,
+        )?;
     }
     let mut ca = ctx.connect(&a, &id).await?;
     let mut cb = ctx.connect(&b, &id).await?;
     send(ctx, &mut ca, "tenant one").await?;
     let bm = send(ctx, &mut cb, "tenant two").await?;
-    ensure_eq("FX-TEN-2", "seq of the first message in tenant 2's room", bm.seq, Some(1))?;
+    ensure_eq(
+        "FX-TEN-2",
+        "seq of the first message in tenant 2's room",
+        bm.seq,
+        Some(1),
+    )?;
     ca.sync("FX-TEN-2").await?;
     let seen: Vec<u64> = ca.timeline().iter().map(|(e, _)| e.seq()).collect();
     ensure_eq("FX-TEN-2", "events tenant 1 saw", seen, vec![1])
@@ -56,32 +77,103 @@ async fn no_cross(ctx: &Ctx) -> Result<(), CaseError> {
     let room = ctx.room(&a, &[]).await?;
     let mut ca = ctx.connect(&a, &room).await?;
     send(ctx, &mut ca, "secret").await?;
-    let adm = ctx.mint("adm2", crate::ctx::TokenOpts { roles: vec!["admin".into(), "owner".into()], second_tenant: true, ..Default::default() }).await?;
+    let adm = ctx
+        .mint(
+            "adm2",
+            crate::ctx::TokenOpts {
+                roles: vec!["admin".into(), "owner".into()],
+                second_tenant: true,
+                ..Default::default()
+            },
+        )
+        .await?;
     let missing = ctx.uid("missing");
     for (p, pm) in [
         (format!("/rooms/{room}"), format!("/rooms/{missing}")),
-        (format!("/rooms/{room}/history"), format!("/rooms/{missing}/history")),
-        (format!("/rooms/{room}/members"), format!("/rooms/{missing}/members")),
-        (format!("/api/messages?roomId={room}"), format!("/api/messages?roomId={missing}")),
-        (format!("/rooms/{room}/poll?timeoutMs=0"), format!("/rooms/{missing}/poll?timeoutMs=0")),
+        (
+            format!("/rooms/{room}/history"),
+            format!("/rooms/{missing}/history"),
+        ),
+        (
+            format!("/rooms/{room}/members"),
+            format!("/rooms/{missing}/members"),
+        ),
+        (
+            format!("/api/messages?roomId={room}"),
+            format!("/api/messages?roomId={missing}"),
+        ),
+        (
+            format!("/rooms/{room}/poll?timeoutMs=0"),
+            format!("/rooms/{missing}/poll?timeoutMs=0"),
+        ),
     ] {
         let r = ctx.get(&p, &adm.token).await?;
-        r.expect_error("FX-TEN-3", &format!("GET {p} from another tenant"), ErrorCode::NotFound)?;
+        r.expect_error(
+            "FX-TEN-3",
+            &format!("GET {p} from another tenant"),
+            ErrorCode::NotFound,
+        )?;
         let rm = ctx.get(&pm, &adm.token).await?;
-        ensure_eq("FX-TEN-3", &format!("{p} answered exactly like a missing room"), (r.status, r.error_code()), (rm.status, rm.error_code()))?;
+        ensure_eq(
+            "FX-TEN-3",
+            &format!("{p} answered exactly like a missing room"),
+            (r.status, r.error_code()),
+            (rm.status, rm.error_code()),
+        )?;
     }
-    let r = ctx.post("/messages", &adm.token, &json!({"roomId": room, "content": "intrusion"})).await?;
-    r.expect_error("FX-TEN-3", "POST /messages into another tenant's room", ErrorCode::NotFound)?;
-    let r = ctx.post(&format!("/rooms/{room}/members"), &adm.token, &json!({"userId": adm.id})).await?;
-    r.expect_error("FX-TEN-3", "adding oneself to another tenant's room", ErrorCode::NotFound)?;
+    let r = ctx
+        .post(
+            "/messages",
+            &adm.token,
+            &json!({"roomId": room, "content": "intrusion"}),
+        )
+        .await?;
+    r.expect_error(
+        "FX-TEN-3",
+        "POST /messages into another tenant's room",
+        ErrorCode::NotFound,
+    )?;
+    let r = ctx
+        .post(
+            &format!("/rooms/{room}/members"),
+            &adm.token,
+            &json!({"userId": adm.id}),
+        )
+        .await?;
+    r.expect_error(
+        "FX-TEN-3",
+        "adding oneself to another tenant's room",
+        ErrorCode::NotFound,
+    )?;
     let s = ctx.sse(&adm, &room, "", &[]).await?;
-    ensure_eq("FX-TEN-3", "SSE status for another tenant's room", s.status, 404)?;
-    let mut c = ctx.connect_raw(&adm.id, &format!("/ws/room/{room}?token={}", urlenc(&adm.token)), &[]).await?;
+    ensure_eq(
+        "FX-TEN-3",
+        "SSE status for another tenant's room",
+        s.status,
+        404,
+    )?;
+    let mut c = ctx
+        .connect_raw(
+            &adm.id,
+            &format!("/ws/room/{room}?token={}", urlenc(&adm.token)),
+            &[],
+        )
+        .await?;
     expect_rejected(&mut c, "FX-TEN-3", ErrorCode::NotFound, 4404).await?;
     let r = ctx.get("/rooms", &adm.token).await?;
-    ensure(!r.text.contains(&room), "FX-TEN-3", "another tenant's rooms are not listed", &r.text)?;
+    ensure(
+        !r.text.contains(&room),
+        "FX-TEN-3",
+        "another tenant's rooms are not listed",
+        &r.text,
+    )?;
     ca.sync("FX-TEN-3").await?;
-    ensure_eq("FX-TEN-3", "events in the room", super::current_seq(ctx, &a, &room).await?, 1)
+    ensure_eq(
+        "FX-TEN-3",
+        "events in the room",
+        super::current_seq(ctx, &a, &room).await?,
+        1,
+    )
 }
 
 async fn create_room(ctx: &Ctx) -> Result<(), CaseError> {
@@ -91,21 +183,41 @@ async fn create_room(ctx: &Ctx) -> Result<(), CaseError> {
     let r = ctx.post("/rooms", &a.token, &json!({"id": id, "name": "created", "type": "group", "members": [{"userId": b.id, "role": "admin"}]})).await?;
     r.expect_status("FX-TEN-4", "POST /rooms", 201)?;
     let rr: RoomResponse = r.parse("FX-TEN-4", "RoomResponse")?;
-    ensure_eq("FX-TEN-4", "room.createdBy", rr.room.created_by.clone(), a.id.clone())?;
+    ensure_eq(
+        "FX-TEN-4",
+        "room.createdBy",
+        rr.room.created_by.clone(),
+        a.id.clone(),
+    )?;
     ensure_eq("FX-TEN-4", "room.id", rr.room.id.clone(), id.clone())?;
     let m = ctx.get(&format!("/rooms/{id}/members"), &a.token).await?;
     let mr: MembersResponse = m.parse("FX-TEN-4", "MembersResponse")?;
     let roles: Vec<(String, String)> = {
-        let mut v: Vec<(String, String)> = mr.members.iter().map(|m| (m.user_id.clone(), format!("{:?}", m.role))).collect();
+        let mut v: Vec<(String, String)> = mr
+            .members
+            .iter()
+            .map(|m| (m.user_id.clone(), format!("{:?}", m.role)))
+            .collect();
         v.sort();
         v
     };
-    let mut want = vec![(a.id.clone(), "Owner".to_string()), (b.id.clone(), "Admin".to_string())];
+    let mut want = vec![
+        (a.id.clone(), "Owner".to_string()),
+        (b.id.clone(), "Admin".to_string()),
+    ];
     want.sort();
     ensure_eq("FX-TEN-4", "members and roles", roles, want)?;
-    let r = ctx.post("/rooms", &b.token, &json!({"id": id, "name": "again"})).await?;
-    r.expect_error("FX-TEN-4", "POST /rooms with a taken id", ErrorCode::Conflict)?;
-    let r = ctx.post("/rooms", &a.token, &json!({"name": "no id"})).await?;
+    let r = ctx
+        .post("/rooms", &b.token, &json!({"id": id, "name": "again"}))
+        .await?;
+    r.expect_error(
+        "FX-TEN-4",
+        "POST /rooms with a taken id",
+        ErrorCode::Conflict,
+    )?;
+    let r = ctx
+        .post("/rooms", &a.token, &json!({"name": "no id"}))
+        .await?;
     r.expect_status("FX-TEN-4", "POST /rooms without id (server picks one)", 201)
 }
 
@@ -114,22 +226,81 @@ async fn members(ctx: &Ctx) -> Result<(), CaseError> {
     let m = ctx.user("member").await?;
     let x = ctx.user("x").await?;
     let room = ctx.room(&o, &[&m]).await?;
-    let r = ctx.post(&format!("/rooms/{room}/members"), &m.token, &json!({"userId": x.id})).await?;
-    r.expect_error("FX-TEN-5", "a plain member adding a member", ErrorCode::Forbidden)?;
-    let r = ctx.http(reqwest::Method::DELETE, &format!("/rooms/{room}/members/{}", o.id), Some(&m.token), None).await?;
-    r.expect_error("FX-TEN-5", "a plain member removing the owner", ErrorCode::Forbidden)?;
+    let r = ctx
+        .post(
+            &format!("/rooms/{room}/members"),
+            &m.token,
+            &json!({"userId": x.id}),
+        )
+        .await?;
+    r.expect_error(
+        "FX-TEN-5",
+        "a plain member adding a member",
+        ErrorCode::Forbidden,
+    )?;
+    let r = ctx
+        .http(
+            reqwest::Method::DELETE,
+            &format!("/rooms/{room}/members/{}", o.id),
+            Some(&m.token),
+            None,
+        )
+        .await?;
+    r.expect_error(
+        "FX-TEN-5",
+        "a plain member removing the owner",
+        ErrorCode::Forbidden,
+    )?;
     let r = ctx.get(&format!("/rooms/{room}/members"), &x.token).await?;
-    r.expect_error("FX-TEN-5", "a non-member listing members", ErrorCode::NotMember)?;
-    let r = ctx.post(&format!("/rooms/{room}/members"), &o.token, &json!({"userId": x.id})).await?;
-    ensure(r.status == 200 || r.status == 201, "FX-TEN-5", "the owner adds a member", format!("{} {}", r.status, r.text))?;
+    r.expect_error(
+        "FX-TEN-5",
+        "a non-member listing members",
+        ErrorCode::NotMember,
+    )?;
+    let r = ctx
+        .post(
+            &format!("/rooms/{room}/members"),
+            &o.token,
+            &json!({"userId": x.id}),
+        )
+        .await?;
+    ensure(
+        r.status == 200 || r.status == 201,
+        "FX-TEN-5",
+        "the owner adds a member",
+        format!("{} {}", r.status, r.text),
+    )?;
     let r = ctx.get(&format!("/rooms/{room}/members"), &x.token).await?;
     r.expect_status("FX-TEN-5", "a member lists members", 200)?;
     let adm = ctx.user_roles("adm", &["admin"]).await?;
     let y = ctx.user("y").await?;
-    let r = ctx.post(&format!("/rooms/{room}/members"), &adm.token, &json!({"userId": y.id})).await?;
-    ensure(r.status == 200 || r.status == 201, "FX-TEN-5", "a token admin adds a member", format!("{} {}", r.status, r.text))?;
-    let r = ctx.http(reqwest::Method::DELETE, &format!("/rooms/{room}/members/{}", x.id), Some(&x.token), None).await?;
-    ensure(r.status == 200 || r.status == 204, "FX-TEN-5", "a user removes themselves", format!("{} {}", r.status, r.text))?;
+    let r = ctx
+        .post(
+            &format!("/rooms/{room}/members"),
+            &adm.token,
+            &json!({"userId": y.id}),
+        )
+        .await?;
+    ensure(
+        r.status == 200 || r.status == 201,
+        "FX-TEN-5",
+        "a token admin adds a member",
+        format!("{} {}", r.status, r.text),
+    )?;
+    let r = ctx
+        .http(
+            reqwest::Method::DELETE,
+            &format!("/rooms/{room}/members/{}", x.id),
+            Some(&x.token),
+            None,
+        )
+        .await?;
+    ensure(
+        r.status == 200 || r.status == 204,
+        "FX-TEN-5",
+        "a user removes themselves",
+        format!("{} {}", r.status, r.text),
+    )?;
     let r = ctx.get(&format!("/rooms/{room}/history"), &x.token).await?;
     r.expect_error("FX-TEN-5", "history after leaving", ErrorCode::NotMember)
 }
@@ -152,24 +323,55 @@ async fn list_rooms(ctx: &Ctx) -> Result<(), CaseError> {
     let one: RoomResponse = g.parse("FX-TEN-6", "RoomResponse")?;
     ensure_eq("FX-TEN-6", "GET /rooms/{id}", one.room.id, r2)?;
     let g = ctx.get(&format!("/rooms/{r3}"), &a.token).await?;
-    ensure(g.status == 403 || g.status == 404, "FX-TEN-6", "403 or 404 for a room the caller is not in", format!("{} {}", g.status, g.text))
+    ensure(
+        g.status == 403 || g.status == 404,
+        "FX-TEN-6",
+        "403 or 404 for a room the caller is not in",
+        format!("{} {}", g.status, g.text),
+    )
 }
 
 async fn keys_scoped(ctx: &Ctx) -> Result<(), CaseError> {
     ctx.need_tenant2()?;
     let id = ctx.uid("same-user");
     let a = ctx.mint_for(&id, Default::default()).await?;
-    let b = ctx.mint_for(&id, crate::ctx::TokenOpts { second_tenant: true, ..Default::default() }).await?;
+    let b = ctx
+        .mint_for(
+            &id,
+            crate::ctx::TokenOpts {
+                second_tenant: true,
+                ..Default::default()
+            },
+        )
+        .await?;
     let room = ctx.uid("same-room");
     for u in [&a, &b] {
-        let r = ctx.post("/rooms", &u.token, &json!({"id": room, "name": "x"})).await?;
+        let r = ctx
+            .post("/rooms", &u.token, &json!({"id": room, "name": "x"}))
+            .await?;
         r.expect_status("FX-TEN-2", "POST /rooms", 201)?;
     }
     let cmid = ctx.cmid();
-    let ra = ctx.post("/messages", &a.token, &json!({"roomId": room, "content": "a", "clientMessageId": cmid})).await?;
+    let ra = ctx
+        .post(
+            "/messages",
+            &a.token,
+            &json!({"roomId": room, "content": "a", "clientMessageId": cmid}),
+        )
+        .await?;
     ra.expect_status("FX-TEN-7", "first use of a key in tenant 1", 201)?;
-    let rb = ctx.post("/messages", &b.token, &json!({"roomId": room, "content": "b", "clientMessageId": cmid})).await?;
-    rb.expect_status("FX-TEN-7", "the same user id, room id and key in tenant 2 (a new request)", 201)?;
+    let rb = ctx
+        .post(
+            "/messages",
+            &b.token,
+            &json!({"roomId": room, "content": "b", "clientMessageId": cmid}),
+        )
+        .await?;
+    rb.expect_status(
+        "FX-TEN-7",
+        "the same user id, room id and key in tenant 2 (a new request)",
+        201,
+    )?;
     // A tenant-1 token does not work as a tenant-2 credential: it only ever sees tenant 1.
     let h = ctx.history(&a, &room, "").await?;
     ensure_eq("FX-TEN-7", "tenant 1's room content", h.events.len(), 1)
@@ -180,8 +382,20 @@ async fn removed_closed(ctx: &Ctx) -> Result<(), CaseError> {
     let m = ctx.user("member").await?;
     let room = ctx.room(&o, &[&m]).await?;
     let mut cm = ctx.connect(&m, &room).await?;
-    let r = ctx.http(reqwest::Method::DELETE, &format!("/rooms/{room}/members/{}", m.id), Some(&o.token), None).await?;
-    ensure(r.status == 200 || r.status == 204, "FX-TEN-5", "the owner removes a member", format!("{} {}", r.status, r.text))?;
+    let r = ctx
+        .http(
+            reqwest::Method::DELETE,
+            &format!("/rooms/{room}/members/{}", m.id),
+            Some(&o.token),
+            None,
+        )
+        .await?;
+    ensure(
+        r.status == 200 || r.status == 204,
+        "FX-TEN-5",
+        "the owner removes a member",
+        format!("{} {}", r.status, r.text),
+    )?;
     let code = cm.wait_close("FX-AUTH-14", ctx.wait()).await?;
     ensure_eq("FX-AUTH-14", "close code after removal", code, Some(4003))
 }

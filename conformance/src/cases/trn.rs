@@ -7,8 +7,8 @@ use fluxy_protocol::ErrorCode;
 use serde_json::Value;
 
 use super::{msg, pair, send};
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::case;
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{urlenc, Ctx};
 
 /// Cases of this group.
@@ -30,14 +30,46 @@ async fn sse_ready(ctx: &Ctx) -> Result<(), CaseError> {
     send(ctx, &mut ca, "before").await?;
     let mut s = ctx.sse(&a, &room, "", &[]).await?;
     ensure_eq("FX-TRN-1", "status", s.status, 200)?;
-    let ct = s.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    ensure(ct.starts_with("text/event-stream"), "FX-TRN-1", "Content-Type text/event-stream", &ct)?;
-    let cc = s.headers.get("cache-control").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    ensure(cc.contains("no-cache"), "FX-TRN-1", "Cache-Control no-cache", &cc)?;
-    let r = s.wait_event("FX-TRN-4", "event: ready", |e| e.event == "ready").await?;
-    ensure(r.id.is_none(), "FX-TRN-4", "ready without id", format!("{:?}", r.id))?;
+    let ct = s
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    ensure(
+        ct.starts_with("text/event-stream"),
+        "FX-TRN-1",
+        "Content-Type text/event-stream",
+        &ct,
+    )?;
+    let cc = s
+        .headers
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    ensure(
+        cc.contains("no-cache"),
+        "FX-TRN-1",
+        "Cache-Control no-cache",
+        &cc,
+    )?;
+    let r = s
+        .wait_event("FX-TRN-4", "event: ready", |e| e.event == "ready")
+        .await?;
+    ensure(
+        r.id.is_none(),
+        "FX-TRN-4",
+        "ready without id",
+        format!("{:?}", r.id),
+    )?;
     let v: Value = serde_json::from_str(&r.data).unwrap_or_default();
-    ensure_eq("FX-TRN-4", "ready.currentSeq", v.get("currentSeq").and_then(Value::as_u64), Some(1))?;
+    ensure_eq(
+        "FX-TRN-4",
+        "ready.currentSeq",
+        v.get("currentSeq").and_then(Value::as_u64),
+        Some(1),
+    )?;
     let first = s.log.iter().position(|e| e.event == "ready");
     ensure_eq("FX-TRN-4", "ready is the first event", first, Some(0))?;
     send(ctx, &mut ca, "after").await?;
@@ -46,7 +78,12 @@ async fn sse_ready(ctx: &Ctx) -> Result<(), CaseError> {
     ensure_eq("FX-TRN-4", "events after ready", seqs, vec![2])?;
     for accept in ["*/*", "text/event-stream, application/json;q=0.5"] {
         let s2 = ctx.sse(&a, &room, "", &[("Accept", accept)]).await?;
-        ensure_eq("FX-TRN-1", &format!("status with Accept {accept}"), s2.status, 200)?;
+        ensure_eq(
+            "FX-TRN-1",
+            &format!("status with Accept {accept}"),
+            s2.status,
+            200,
+        )?;
     }
     Ok(())
 }
@@ -54,18 +91,40 @@ async fn sse_ready(ctx: &Ctx) -> Result<(), CaseError> {
 async fn sse_same(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, mut cb) = pair(ctx).await?;
     let mut s = ctx.sse(&a, &room, "", &[]).await?;
-    s.wait_event("FX-TRN-4", "ready", |e| e.event == "ready").await?;
+    s.wait_event("FX-TRN-4", "ready", |e| e.event == "ready")
+        .await?;
     let m = send(ctx, &mut ca, "over sse").await?;
-    crate::cases::req(ctx, &mut ca, "FX-TRN-2", serde_json::json!({"type":"reaction","messageId":m.id,"emoji":"📡"})).await?;
+    crate::cases::req(
+        ctx,
+        &mut ca,
+        "FX-TRN-2",
+        serde_json::json!({"type":"reaction","messageId":m.id,"emoji":"📡"}),
+    )
+    .await?;
     cb.wait_seq("FX-TRN-8", 2).await?;
     s.wait_seq("FX-TRN-2", 2).await?;
     let ws: Vec<Value> = cb.timeline().into_iter().map(|(_, v)| v).collect();
     let tl = s.timeline();
     for (id, e, _) in &tl {
-        ensure_eq("FX-TRN-2", "id: line", id.clone(), Some(e.seq().to_string()))?;
+        ensure_eq(
+            "FX-TRN-2",
+            "id: line",
+            id.clone(),
+            Some(e.seq().to_string()),
+        )?;
     }
-    let events: Vec<String> = s.log.iter().filter(|e| e.id.is_some()).map(|e| e.event.clone()).collect();
-    ensure_eq("FX-TRN-2", "event: lines", events, vec!["message".to_string(), "reaction".to_string()])?;
+    let events: Vec<String> = s
+        .log
+        .iter()
+        .filter(|e| e.id.is_some())
+        .map(|e| e.event.clone())
+        .collect();
+    ensure_eq(
+        "FX-TRN-2",
+        "event: lines",
+        events,
+        vec!["message".to_string(), "reaction".to_string()],
+    )?;
     let sv: Vec<Value> = tl.into_iter().map(|(_, _, v)| v).collect();
     ensure_eq("FX-TRN-8", "SSE data vs WebSocket JSON", sv, ws)
 }
@@ -82,39 +141,76 @@ async fn sse_resume(ctx: &Ctx) -> Result<(), CaseError> {
     }
     s.wait_seq("FX-TRN-3", 10).await?;
     let seqs: Vec<u64> = s.timeline().iter().map(|(_, e, _)| e.seq()).collect();
-    ensure_eq("FX-TRN-3", "seqs after Last-Event-ID 3", seqs, (4..=10).collect())?;
+    ensure_eq(
+        "FX-TRN-3",
+        "seqs after Last-Event-ID 3",
+        seqs,
+        (4..=10).collect(),
+    )?;
     let mut s2 = ctx.sse(&a, &room, "lastEventId=8", &[]).await?;
     send(ctx, &mut ca, "eleven").await?;
     s2.wait_seq("FX-TRN-3", 11).await?;
     let seqs: Vec<u64> = s2.timeline().iter().map(|(_, e, _)| e.seq()).collect();
-    ensure_eq("FX-TRN-3", "seqs after ?lastEventId=8", seqs, vec![9, 10, 11])
+    ensure_eq(
+        "FX-TRN-3",
+        "seqs after ?lastEventId=8",
+        seqs,
+        vec![9, 10, 11],
+    )
 }
 
 async fn sse_resync(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, _) = pair(ctx).await?;
     send(ctx, &mut ca, "one").await?;
     let mut s = ctx.sse(&a, &room, "", &[("Last-Event-ID", "999")]).await?;
-    let e = s.wait_event("FX-TRN-3", "event: error", |e| e.event == "error").await?;
+    let e = s
+        .wait_event("FX-TRN-3", "event: error", |e| e.event == "error")
+        .await?;
     let v: Value = serde_json::from_str(&e.data).unwrap_or_default();
-    ensure_eq("FX-TRN-3", "error code", v.get("code").cloned(), Some(serde_json::json!("resync_required")))?;
+    ensure_eq(
+        "FX-TRN-3",
+        "error code",
+        v.get("code").cloned(),
+        Some(serde_json::json!("resync_required")),
+    )?;
     s.wait_end("FX-TRN-3").await
 }
 
 async fn sse_406(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, _, _) = pair(ctx).await?;
-    let s = ctx.sse(&a, &room, "", &[("Accept", "application/json")]).await?;
-    ensure_eq("FX-TRN-1", "status with Accept: application/json", s.status, 406)?;
-    let code = serde_json::from_str::<Value>(&s.body).ok().and_then(|v| v.get("error").cloned());
-    ensure_eq("FX-TRN-1", "ErrorBody error", code, Some(serde_json::json!("not_acceptable")))?;
+    let s = ctx
+        .sse(&a, &room, "", &[("Accept", "application/json")])
+        .await?;
+    ensure_eq(
+        "FX-TRN-1",
+        "status with Accept: application/json",
+        s.status,
+        406,
+    )?;
+    let code = serde_json::from_str::<Value>(&s.body)
+        .ok()
+        .and_then(|v| v.get("error").cloned());
+    ensure_eq(
+        "FX-TRN-1",
+        "ErrorBody error",
+        code,
+        Some(serde_json::json!("not_acceptable")),
+    )?;
     let x = ctx.user("outsider").await?;
     let s = ctx.sse(&x, &room, "", &[]).await?;
-    ensure_eq("FX-TRN-1", "status for a non-member", s.status, ErrorCode::NotMember.http_status())
+    ensure_eq(
+        "FX-TRN-1",
+        "status for a non-member",
+        s.status,
+        ErrorCode::NotMember.http_status(),
+    )
 }
 
 async fn sse_ephemeral(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, _) = pair(ctx).await?;
     let mut s = ctx.sse(&a, &room, "", &[]).await?;
-    s.wait_event("FX-TRN-4", "ready", |e| e.event == "ready").await?;
+    s.wait_event("FX-TRN-4", "ready", |e| e.event == "ready")
+        .await?;
     ca.send_json(&serde_json::json!({"type":"typing","isTyping":true}))?;
     let c = ctx.user("c").await?;
     let _ = c;
@@ -123,7 +219,11 @@ async fn sse_ephemeral(ctx: &Ctx) -> Result<(), CaseError> {
     for e in &s.log {
         let timeline = fluxy_protocol::events::TIMELINE_TYPES.contains(&e.event.as_str());
         if !timeline && e.id.is_some() {
-            return Err(fail("FX-TRN-5", format!("no id: on ephemeral `{}`", e.event), format!("id: {:?}", e.id)));
+            return Err(fail(
+                "FX-TRN-5",
+                format!("no id: on ephemeral `{}`", e.event),
+                format!("id: {:?}", e.id),
+            ));
         }
     }
     Ok(())
@@ -135,15 +235,40 @@ async fn poll(ctx: &Ctx) -> Result<(), CaseError> {
         send(ctx, &mut ca, &format!("p{i}")).await?;
     }
     let t0 = Instant::now();
-    let r = ctx.get(&format!("/rooms/{room}/poll?afterSeq=1&timeoutMs=20000"), &a.token).await?;
+    let r = ctx
+        .get(
+            &format!("/rooms/{room}/poll?afterSeq=1&timeoutMs=20000"),
+            &a.token,
+        )
+        .await?;
     r.expect_status("FX-TRN-7", "poll with events available", 200)?;
-    ensure(t0.elapsed() < ctx.ms(3000), "FX-TRN-7", "an immediate answer when events exist", format!("{:?}", t0.elapsed()))?;
+    ensure(
+        t0.elapsed() < ctx.ms(3000),
+        "FX-TRN-7",
+        "an immediate answer when events exist",
+        format!("{:?}", t0.elapsed()),
+    )?;
     let p: HistoryPage = r.parse("FX-TRN-7", "HistoryPage")?;
-    ensure_eq("FX-TRN-7", "events after 1", p.events.iter().map(|e| e.seq()).collect::<Vec<_>>(), vec![2, 3])?;
-    let cur = p.next_cursor.clone().ok_or_else(|| fail("FX-TRN-7", "a forward nextCursor", "none"))?;
+    ensure_eq(
+        "FX-TRN-7",
+        "events after 1",
+        p.events.iter().map(|e| e.seq()).collect::<Vec<_>>(),
+        vec![2, 3],
+    )?;
+    let cur = p
+        .next_cursor
+        .clone()
+        .ok_or_else(|| fail("FX-TRN-7", "a forward nextCursor", "none"))?;
     // Waits for the next commit.
     let path = format!("/rooms/{room}/poll?cursor={}&timeoutMs=20000", urlenc(&cur));
-    let waiter = ctx.http_with(reqwest::Method::GET, &path, Some(&a.token), None, &[], Some(Duration::from_secs(40)));
+    let waiter = ctx.http_with(
+        reqwest::Method::GET,
+        &path,
+        Some(&a.token),
+        None,
+        &[],
+        Some(Duration::from_secs(40)),
+    );
     let sender = async {
         // Let the poll reach the server first: wait for a sign of it (none is observable), so
         // commit after the request is certainly in flight by sending through another client.
@@ -157,24 +282,53 @@ async fn poll(ctx: &Ctx) -> Result<(), CaseError> {
     r.expect_status("FX-TRN-7", "poll waiting for a commit", 200)?;
     let p2: HistoryPage = r.parse("FX-TRN-7", "HistoryPage")?;
     let s2: Vec<u64> = p2.events.iter().map(|e| e.seq()).collect();
-    ensure_eq("FX-TRN-7", "events returned by the waiting poll", s2, vec![ack.seq.unwrap_or(0)])?;
+    ensure_eq(
+        "FX-TRN-7",
+        "events returned by the waiting poll",
+        s2,
+        vec![ack.seq.unwrap_or(0)],
+    )?;
     // Same content as the WebSocket.
     cb.wait_seq("FX-TRN-8", 4).await?;
-    let ws = cb.timeline().into_iter().find(|(e, _)| e.seq() == 4).map(|(_, v)| v);
+    let ws = cb
+        .timeline()
+        .into_iter()
+        .find(|(e, _)| e.seq() == 4)
+        .map(|(_, v)| v);
     let pv = r.json().and_then(|v| v.pointer("/events/0").cloned());
     ensure_eq("FX-TRN-8", "poll event vs WebSocket JSON", pv, ws)?;
     // Timeout: empty page, same position, a forward cursor.
-    let cur2 = p2.next_cursor.clone().ok_or_else(|| fail("FX-TRN-7", "a forward nextCursor", "none"))?;
+    let cur2 = p2
+        .next_cursor
+        .clone()
+        .ok_or_else(|| fail("FX-TRN-7", "a forward nextCursor", "none"))?;
     let t1 = Instant::now();
-    let r = ctx.get(&format!("/rooms/{room}/poll?cursor={}&timeoutMs=300", urlenc(&cur2)), &a.token).await?;
+    let r = ctx
+        .get(
+            &format!("/rooms/{room}/poll?cursor={}&timeoutMs=300", urlenc(&cur2)),
+            &a.token,
+        )
+        .await?;
     let el = t1.elapsed();
     r.expect_status("FX-TRN-7", "poll timing out", 200)?;
     let p3: HistoryPage = r.parse("FX-TRN-7", "HistoryPage")?;
-    ensure(p3.events.is_empty() && p3.next_cursor.is_some(), "FX-TRN-7", "an empty page with nextCursor at the timeout", r.text.clone())?;
-    ensure(el >= Duration::from_millis(250), "FX-TRN-7", "waiting about timeoutMs before answering empty", format!("{el:?}"))?;
+    ensure(
+        p3.events.is_empty() && p3.next_cursor.is_some(),
+        "FX-TRN-7",
+        "an empty page with nextCursor at the timeout",
+        r.text.clone(),
+    )?;
+    ensure(
+        el >= Duration::from_millis(250),
+        "FX-TRN-7",
+        "waiting about timeoutMs before answering empty",
+        format!("{el:?}"),
+    )?;
     Ok(())
 }
 
 async fn sse_keepalive(_ctx: &Ctx) -> Result<(), CaseError> {
-    Err(CaseError::Skip("observing a 30 s keepalive comment would add 30 s to the run; not checked".into()))
+    Err(CaseError::Skip(
+        "observing a 30 s keepalive comment would add 30 s to the run; not checked".into(),
+    ))
 }
