@@ -1,0 +1,163 @@
+//! The room engine driven by arbitrary sequences of connection events, frames, commits,
+//! storage failures, clock advances, POSTs and kicks; invariants I1–I7 are checked after every
+//! step by the model shell in `fuzz/src/room_harness.rs` (see docs/fuzzing.md).
+#![no_main]
+use arbitrary::{Result, Unstructured};
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../src/room_harness.rs"]
+mod harness;
+use harness::{FrameOp, Harness, Op, Setup};
+
+const MAX_OPS: usize = 256;
+
+fn opt(u: &mut Unstructured) -> Result<Option<u8>> {
+    Ok(if u.arbitrary::<bool>()? {
+        Some(u.arbitrary()?)
+    } else {
+        None
+    })
+}
+
+fn frame(u: &mut Unstructured) -> Result<FrameOp> {
+    Ok(match u.int_in_range(0..=15u8)? {
+        0 => FrameOp::Message {
+            content: u.arbitrary()?,
+            cmid: opt(u)?,
+            parent: opt(u)?,
+            spoof: u.arbitrary()?,
+        },
+        1 => FrameOp::Edit {
+            msg: u.arbitrary()?,
+            content: u.arbitrary()?,
+            expected: opt(u)?,
+            cmid: opt(u)?,
+        },
+        2 => FrameOp::Delete {
+            msg: u.arbitrary()?,
+            cmid: opt(u)?,
+        },
+        3 => FrameOp::Reaction {
+            msg: u.arbitrary()?,
+            emoji: u.arbitrary()?,
+            add: u.arbitrary()?,
+        },
+        4 => FrameOp::Read {
+            msg: u.arbitrary()?,
+        },
+        5 => FrameOp::Typing {
+            is_typing: u.arbitrary()?,
+            intent: u.arbitrary()?,
+        },
+        6 => FrameOp::Resume {
+            last: u.arbitrary()?,
+        },
+        7 => FrameOp::Stream {
+            op: u.arbitrary()?,
+            msg: opt(u)?,
+            content: u.arbitrary()?,
+            cmid: opt(u)?,
+        },
+        8 => FrameOp::AgentRun {
+            run: u.arbitrary()?,
+            status: u.arbitrary()?,
+        },
+        9 => FrameOp::ToolCall {
+            run: u.arbitrary()?,
+            call: u.arbitrary()?,
+        },
+        10 => FrameOp::ToolResult {
+            run: u.arbitrary()?,
+            call: u.arbitrary()?,
+            error: u.arbitrary()?,
+        },
+        11 => FrameOp::ApprovalRequest {
+            run: u.arbitrary()?,
+            appr: u.arbitrary()?,
+        },
+        12 => FrameOp::ApprovalDecision {
+            run: u.arbitrary()?,
+            appr: u.arbitrary()?,
+            approve: u.arbitrary()?,
+        },
+        13 => FrameOp::AgentTyping {
+            is_typing: u.arbitrary()?,
+        },
+        14 => FrameOp::Ping { ts: u.arbitrary()? },
+        _ => FrameOp::Auth {
+            user: u.arbitrary()?,
+            other_tenant: u.arbitrary()?,
+            bad_sig: u.arbitrary()?,
+            exp_s: u.arbitrary()?,
+            agent: u.arbitrary()?,
+        },
+    })
+}
+
+fn op(u: &mut Unstructured) -> Result<Op> {
+    Ok(match u.int_in_range(0..=15u8)? {
+        0 | 1 => Op::Open {
+            user: u.arbitrary()?,
+            opts: u.arbitrary()?,
+            last_seq: opt(u)?,
+            short_token: u.int_in_range(0..=7u8)? == 0,
+        },
+        2..=6 => Op::Frame {
+            conn: u.arbitrary()?,
+            frame: frame(u)?,
+        },
+        7 => Op::Raw {
+            conn: u.arbitrary()?,
+            text: u.arbitrary()?,
+        },
+        8 => match u.int_in_range(0..=3u8)? {
+            0 => Op::Binary {
+                conn: u.arbitrary()?,
+            },
+            1 => Op::Kick {
+                user: u.arbitrary()?,
+            },
+            2 => Op::BogusCommit {
+                batch: u.arbitrary()?,
+                fail: u.arbitrary()?,
+            },
+            _ => Op::Fail,
+        },
+        9 => Op::Close {
+            conn: u.arbitrary()?,
+        },
+        10 | 11 => Op::Commit,
+        12 => Op::Advance {
+            ms: u32::from(u.arbitrary::<u16>()?) * u32::from(u.int_in_range(1..=40u8)?),
+        },
+        13 => Op::Post {
+            user: u.arbitrary()?,
+            content: u.arbitrary()?,
+            cmid: opt(u)?,
+            parent: opt(u)?,
+        },
+        _ => Op::Commit,
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut u = Unstructured::new(data);
+    let Ok(flags) = u.arbitrary::<u8>() else {
+        return;
+    };
+    let setup = Setup {
+        announcement: flags & 0b111 == 0,
+        tight_rate: flags & 0b11000 == 0,
+        small_window: flags & 0b100000 != 0,
+        faults: harness::faults_from_env(),
+    };
+    let mut h = Harness::new(setup);
+    for _ in 0..MAX_OPS {
+        if u.is_empty() {
+            break;
+        }
+        let Ok(o) = op(&mut u) else { break };
+        h.step(&o);
+    }
+    h.finish();
+});

@@ -1,0 +1,1187 @@
+//! A model shell for the room engine: drives `fluxy_room::Room` with a sequence of [`Op`]s,
+//! carries out its effects against an in-memory model of storage and of every connection, and
+//! checks the engine's invariants after every step. Used by the `room_engine` fuzz target and,
+//! through `#[path]`, by `reference-worker/room/tests/fuzz_regressions.rs` (so it depends only
+//! on crates fluxy-room already has: fluxy-protocol, serde_json).
+//!
+//! Invariants (numbering of docs/fuzzing.md):
+//! - I1 seq gap-free from 1 in storage; every connection receives the live timeline in strictly
+//!   increasing seq order without gaps, starting right after its `welcome.currentSeq`.
+//! - I2 one connection's frames are answered, and their events sequenced, in frame order; the
+//!   ack reaches the sender before its own copy of the broadcast.
+//! - I3 no ack, broadcast or POST answer for an event before its batch is `Committed`.
+//! - I4 snapshot (`history`), `replay` and POST bodies equal the committed (= broadcast) bodies.
+//! - I5 a repeated clientMessageId of the same user creates no new event; the duplicate ack
+//!   names the original seq.
+//! - I6 every event's actor is the identity of the connection or request that caused it,
+//!   whatever `userId` the frame carried.
+//! - I7 tenant isolation is a shell property (the engine is per (tenant, room)); here: an
+//!   in-band `auth` with another tenant's token is never accepted.
+//!
+//! Plus: every frame the engine emits decodes as a `ServerFrame`; presence lists exactly the
+//! users with an open connection; heartbeat and token-expiry closes are never premature; every
+//! structured request gets exactly one answer (checked after a final drain); never a panic.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use fluxy_protocol::common::{MemberRole, RoomType};
+use fluxy_protocol::events::TimelineEvent;
+use fluxy_protocol::jwt::{sign, Claims};
+use fluxy_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
+use fluxy_room::sql::{self, SqlValue, Stmt};
+use fluxy_room::{
+    ConnId, ConnectOptions, Effect, Faults, IdempotencyRow, Identity, Input, LoadedRoom,
+    MessageRow, Room, RoomConfig,
+};
+use serde_json::{json, Value};
+
+/// Tenant secret of the room under test.
+pub const SECRET: &[u8] = b"fuzz-room-secret";
+/// Start of time (ms).
+pub const T0: u64 = 1_800_000_000_000;
+const IDLE_MS: u64 = 30_000;
+/// Structured frames carry `ref: "zq<n>"`; raw frames containing "zq" are not sent.
+const REF_PREFIX: &str = "zq";
+
+/// Users the fuzzer can connect as: (user id, token roles, room member role).
+pub const USERS: &[(&str, &[&str], Option<MemberRole>)] = &[
+    ("alice", &["member"], Some(MemberRole::Member)),
+    ("bob", &["member"], Some(MemberRole::Member)),
+    ("mod", &["moderator"], Some(MemberRole::Member)),
+    ("owner", &["member"], Some(MemberRole::Owner)),
+    ("agent1", &["agent"], Some(MemberRole::Member)),
+    ("agent2", &["agent", "member"], Some(MemberRole::Member)),
+    ("admin", &["admin"], None),
+];
+
+/// Room-level knobs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Setup {
+    /// Announcement room (only moderators post).
+    pub announcement: bool,
+    /// Small token bucket (3 burst, 1/s) to exercise rate limiting.
+    pub tight_rate: bool,
+    /// Resume window 5 instead of 100.
+    pub small_window: bool,
+    /// Faults to enable (for checking the checker; none when fuzzing).
+    pub faults: Faults,
+}
+
+/// A structured client frame; small numbers index small pools so requests hit real state.
+#[derive(Debug, Clone)]
+pub enum FrameOp {
+    Message {
+        content: u8,
+        cmid: Option<u8>,
+        parent: Option<u8>,
+        spoof: bool,
+    },
+    Edit {
+        msg: u8,
+        content: u8,
+        expected: Option<u8>,
+        cmid: Option<u8>,
+    },
+    Delete {
+        msg: u8,
+        cmid: Option<u8>,
+    },
+    Reaction {
+        msg: u8,
+        emoji: u8,
+        add: bool,
+    },
+    Read {
+        msg: u8,
+    },
+    Typing {
+        is_typing: bool,
+        intent: u8,
+    },
+    Resume {
+        last: u8,
+    },
+    Stream {
+        op: u8,
+        msg: Option<u8>,
+        content: u8,
+        cmid: Option<u8>,
+    },
+    AgentRun {
+        run: u8,
+        status: u8,
+    },
+    ToolCall {
+        run: u8,
+        call: u8,
+    },
+    ToolResult {
+        run: u8,
+        call: u8,
+        error: bool,
+    },
+    ApprovalRequest {
+        run: u8,
+        appr: u8,
+    },
+    ApprovalDecision {
+        run: u8,
+        appr: u8,
+        approve: bool,
+    },
+    AgentTyping {
+        is_typing: bool,
+    },
+    Ping {
+        ts: u64,
+    },
+    Auth {
+        user: u8,
+        other_tenant: bool,
+        bad_sig: bool,
+        exp_s: i16,
+        agent: bool,
+    },
+}
+
+/// One step.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Open a new connection as `USERS[user]`; `opts` picks replay/limit, `last_seq` a resume.
+    Open {
+        user: u8,
+        opts: u8,
+        last_seq: Option<u8>,
+        short_token: bool,
+    },
+    /// A structured frame on connection `conn` (index into every connection ever opened).
+    Frame { conn: u8, frame: FrameOp },
+    /// Raw text on a connection.
+    Raw { conn: u8, text: String },
+    /// A binary frame.
+    Binary { conn: u8 },
+    /// The transport closed.
+    Close { conn: u8 },
+    /// Storage acknowledges the oldest outstanding batch.
+    Commit,
+    /// Storage fails the oldest outstanding batch (the room resets and reloads).
+    Fail,
+    /// A `Committed` for a batch id that is not in flight.
+    BogusCommit { batch: u8, fail: bool },
+    /// Advance the clock and fire due timeouts.
+    Advance { ms: u32 },
+    /// `POST /messages`.
+    Post {
+        user: u8,
+        content: u8,
+        cmid: Option<u8>,
+        parent: Option<u8>,
+    },
+    /// Membership removed.
+    Kick { user: u8 },
+}
+
+#[derive(Debug, Default)]
+struct ConnState {
+    user: String,
+    open: bool,
+    /// Next live timeline seq this connection must receive.
+    live_next: u64,
+    welcomed: bool,
+    last_rx: u64,
+    token_exp: u64,
+    /// Structured frames sent, by number, with whether an answer is required.
+    sent: BTreeMap<u64, bool>,
+    answered: BTreeSet<u64>,
+    last_ack_ref: u64,
+    last_ack_seq: u64,
+}
+
+/// Storage model: the rows the engine's statements produce.
+#[derive(Debug, Default, Clone)]
+struct Store {
+    events: BTreeMap<u64, (String, String, Arc<str>)>, // seq -> (type, actor, body)
+    messages: BTreeMap<u64, MessageRow>,
+    reactions: BTreeSet<(u64, String, String)>,
+    reads: BTreeMap<String, u64>,
+    idem: BTreeMap<(String, String), IdempotencyRow>,
+}
+
+fn int(v: &SqlValue) -> u64 {
+    match v {
+        SqlValue::Int(i) => u64::try_from(*i).expect("non-negative integer"),
+        other => panic!("expected INTEGER, got {other:?}"),
+    }
+}
+fn opt_int(v: &SqlValue) -> Option<u64> {
+    match v {
+        SqlValue::Null => None,
+        v => Some(int(v)),
+    }
+}
+fn text(v: &SqlValue) -> String {
+    match v {
+        SqlValue::Text(s) => s.to_string(),
+        other => panic!("expected TEXT, got {other:?}"),
+    }
+}
+
+impl Store {
+    /// Apply one committed batch, with the table constraints SQLite would enforce.
+    fn apply(&mut self, stmts: &[Stmt]) {
+        for s in stmts {
+            let p = &s.params;
+            assert_eq!(text(&p[0]), "t1", "statement for another tenant");
+            assert_eq!(text(&p[1]), "r1", "statement for another room");
+            match s.sql {
+                sql::INSERT_EVENT => {
+                    let seq = int(&p[2]);
+                    let next = self.events.len() as u64 + 1;
+                    assert_eq!(seq, next, "I1: committed seq {seq}, expected {next}");
+                    let body = match &p[6] {
+                        SqlValue::Text(b) => b.clone(),
+                        o => panic!("body {o:?}"),
+                    };
+                    let ev = TimelineEvent::decode(&body).expect("stored body decodes");
+                    assert_eq!(ev.seq(), seq, "body seq differs from row seq");
+                    assert_eq!(ev.type_name(), text(&p[3]), "row type");
+                    assert_eq!(ev.actor(), text(&p[4]), "row actor");
+                    assert_eq!(ev.room_id(), "r1");
+                    assert_eq!(ev.encode(), *body, "stored body is not canonical");
+                    self.events.insert(seq, (text(&p[3]), text(&p[4]), body));
+                }
+                sql::INSERT_MESSAGE => {
+                    let id = int(&p[2]);
+                    assert!(
+                        !self.messages.contains_key(&id),
+                        "message {id} inserted twice"
+                    );
+                    assert!(
+                        self.events.contains_key(&id),
+                        "message row {id} without its event"
+                    );
+                    self.messages.insert(
+                        id,
+                        MessageRow {
+                            id,
+                            user_id: text(&p[3]),
+                            version: int(&p[7]) as u32,
+                            deleted: false,
+                            streaming: int(&p[8]) != 0,
+                        },
+                    );
+                }
+                sql::UPDATE_MESSAGE_CONTENT => {
+                    let id = int(&p[2]);
+                    let m = self
+                        .messages
+                        .get_mut(&id)
+                        .expect("update of a missing message");
+                    let v = int(&p[4]) as u32;
+                    assert_eq!(v, m.version + 1, "edit version must grow by one");
+                    m.version = v;
+                    m.streaming = int(&p[6]) != 0;
+                }
+                sql::DELETE_MESSAGE => {
+                    let id = int(&p[2]);
+                    let m = self
+                        .messages
+                        .get_mut(&id)
+                        .expect("delete of a missing message");
+                    assert!(!m.deleted, "message {id} deleted twice");
+                    let v = int(&p[3]) as u32;
+                    assert_eq!(v, m.version + 1, "delete version must grow by one");
+                    m.version = v;
+                    m.deleted = true;
+                    m.streaming = false;
+                }
+                sql::INSERT_REACTION => {
+                    let k = (int(&p[2]), text(&p[3]), text(&p[4]));
+                    assert!(self.reactions.insert(k), "reaction primary key violated");
+                }
+                sql::DELETE_REACTION => {
+                    let k = (int(&p[2]), text(&p[3]), text(&p[4]));
+                    assert!(self.reactions.remove(&k), "removed an absent reaction");
+                }
+                sql::UPSERT_READ => {
+                    self.reads.insert(text(&p[2]), int(&p[3]));
+                }
+                sql::INSERT_IDEMPOTENCY => {
+                    let k = (text(&p[2]), text(&p[3]));
+                    assert!(
+                        !self.idem.contains_key(&k),
+                        "I5: idempotency key {k:?} used twice"
+                    );
+                    let seq = int(&p[4]);
+                    assert!(
+                        self.events.contains_key(&seq),
+                        "idempotency row before its event"
+                    );
+                    self.idem.insert(
+                        k.clone(),
+                        IdempotencyRow {
+                            user_id: k.0,
+                            client_message_id: k.1,
+                            seq,
+                            message_id: opt_int(&p[5]),
+                            created_ms: int(&p[6]),
+                        },
+                    );
+                }
+                other => panic!("unknown statement {other}"),
+            }
+        }
+    }
+
+    fn body(&self, seq: u64) -> Option<&Arc<str>> {
+        self.events.get(&seq).map(|e| &e.2)
+    }
+
+    fn load(&self, room_type: RoomType) -> LoadedRoom {
+        LoadedRoom {
+            room_type,
+            current_seq: self.events.len() as u64,
+            recent: self
+                .events
+                .values()
+                .rev()
+                .take(1000)
+                .rev()
+                .map(|e| e.2.to_string())
+                .collect(),
+            messages: self.messages.values().cloned().collect(),
+            reactions: self.reactions.iter().cloned().collect(),
+            reads: self.reads.iter().map(|(u, m)| (u.clone(), *m)).collect(),
+            idempotency: self.idem.values().cloned().collect(),
+            agent_events: self
+                .events
+                .values()
+                .filter(|e| {
+                    matches!(
+                        e.0.as_str(),
+                        "agentRun"
+                            | "tool_call"
+                            | "tool_result"
+                            | "tool_error"
+                            | "approval_request"
+                            | "approval_decision"
+                    )
+                })
+                .map(|e| e.2.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// The model shell.
+pub struct Harness {
+    setup: Setup,
+    cfg: RoomConfig,
+    room: Room,
+    now: u64,
+    store: Store,
+    conns: Vec<ConnState>,
+    /// Outstanding `Persist` batches, oldest first.
+    batches: Vec<(u64, Vec<Stmt>)>,
+    frame_no: u64,
+    /// `auth` frames that must be refused (other tenant, bad signature, other user, expired).
+    auth_must_fail: BTreeSet<u64>,
+    /// frame number -> connection index
+    frame_conn: HashMap<u64, usize>,
+    /// POST requests: id -> (user, answered)
+    posts: BTreeMap<u64, (String, bool)>,
+    next_post: u64,
+    /// Highest seq broadcast so far (room-wide).
+    last_broadcast: u64,
+    pub resets: u32,
+    pub steps: u64,
+}
+
+fn room_type(s: &Setup) -> RoomType {
+    if s.announcement {
+        RoomType::Announcement
+    } else {
+        RoomType::default()
+    }
+}
+
+fn cmid(k: u8) -> String {
+    format!("cmid-{:04}", k % 6)
+}
+
+fn content(k: u8) -> String {
+    match k % 8 {
+        0 => "   ".into(), // invalid after trimming
+        1 => format!("  hello {k}  "),
+        2 => "x".repeat(4001),
+        _ => format!("m{k}"),
+    }
+}
+
+impl Harness {
+    /// A fresh empty room.
+    pub fn new(setup: Setup) -> Harness {
+        let cfg = RoomConfig {
+            tenant: "t1".into(),
+            room_id: "r1".into(),
+            jwt_secret: SECRET.to_vec(),
+            idle_timeout_ms: IDLE_MS,
+            rate_burst: if setup.tight_rate { 3 } else { 1000 },
+            rate_per_second: if setup.tight_rate { 1 } else { 1000 },
+            resume_window: if setup.small_window { 5 } else { 100 },
+            faults: setup.faults,
+        };
+        let room = Room::new(
+            cfg.clone(),
+            LoadedRoom {
+                room_type: room_type(&setup),
+                ..Default::default()
+            },
+        );
+        Harness {
+            setup,
+            cfg,
+            room,
+            now: T0,
+            store: Store::default(),
+            conns: Vec::new(),
+            batches: Vec::new(),
+            frame_no: 1,
+            auth_must_fail: BTreeSet::new(),
+            frame_conn: HashMap::new(),
+            posts: BTreeMap::new(),
+            next_post: 1,
+            last_broadcast: 0,
+            resets: 0,
+            steps: 0,
+        }
+    }
+
+    fn conn_index(&self, k: u8) -> Option<usize> {
+        if self.conns.is_empty() {
+            None
+        } else {
+            Some(k as usize % self.conns.len())
+        }
+    }
+
+    fn msg_id(&self, k: u8) -> u64 {
+        // Message ids are seqs: aim at the committed range, plus a little beyond.
+        u64::from(k) % (self.store.events.len() as u64 + 3)
+    }
+
+    fn identity(&self, user: u8, short: bool) -> Identity {
+        let (u, roles, mr) = USERS[user as usize % USERS.len()];
+        Identity {
+            user_id: u.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            member_role: mr,
+            token_exp: self.now / 1000 + if short { 20 } else { 7200 },
+        }
+    }
+
+    /// Run one step and check every invariant.
+    pub fn step(&mut self, op: &Op) {
+        self.steps += 1;
+        if trace() {
+            eprintln!("step {}: {op:?}", self.steps);
+        }
+        match op {
+            Op::Open {
+                user,
+                opts,
+                last_seq,
+                short_token,
+            } => {
+                let identity = self.identity(*user, *short_token);
+                let id = self.conns.len() as ConnId;
+                let options = ConnectOptions {
+                    replay: opts & 1 == 0,
+                    replay_limit: [50, 1, 3, 600][(opts >> 1) as usize % 4],
+                    last_seq: last_seq.map(|l| u64::from(l) % (self.store.events.len() as u64 + 2)),
+                };
+                self.conns.push(ConnState {
+                    user: identity.user_id.clone(),
+                    open: true,
+                    last_rx: self.now,
+                    token_exp: identity.token_exp,
+                    ..Default::default()
+                });
+                self.input(Input::Open {
+                    conn: id,
+                    identity,
+                    options,
+                });
+                assert!(
+                    self.conns[id as usize].welcomed || !self.conns[id as usize].open,
+                    "no welcome on open"
+                );
+            }
+            Op::Frame { conn, frame } => {
+                let Some(c) = self.conn_index(*conn) else {
+                    return;
+                };
+                let n = self.frame_no;
+                self.frame_no += 1;
+                let (v, needs_answer) = self.frame_json(frame, n);
+                if let FrameOp::Auth {
+                    user,
+                    other_tenant,
+                    bad_sig,
+                    exp_s,
+                    ..
+                } = frame
+                {
+                    let u = USERS[*user as usize % USERS.len()].0;
+                    let exp = (self.now / 1000).saturating_add_signed(i64::from(*exp_s));
+                    if *other_tenant
+                        || *bad_sig
+                        || u != self.conns[c].user
+                        || self.now / 1000 >= exp + 5
+                    {
+                        self.auth_must_fail.insert(n);
+                    }
+                }
+                if self.conns[c].open {
+                    self.conns[c].last_rx = self.now;
+                    self.conns[c].sent.insert(n, needs_answer);
+                    self.frame_conn.insert(n, c);
+                }
+                self.input(Input::Text {
+                    conn: c as ConnId,
+                    text: v.to_string(),
+                });
+            }
+            Op::Raw { conn, text } => {
+                let Some(c) = self.conn_index(*conn) else {
+                    return;
+                };
+                if text.contains(REF_PREFIX) {
+                    return;
+                }
+                if self.conns[c].open {
+                    self.conns[c].last_rx = self.now;
+                }
+                self.input(Input::Text {
+                    conn: c as ConnId,
+                    text: text.clone(),
+                });
+            }
+            Op::Binary { conn } => {
+                let Some(c) = self.conn_index(*conn) else {
+                    return;
+                };
+                if self.conns[c].open {
+                    self.conns[c].last_rx = self.now;
+                }
+                self.input(Input::Binary { conn: c as ConnId });
+            }
+            Op::Close { conn } => {
+                let Some(c) = self.conn_index(*conn) else {
+                    return;
+                };
+                self.conns[c].open = false;
+                self.input(Input::Closed { conn: c as ConnId });
+            }
+            Op::Commit => self.commit_one(),
+            Op::Fail => {
+                if !self.batches.is_empty() {
+                    let (b, _) = self.batches.remove(0);
+                    self.input(Input::CommitFailed { batch: b });
+                }
+            }
+            Op::BogusCommit { batch, fail } => {
+                let live: BTreeSet<u64> = self.batches.iter().map(|b| b.0).collect();
+                let b = u64::from(*batch);
+                if !live.contains(&b) {
+                    let i = if *fail {
+                        Input::CommitFailed { batch: b }
+                    } else {
+                        Input::Committed { batch: b }
+                    };
+                    self.input(i);
+                }
+            }
+            Op::Advance { ms } => {
+                self.now += u64::from(*ms);
+                if self.room.poll_timeout().is_some_and(|t| t <= self.now) {
+                    self.room.handle_timeout(self.now);
+                    self.pump();
+                }
+            }
+            Op::Post {
+                user,
+                content: ct,
+                cmid: k,
+                parent,
+            } => {
+                let identity = self.identity(*user, false);
+                let mut v = json!({"type":"message","content":content(*ct)});
+                if let Some(k) = k {
+                    v["clientMessageId"] = cmid(*k).into();
+                }
+                if let Some(p) = parent {
+                    v["parentId"] = self.msg_id(*p).into();
+                }
+                // The shell validates the body with the same decoder as the socket.
+                let Ok(ClientFrame::Message(frame)) = ClientFrame::decode(&v.to_string()) else {
+                    return;
+                };
+                let request = self.next_post;
+                self.next_post += 1;
+                self.posts
+                    .insert(request, (identity.user_id.clone(), false));
+                self.input(Input::Post {
+                    request,
+                    identity,
+                    frame,
+                });
+            }
+            Op::Kick { user } => {
+                let u = USERS[*user as usize % USERS.len()].0;
+                self.input(Input::Kick { user_id: u.into() });
+                for c in &self.conns {
+                    assert!(
+                        !(c.open && c.user == u),
+                        "I: kicked user {u} still connected"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Commit every outstanding batch, then check that every request was answered.
+    pub fn finish(&mut self) {
+        for _ in 0..1000 {
+            if self.batches.is_empty() {
+                break;
+            }
+            self.commit_one();
+        }
+        assert!(self.batches.is_empty(), "batches keep coming");
+        for (i, c) in self.conns.iter().enumerate() {
+            if !c.open {
+                continue;
+            }
+            for (n, needs) in &c.sent {
+                if *needs {
+                    assert!(
+                        c.answered.contains(n),
+                        "conn {i}: frame zq{n} never answered"
+                    );
+                }
+            }
+        }
+        for (r, (_, answered)) in &self.posts {
+            assert!(*answered, "POST request {r} never answered");
+        }
+    }
+
+    fn commit_one(&mut self) {
+        if self.batches.is_empty() {
+            return;
+        }
+        let (b, stmts) = self.batches.remove(0);
+        self.store.apply(&stmts);
+        self.input(Input::Committed { batch: b });
+    }
+
+    fn input(&mut self, i: Input) {
+        self.room.handle(self.now, i);
+        self.pump();
+    }
+
+    fn pump(&mut self) {
+        while let Some(e) = self.room.poll_effect() {
+            self.effect(e);
+        }
+        // Connections the engine forgot must be closed in the model too.
+        assert!(self.room.connection_count() <= self.conns.iter().filter(|c| c.open).count());
+    }
+
+    fn effect(&mut self, e: Effect) {
+        match e {
+            Effect::Send { conn, frame } => {
+                let c = conn as usize;
+                assert!(
+                    c < self.conns.len() && self.conns[c].open,
+                    "send to closed conn {c}"
+                );
+                let f = ServerFrame::decode(&frame)
+                    .unwrap_or_else(|e| panic!("engine frame does not decode: {e}: {frame}"));
+                self.on_send(c, f, &frame);
+            }
+            Effect::Broadcast {
+                frame,
+                except,
+                seq,
+                kind,
+            } => {
+                let f = ServerFrame::decode(&frame)
+                    .unwrap_or_else(|e| panic!("broadcast does not decode: {e}: {frame}"));
+                assert_eq!(f.type_name(), kind, "broadcast kind");
+                if let Some(s) = seq {
+                    // I3 and I4: only committed events, byte-identical to the stored body.
+                    let stored = self
+                        .store
+                        .body(s)
+                        .unwrap_or_else(|| panic!("I3: broadcast of uncommitted seq {s}"));
+                    assert_eq!(
+                        **stored, *frame,
+                        "I4: broadcast body differs from stored body"
+                    );
+                    assert_eq!(s, self.last_broadcast + 1, "I1: room-wide broadcast order");
+                    self.last_broadcast = s;
+                    let ev = f.clone().into_timeline().expect("timeline broadcast");
+                    assert_eq!(ev.seq(), s);
+                } else {
+                    assert!(
+                        f.clone().into_timeline().is_none(),
+                        "timeline event broadcast without seq"
+                    );
+                }
+                if let ServerFrame::Presence(p) = &f {
+                    let online: BTreeSet<&str> = self
+                        .conns
+                        .iter()
+                        .filter(|c| c.open)
+                        .map(|c| c.user.as_str())
+                        .collect();
+                    let listed: BTreeSet<&str> = p.users.iter().map(String::as_str).collect();
+                    assert_eq!(
+                        listed, online,
+                        "presence lists other users than those online"
+                    );
+                    let n = self.conns.iter().filter(|c| c.open).count();
+                    assert_eq!(p.online as usize, n, "presence online count");
+                }
+                for c in 0..self.conns.len() {
+                    if self.conns[c].open && Some(c as ConnId) != except {
+                        self.on_send(c, f.clone(), &frame);
+                    }
+                }
+            }
+            Effect::Close { conn, code } => {
+                let c = &mut self.conns[conn as usize];
+                assert!(c.open, "close of a closed conn");
+                match code {
+                    CloseCode::HeartbeatTimeout => {
+                        assert!(self.now >= c.last_rx + IDLE_MS, "premature heartbeat close")
+                    }
+                    CloseCode::TokenExpired => assert!(
+                        self.now >= (c.token_exp + 5) * 1000,
+                        "premature token-expiry close"
+                    ),
+                    _ => {}
+                }
+                c.open = false;
+            }
+            Effect::Persist { batch, statements } => {
+                assert!(self.batches.iter().all(|b| b.0 != batch), "batch id reused");
+                assert!(self.batches.is_empty(), "two batches in flight");
+                self.batches.push((batch, statements));
+            }
+            Effect::PostDone { request, result } => {
+                let (user, answered) = self
+                    .posts
+                    .get_mut(&request)
+                    .expect("answer to an unknown POST");
+                assert!(!*answered, "POST {request} answered twice");
+                *answered = true;
+                let user = user.clone();
+                if let Ok(o) = result {
+                    let seq = o.ack.seq.expect("POST ack has a seq");
+                    let stored = self
+                        .store
+                        .body(seq)
+                        .unwrap_or_else(|| panic!("I3: POST answered before seq {seq} committed"));
+                    if let Some(b) = &o.event {
+                        assert_eq!(**b, **stored, "I4: POST body differs from the stored body");
+                    }
+                    let ev = TimelineEvent::decode(stored).expect("decodes");
+                    if o.ack.duplicate {
+                        let k = (
+                            user.clone(),
+                            o.ack
+                                .client_message_id
+                                .clone()
+                                .expect("duplicate ack names its key"),
+                        );
+                        let row = self
+                            .store
+                            .idem
+                            .get(&k)
+                            .expect("I5: duplicate without a stored key");
+                        assert_eq!(row.seq, seq, "I5: duplicate ack names another seq");
+                    } else {
+                        assert_eq!(ev.actor(), user, "I6: POST event actor");
+                    }
+                }
+            }
+            Effect::Reset => {
+                assert!(self.room.is_failed());
+                for c in &self.conns {
+                    assert!(!c.open, "Reset with connections still open");
+                }
+                for p in self.posts.values() {
+                    // Every request of the failed room was answered before the reset.
+                    let _ = p;
+                }
+                self.resets += 1;
+                self.batches.clear();
+                self.room = Room::new(self.cfg.clone(), self.store.load(room_type(&self.setup)));
+                assert_eq!(self.room.committed_seq(), self.store.events.len() as u64);
+                self.last_broadcast = self.store.events.len() as u64;
+            }
+        }
+    }
+
+    fn check_events(&self, events: &[TimelineEvent], what: &str) {
+        for w in events.windows(2) {
+            assert_eq!(w[0].seq() + 1, w[1].seq(), "{what}: events not consecutive");
+        }
+        for e in events {
+            let stored = self
+                .store
+                .body(e.seq())
+                .unwrap_or_else(|| panic!("I3: {what} has uncommitted seq {}", e.seq()));
+            assert_eq!(
+                e.encode(),
+                **stored,
+                "I4: {what} body differs from the stored body"
+            );
+        }
+    }
+
+    fn answer(&mut self, c: usize, reference: Option<&str>) -> Option<u64> {
+        let n: u64 = reference?.strip_prefix(REF_PREFIX)?.parse().ok()?;
+        let owner = self.frame_conn.get(&n).copied();
+        assert_eq!(owner, Some(c), "answer zq{n} sent to the wrong connection");
+        let st = &mut self.conns[c];
+        assert!(st.answered.insert(n), "frame zq{n} answered twice");
+        Some(n)
+    }
+
+    fn on_send(&mut self, c: usize, f: ServerFrame, raw: &str) {
+        let committed = self.store.events.len() as u64;
+        match f {
+            ServerFrame::Welcome(w) => {
+                let st = &mut self.conns[c];
+                assert!(!st.welcomed, "two welcomes");
+                st.welcomed = true;
+                assert_eq!(w.user_id, st.user, "welcome user");
+                assert_eq!(
+                    w.current_seq, committed,
+                    "welcome.currentSeq is not the committed seq"
+                );
+                st.live_next = w.current_seq + 1;
+            }
+            ServerFrame::History(h) => {
+                assert!(self.conns[c].welcomed);
+                assert_eq!(h.current_seq, committed, "history.currentSeq");
+                self.check_events(&h.events, "history");
+                if let Some(l) = h.events.last() {
+                    assert_eq!(l.seq(), committed, "history does not end at currentSeq");
+                }
+                let more = h.events.first().map_or(committed > 0, |e| e.seq() > 1);
+                assert_eq!(h.has_more, more, "history.hasMore");
+            }
+            ServerFrame::Replay(r) => {
+                if r.reference.is_some() {
+                    self.answer(c, r.reference.as_deref());
+                }
+                assert_eq!(r.current_seq, committed, "replay.currentSeq");
+                self.check_events(&r.events, "replay");
+                if let Some(f) = r.events.first() {
+                    assert_eq!(
+                        f.seq(),
+                        r.from_seq + 1,
+                        "replay does not start after fromSeq"
+                    );
+                }
+                let last = r.events.last().map_or(r.from_seq, TimelineEvent::seq);
+                assert_eq!(r.has_more, last < committed, "replay.hasMore");
+                if !r.has_more {
+                    assert_eq!(last, committed, "replay stops short");
+                }
+            }
+            ServerFrame::Ack(a) => {
+                let n = self.answer(c, a.reference.as_deref());
+                let st = &self.conns[c];
+                if let Some(n) = n {
+                    assert!(n > st.last_ack_ref, "I2: acks out of frame order");
+                }
+                if let Some(seq) = a.seq {
+                    let stored = self
+                        .store
+                        .body(seq)
+                        .unwrap_or_else(|| panic!("I3: ack of uncommitted seq {seq}"));
+                    let ev = TimelineEvent::decode(stored).expect("decodes");
+                    if a.duplicate {
+                        let k = (
+                            st.user.clone(),
+                            a.client_message_id
+                                .clone()
+                                .expect("duplicate ack names its key"),
+                        );
+                        let row = self.store.idem.get(&k).unwrap_or_else(|| {
+                            panic!("I5: duplicate ack without a stored key {k:?}")
+                        });
+                        assert_eq!(row.seq, seq, "I5: duplicate ack names another seq");
+                    } else {
+                        assert!(
+                            seq > st.last_ack_seq,
+                            "I2: events of one connection out of frame order"
+                        );
+                        assert!(
+                            st.live_next <= seq,
+                            "I2: ack after the sender's copy of the broadcast"
+                        );
+                        assert_eq!(ev.actor(), st.user, "I6: event actor is not the sender");
+                        if let TimelineEvent::Message(m) = &ev {
+                            assert_eq!(m.sender_id, st.user, "I6: senderId");
+                            assert_eq!(a.id, Some(seq), "message ack id is its seq");
+                        }
+                    }
+                    let st = &mut self.conns[c];
+                    if !a.duplicate {
+                        st.last_ack_seq = seq;
+                    }
+                }
+                if let Some(n) = n {
+                    self.conns[c].last_ack_ref = n;
+                }
+            }
+            ServerFrame::Error(e) => {
+                if e.code == ErrorCode::RateLimited {
+                    assert!(
+                        e.retry_after_ms.unwrap_or(0) > 0,
+                        "rate_limited without retryAfterMs"
+                    );
+                }
+                self.answer(c, e.reference.as_deref());
+            }
+            ServerFrame::TokenRefreshed(t) => {
+                let n = self.answer(c, t.reference.as_deref());
+                if let Some(n) = n {
+                    assert!(
+                        !self.auth_must_fail.contains(&n),
+                        "I6/I7: auth zq{n} accepted a token it must refuse"
+                    );
+                }
+                // The token that was accepted was ours; remember its expiry.
+                if let Some(ms) = fluxy_protocol::common::parse_timestamp(&t.token_expires_at) {
+                    self.conns[c].token_exp = ms / 1000;
+                }
+            }
+            other => {
+                if let Some(ev) = other.into_timeline() {
+                    let st = &mut self.conns[c];
+                    assert!(st.welcomed, "event before welcome");
+                    assert_eq!(
+                        ev.seq(),
+                        st.live_next,
+                        "I1: conn {c} got seq {} expecting {}",
+                        ev.seq(),
+                        st.live_next
+                    );
+                    st.live_next += 1;
+                    let stored = self.store.body(ev.seq()).expect("I3");
+                    assert_eq!(**stored, *raw, "I4");
+                }
+            }
+        }
+    }
+
+    /// Build the JSON of a structured frame; the bool says whether it needs an answer.
+    fn frame_json(&self, f: &FrameOp, n: u64) -> (Value, bool) {
+        let r = format!("{REF_PREFIX}{n}");
+        let run = |k: u8| format!("run-{}", k % 3);
+        let (mut v, needs) = match f {
+            FrameOp::Message {
+                content: ct,
+                cmid: k,
+                parent,
+                spoof,
+            } => {
+                let mut v = json!({"type":"message","content":content(*ct)});
+                if let Some(k) = k {
+                    v["clientMessageId"] = cmid(*k).into();
+                }
+                if let Some(p) = parent {
+                    v["parentId"] = self.msg_id(*p).into();
+                }
+                if *spoof {
+                    v["userId"] = "mallory".into();
+                    v["senderId"] = "mallory".into();
+                }
+                (v, true)
+            }
+            FrameOp::Edit {
+                msg,
+                content: ct,
+                expected,
+                cmid: k,
+            } => {
+                let mut v =
+                    json!({"type":"edit","messageId":self.msg_id(*msg),"content":content(*ct)});
+                if let Some(e) = expected {
+                    v["expectedVersion"] = (e % 4).into();
+                }
+                if let Some(k) = k {
+                    v["clientMessageId"] = cmid(*k).into();
+                }
+                (v, true)
+            }
+            FrameOp::Delete { msg, cmid: k } => {
+                let mut v = json!({"type":"delete","messageId":self.msg_id(*msg)});
+                if let Some(k) = k {
+                    v["clientMessageId"] = cmid(*k).into();
+                }
+                (v, true)
+            }
+            FrameOp::Reaction { msg, emoji, add } => {
+                let e = ["👍", "🎉", "x"][*emoji as usize % 3];
+                let op = if *add { "add" } else { "remove" };
+                (
+                    json!({"type":"reaction","messageId":self.msg_id(*msg),"emoji":e,"op":op}),
+                    true,
+                )
+            }
+            FrameOp::Read { msg } => (json!({"type":"read","messageId":self.msg_id(*msg)}), true),
+            FrameOp::Typing { is_typing, intent } => {
+                let mut v = json!({"type":"typing","isTyping":is_typing});
+                if intent % 3 != 0 {
+                    v["intent"] = ["idle", "composing", "thinking"][*intent as usize % 3].into();
+                }
+                (v, false)
+            }
+            FrameOp::Resume { last } => (
+                json!({"type":"resume","lastSeq": u64::from(*last) % (self.store.events.len() as u64 + 3)}),
+                true,
+            ),
+            FrameOp::Stream {
+                op,
+                msg,
+                content: ct,
+                cmid: k,
+            } => {
+                let op = ["start", "delta", "end", "abort"][*op as usize % 4];
+                let c = if op == "start" || op == "abort" {
+                    String::new()
+                } else {
+                    content(*ct)
+                };
+                let mut v = json!({"type":"stream","op":op,"content":c});
+                if let Some(m) = msg {
+                    v["messageId"] = self.msg_id(*m).into();
+                }
+                if let Some(k) = k {
+                    v["clientMessageId"] = cmid(*k).into();
+                }
+                (v, true)
+            }
+            FrameOp::AgentRun { run: k, status } => {
+                let s: &str = ["started", "completed", "failed", "cancelled"][*status as usize % 4];
+                let mut v = json!({"type":"agentRun","runId":run(*k),"status":s});
+                if s == "failed" {
+                    v["error"] = "boom".into();
+                }
+                (v, true)
+            }
+            FrameOp::ToolCall { run: k, call } => (
+                json!({"type":"tool_call","runId":run(*k),"toolCallId":format!("call-{}", call % 3),
+                       "name":"search","arguments":"{}"}),
+                true,
+            ),
+            FrameOp::ToolResult {
+                run: k,
+                call,
+                error,
+            } => {
+                let v = if *error {
+                    json!({"type":"tool_error","runId":run(*k),"toolCallId":format!("call-{}", call % 3),"error":"e"})
+                } else {
+                    json!({"type":"tool_result","runId":run(*k),"toolCallId":format!("call-{}", call % 3),"result":"{}"})
+                };
+                (v, true)
+            }
+            FrameOp::ApprovalRequest { run: k, appr } => (
+                json!({"type":"approval_request","runId":run(*k),"approvalId":format!("ap-{}", appr % 3),
+                       "prompt":"ok?"}),
+                true,
+            ),
+            FrameOp::ApprovalDecision {
+                run: k,
+                appr,
+                approve,
+            } => (
+                json!({"type":"approval_decision","runId":run(*k),"approvalId":format!("ap-{}", appr % 3),
+                       "decision": if *approve {"approved"} else {"rejected"}}),
+                true,
+            ),
+            FrameOp::AgentTyping { is_typing } => {
+                (json!({"type":"agentTyping","isTyping":is_typing}), false)
+            }
+            FrameOp::Ping { ts } => (json!({"type":"ping","ts":ts % (1 << 53)}), false),
+            FrameOp::Auth {
+                user,
+                other_tenant,
+                bad_sig,
+                exp_s,
+                agent,
+            } => {
+                let (u, roles, _) = USERS[*user as usize % USERS.len()];
+                let mut roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+                if *agent {
+                    roles.push("agent".into());
+                }
+                let claims = Claims {
+                    sub: u.into(),
+                    tid: if *other_tenant {
+                        "t2".into()
+                    } else {
+                        "t1".into()
+                    },
+                    roles,
+                    exp: (self.now / 1000).saturating_add_signed(i64::from(*exp_s)),
+                    iat: None,
+                    nbf: None,
+                };
+                let secret: &[u8] = if *bad_sig { b"not-the-secret" } else { SECRET };
+                (json!({"type":"auth","token":sign(&claims, secret)}), true)
+            }
+        };
+        if !matches!(
+            f,
+            FrameOp::Ping { .. } | FrameOp::Typing { .. } | FrameOp::AgentTyping { .. }
+        ) {
+            v["ref"] = r.into();
+        }
+        (v, needs)
+    }
+}
+
+/// Faults named in `FLUXY_FUZZ_FAULTS` (comma-separated), to check that the checker catches
+/// them; none by default.
+pub fn faults_from_env() -> Faults {
+    use std::sync::OnceLock;
+    static F: OnceLock<Faults> = OnceLock::new();
+    *F.get_or_init(|| match std::env::var("FLUXY_FUZZ_FAULTS") {
+        Ok(s) if !s.is_empty() => {
+            let names: Vec<&str> = s.split(',').collect();
+            Faults::from_names(&names).expect("known fault names")
+        }
+        _ => Faults::NONE,
+    })
+}
+
+/// `FLUXY_FUZZ_TRACE=1` prints every step (to turn a crash into a regression test).
+pub fn trace() -> bool {
+    use std::sync::OnceLock;
+    static T: OnceLock<bool> = OnceLock::new();
+    *T.get_or_init(|| std::env::var_os("FLUXY_FUZZ_TRACE").is_some())
+}
