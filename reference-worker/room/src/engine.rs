@@ -1192,17 +1192,23 @@ impl Room {
             return;
         }
         self.failed = true;
+        // Every POST waiting on these events gets an answer: the requesters of the events and
+        // the duplicate or no-op requests released after them (`after`).
+        let post_requests = |p: &Pending| -> Vec<u64> {
+            p.requester
+                .iter()
+                .chain(p.after.iter().map(|(who, _)| who))
+                .filter_map(|who| match who {
+                    Requester::Post(r) => Some(*r),
+                    Requester::Conn(_) => None,
+                })
+                .collect()
+        };
         let mut posts = Vec::new();
         if let Some((_, items)) = self.in_flight.take() {
-            posts.extend(items.iter().filter_map(|p| match p.requester {
-                Some(Requester::Post(r)) => Some(r),
-                _ => None,
-            }));
+            posts.extend(items.iter().flat_map(post_requests));
         }
-        posts.extend(self.queue.drain(..).filter_map(|p| match p.requester {
-            Some(Requester::Post(r)) => Some(r),
-            _ => None,
-        }));
+        posts.extend(self.queue.drain(..).flat_map(|p| post_requests(&p)));
         for request in posts {
             self.effects.push_back(Effect::PostDone {
                 request,
