@@ -498,8 +498,10 @@ fn replay_off_and_last_seq_at_connect() {
     for i in 0..3 {
         h.msg(1, &format!("m{i}"));
     }
-    let mut o = ConnectOptions::default();
-    o.replay = false;
+    let o = ConnectOptions {
+        replay: false,
+        ..ConnectOptions::default()
+    };
     h.connect_with(2, ident("bob", &["member"]), o);
     assert_eq!(h.got[&2][1].type_name(), "subscription_succeeded");
     let o = ConnectOptions {
@@ -662,7 +664,7 @@ fn typing_goes_to_the_others_with_verified_identity() {
         1,
         json!({"type":"typing","isTyping":false,"intent":"composing","userId":"x"}),
     );
-    assert!(h.got.get(&1).is_none(), "not echoed to the sender");
+    assert!(!h.got.contains_key(&1), "not echoed to the sender");
     match &h.got[&2][0] {
         ServerFrame::Typing(t) => {
             assert_eq!(t.user_id, "alice");

@@ -818,7 +818,7 @@ async fn history(
         Direction::Forward => after.unwrap_or(0),
     };
     if let Some(after) = after {
-        if q.get("direction").is_none() {
+        if !q.contains_key("direction") {
             direction = Direction::Forward;
             bound = after;
         }
@@ -1132,13 +1132,13 @@ async fn sse(
     let stream = futures_util::stream::unfold(brx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx))
     });
-    Ok(Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
         .body(Body::from_stream(stream))
-        .map_err(|_| ApiError::new(ErrorCode::InternalError, "response build failed"))?)
+        .map_err(|_| ApiError::new(ErrorCode::InternalError, "response build failed"))
 }
 
 // ---------------------------------------------------------------------------- polling

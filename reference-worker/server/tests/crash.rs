@@ -72,7 +72,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_event() {
     }
     drop(tx);
     let mut acked: BTreeMap<String, u64> = BTreeMap::new();
-    let mut last_seen = vec![0u64; USERS];
+    let mut last_seen = [0u64; USERS];
     let mut killed = false;
     let mut open = USERS;
     while open > 0 {

@@ -814,9 +814,7 @@ async fn sigterm_shuts_down_gracefully_with_1001() {
         .status()
         .unwrap();
     assert!(st.success());
-    let code = match ws.close_code().await {
-        (c, _) => c,
-    };
+    let (code, _) = ws.close_code().await;
     assert_eq!(code, 1001);
     let exit = tokio::time::timeout(common::WAIT, s.child.wait())
         .await

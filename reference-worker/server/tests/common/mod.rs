@@ -191,6 +191,7 @@ impl Srv {
     }
 }
 
+#[allow(clippy::large_enum_variant)]
 pub enum Got {
     Frame(ServerFrame, String),
     Close(u16),
