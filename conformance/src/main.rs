@@ -89,6 +89,10 @@ struct RunArgs {
     /// Schedules of the property group.
     #[arg(long, default_value_t = 8)]
     schedules: u32,
+    /// Embedded mode only: enable a deliberate fault of the reference server (repeatable;
+    /// `fluxy-conformance faults` lists them), to see the suite fail.
+    #[arg(long = "fault")]
+    faults: Vec<String>,
 }
 
 fn target_from(a: &RunArgs) -> Result<Option<Target>, RunError> {
@@ -147,8 +151,17 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
         timeout_scale: a.timeout_scale,
         seed: a.seed,
         schedules: a.schedules,
+        embedded: fluxy_conformance::embedded::EmbeddedOptions {
+            faults: a.faults.clone(),
+            ..Default::default()
+        },
         ..RunConfig::default()
     };
+    if config.target.is_some() && !a.faults.is_empty() {
+        return Err(RunError::Config(
+            "--fault applies to the embedded server only".into(),
+        ));
+    }
     let rep = fluxy_conformance::run(&config).await?;
     let mut files = Vec::new();
     for f in &a.format {

@@ -271,7 +271,7 @@ async fn ephemeral(ctx: &Ctx) -> Result<(), CaseError> {
         matches!(f, ServerFrame::Presence(_))
     })
     .await?;
-    // `ack` is listed as ephemeral in FX-ORD-6 but FX-ACK-1 requires its `seq`: ACK-1 governs.
+    // `ack` carries the acknowledged `seq` (FX-ACK-1); FX-ORD-6 does not list it.
     let eph = [
         "welcome",
         "history",
