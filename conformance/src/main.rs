@@ -155,7 +155,6 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
             faults: a.faults.clone(),
             ..Default::default()
         },
-        ..RunConfig::default()
     };
     if config.target.is_some() && !a.faults.is_empty() {
         return Err(RunError::Config(
