@@ -7,6 +7,7 @@ use super::{current_seq, msg_c, pair, req, req_err, send};
 use crate::case;
 use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::Ctx;
+use crate::proxy::{of_type, Action, Proxy, Rule, Side};
 
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
@@ -18,6 +19,8 @@ pub fn cases() -> Vec<Case> {
         case!("ack/idempotent-across-transports", ["FX-ACK-5"], "idempotency holds across connections, reconnects and WebSocket/HTTP", across),
         case!("ack/keys-per-user", ["FX-ACK-6"], "the same clientMessageId from two users makes two messages", per_user),
         case!("ack/no-op-without-seq", ["FX-ACK-7"], "no-op reactions and reads get an ack without seq and produce no event", no_op),
+        case!("ack/proxy-duplicated-frame", ["FX-ACK-4", "FX-ACK-1"], "a frame duplicated on the network (proxy) is stored once; the copy gets the original ack marked duplicate", proxy_duplicated),
+        case!("ack/proxy-lost-ack-retry", ["FX-ACK-5"], "an ack lost with the connection (proxy); the retry on a new connection gets the original ack, nothing stored twice", proxy_lost_ack),
         case!("ack/failure-stores-nothing", ["FX-ACK-8"], "a failed request gets an error with its ref and stores nothing", failure_nothing),
     ]
 }
@@ -368,4 +371,64 @@ async fn failure_nothing(ctx: &Ctx) -> Result<(), CaseError> {
     )?;
     let _ = a;
     Ok(())
+}
+
+async fn proxy_duplicated(ctx: &Ctx) -> Result<(), CaseError> {
+    let (a, b, room, _, mut cb) = pair(ctx).await?;
+    let proxy = Proxy::start(ctx).await?;
+    proxy.rule(Rule::new(
+        Side::ToServer,
+        Action::Duplicate,
+        of_type("message"),
+    ));
+    let mut ca = proxy.connect(ctx, &a, &room, "").await?;
+    let cmid = ctx.cmid();
+    ca.send_json(&msg_c("sent once, arrives twice", &cmid, "dup"))?;
+    let first = ca.ack("FX-ACK-1", "dup").await?;
+    let second = ca.ack("FX-ACK-4", "dup").await?;
+    ensure(
+        !first.duplicate && second.duplicate,
+        "FX-ACK-4",
+        "the copy answered with duplicate: true",
+        format!("{first:?} then {second:?}"),
+    )?;
+    ensure_eq("FX-ACK-4", "seq of the copy's ack", second.seq, first.seq)?;
+    let after = send(ctx, &mut ca, "barrier").await?;
+    cb.wait_seq("FX-ACK-4", after.seq.unwrap_or(0)).await?;
+    ensure_eq("FX-ACK-4", "events broadcast", cb.timeline().len(), 2)?;
+    let _ = b;
+    Ok(())
+}
+
+async fn proxy_lost_ack(ctx: &Ctx) -> Result<(), CaseError> {
+    let (a, _, room, _, _) = pair(ctx).await?;
+    let proxy = Proxy::start(ctx).await?;
+    // The ack never reaches the client: the link dies instead.
+    proxy.rule(Rule::new(Side::ToClient, Action::Cut, of_type("ack")));
+    let mut ca = proxy.connect(ctx, &a, &room, "").await?;
+    let cmid = ctx.cmid();
+    ca.send_json(&msg_c("did it arrive?", &cmid, "lost"))?;
+    ca.wait_close("FX-ACK-5", ctx.wait()).await.ok();
+    ensure(
+        !ca.frames().iter().any(|f| matches!(f, ServerFrame::Ack(_))),
+        "FX-ACK-5",
+        "(set-up) the ack was cut",
+        "an ack got through",
+    )?;
+    // Retry with the same key on a fresh connection (direct this time).
+    let mut c2 = ctx.connect(&a, &room).await?;
+    c2.send_json(&msg_c("did it arrive?", &cmid, "retry"))?;
+    let again = c2.ack("FX-ACK-5", "retry").await?;
+    ensure(
+        again.duplicate && again.seq.is_some(),
+        "FX-ACK-5",
+        "the original ack, duplicate: true",
+        format!("{again:?}"),
+    )?;
+    ensure_eq(
+        "FX-ACK-5",
+        "events stored",
+        current_seq(ctx, &a, &room).await?,
+        1,
+    )
 }
