@@ -17,12 +17,35 @@ fuzz_target!(|input: (String, u64, bool, u8)| {
         tenant: "t1".into(),
         room: "r1".into(),
         seq,
-        direction: if forward { Direction::Forward } else { Direction::Backward },
+        direction: if forward {
+            Direction::Forward
+        } else {
+            Direction::Backward
+        },
     };
     let s = c.encode(KEY);
     assert_eq!(Cursor::decode(&s, KEY, "t1", "r1"), Ok(c.clone()));
-    assert_eq!(Cursor::decode(&s, KEY, "t2", "r1"), Err(CursorError::Foreign));
+    assert_eq!(
+        Cursor::decode(&s, KEY, "t2", "r1"),
+        Err(CursorError::Foreign)
+    );
     assert!(Cursor::decode(&s, b"other-key", "t1", "r1").is_err());
+    // Every proper prefix (a truncated cursor) is rejected.
+    let cut = flip as usize % s.len();
+    assert!(
+        Cursor::decode(&s[..cut], KEY, "t1", "r1").is_err(),
+        "truncated cursor accepted"
+    );
+    // A cursor of another tenant's room, even with the same room id, is foreign.
+    let other = Cursor {
+        tenant: "t2".into(),
+        ..c.clone()
+    }
+    .encode(KEY);
+    assert_eq!(
+        Cursor::decode(&other, KEY, "t1", "r1"),
+        Err(CursorError::Foreign)
+    );
     let mut bytes = s.into_bytes();
     let i = flip as usize % bytes.len();
     bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };

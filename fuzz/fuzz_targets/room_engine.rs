@@ -11,6 +11,35 @@ use harness::{FrameOp, Harness, Op, Setup};
 
 const MAX_OPS: usize = 256;
 
+/// The golden client frames of spec/examples/client (seeds for the raw-frame op).
+const EXAMPLES: &[&str] = &[
+    include_str!("../../spec/examples/client/agentRun.failed.json"),
+    include_str!("../../spec/examples/client/agentRun.json"),
+    include_str!("../../spec/examples/client/agentTyping.json"),
+    include_str!("../../spec/examples/client/approval_decision.json"),
+    include_str!("../../spec/examples/client/approval_request.json"),
+    include_str!("../../spec/examples/client/auth.json"),
+    include_str!("../../spec/examples/client/delete.json"),
+    include_str!("../../spec/examples/client/edit.json"),
+    include_str!("../../spec/examples/client/message.json"),
+    include_str!("../../spec/examples/client/message.minimal.json"),
+    include_str!("../../spec/examples/client/message.reply-with-attachments.json"),
+    include_str!("../../spec/examples/client/ping.json"),
+    include_str!("../../spec/examples/client/reaction.json"),
+    include_str!("../../spec/examples/client/reaction.remove.json"),
+    include_str!("../../spec/examples/client/read.json"),
+    include_str!("../../spec/examples/client/resume.json"),
+    include_str!("../../spec/examples/client/stream.abort.json"),
+    include_str!("../../spec/examples/client/stream.delta.json"),
+    include_str!("../../spec/examples/client/stream.end.json"),
+    include_str!("../../spec/examples/client/stream.json"),
+    include_str!("../../spec/examples/client/tool_call.json"),
+    include_str!("../../spec/examples/client/tool_error.json"),
+    include_str!("../../spec/examples/client/tool_result.json"),
+    include_str!("../../spec/examples/client/typing.json"),
+    include_str!("../../spec/examples/client/typing.stopped.json"),
+];
+
 fn opt(u: &mut Unstructured) -> Result<Option<u8>> {
     Ok(if u.arbitrary::<bool>()? {
         Some(u.arbitrary()?)
@@ -87,7 +116,7 @@ fn frame(u: &mut Unstructured) -> Result<FrameOp> {
         _ => FrameOp::Auth {
             user: u.arbitrary()?,
             other_tenant: u.arbitrary()?,
-            bad_sig: u.arbitrary()?,
+            defect: u.arbitrary()?,
             exp_s: u.arbitrary()?,
             agent: u.arbitrary()?,
         },
@@ -106,10 +135,15 @@ fn op(u: &mut Unstructured) -> Result<Op> {
             conn: u.arbitrary()?,
             frame: frame(u)?,
         },
-        7 => Op::Raw {
-            conn: u.arbitrary()?,
-            text: u.arbitrary()?,
-        },
+        7 => {
+            let conn = u.arbitrary()?;
+            let text = if u.arbitrary()? {
+                EXAMPLES[u.choose_index(EXAMPLES.len())?].to_owned()
+            } else {
+                u.arbitrary()?
+            };
+            Op::Raw { conn, text }
+        }
         8 => match u.int_in_range(0..=3u8)? {
             0 => Op::Binary {
                 conn: u.arbitrary()?,
