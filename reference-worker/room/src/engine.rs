@@ -52,6 +52,42 @@ pub struct RoomConfig {
     pub faults: Faults,
 }
 
+/// How long idempotency keys are honoured: exactly 24 hours (`[FX-ACK-5]` requires at least
+/// 24 h). Older keys are forgotten by the engine and may be pruned from storage.
+pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// At most this many expired idempotency keys are dropped from memory per input (bounded work).
+const IDEM_PRUNE_BATCH: usize = 256;
+
+/// Abuse policy of a room: when a misbehaving connection is closed.
+///
+/// Set with [`Room::set_policy`]; [`RoomPolicy::default`] applies otherwise, so every shell gets
+/// the same behaviour without new [`RoomConfig`] fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomPolicy {
+    /// Close with 4010 `protocol_violation` a connection that sent this many invalid frames
+    /// in a row (undecodable text frames and binary frames; any valid frame resets the count)
+    /// `[FX-FRM-11]`. `None` never closes. Default 100 (the spec's minimum).
+    pub max_invalid_streak: Option<u32>,
+    /// Close with 4008 `rate_limited` a connection that had this many frames refused by the
+    /// rate limit within [`RoomPolicy::rate_abuse_window_ms`] `[FX-LIM-6]`. `None` never
+    /// closes. Default 200.
+    pub max_rate_rejects: Option<u32>,
+    /// Window for counting refused frames, in ms; 0 means the bucket period
+    /// (`rate_burst / rate_per_second` seconds, at least one second). Default 0.
+    pub rate_abuse_window_ms: u64,
+}
+
+impl Default for RoomPolicy {
+    fn default() -> Self {
+        RoomPolicy {
+            max_invalid_streak: Some(100),
+            max_rate_rejects: Some(200),
+            rate_abuse_window_ms: 0,
+        }
+    }
+}
+
 /// Verified identity of a connection or HTTP request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -208,6 +244,15 @@ pub enum Input {
         /// User id.
         user_id: String,
     },
+    /// The user's room role changed (`POST /rooms/{id}/members` on an existing member): their
+    /// open connections get the new privileges at once. Produces no effect.
+    SetRole {
+        /// User id.
+        user_id: String,
+        /// The new room role (`None`: no longer a member, without closing; use
+        /// [`Input::Kick`] to close).
+        member_role: Option<MemberRole>,
+    },
 }
 
 /// Result of a `POST /messages`.
@@ -301,6 +346,11 @@ struct Conn {
     last_rx_ms: u64,
     tokens: f64,
     last_refill_ms: u64,
+    /// Invalid frames in a row (FX-FRM-11).
+    invalid_streak: u32,
+    /// Frames refused by the rate limit since `reject_window_start_ms` (FX-LIM-6).
+    rate_rejects: u32,
+    reject_window_start_ms: u64,
 }
 
 struct Run {
@@ -340,6 +390,9 @@ pub struct Room {
     reactions: HashSet<(u64, String, String)>,
     reads: HashMap<String, u64>,
     idem: HashMap<(String, String), IdemEntry>,
+    /// Idempotency keys in commit-time order, for pruning: (created ms, user, key, seq).
+    idem_order: VecDeque<(u64, String, String, u64)>,
+    policy: RoomPolicy,
     runs: HashMap<(String, String), Run>,
     tool_calls: HashMap<(String, String, String), bool>,
     approvals: HashMap<(String, String, String), bool>,
@@ -400,6 +453,8 @@ impl Room {
             reactions: HashSet::new(),
             reads: HashMap::new(),
             idem: HashMap::new(),
+            idem_order: VecDeque::new(),
+            policy: RoomPolicy::default(),
             runs: HashMap::new(),
             tool_calls: HashMap::new(),
             approvals: HashMap::new(),
@@ -429,7 +484,15 @@ impl Room {
         }
         room.reactions.extend(loaded.reactions);
         room.reads.extend(loaded.reads);
-        for r in loaded.idempotency {
+        let mut idem_rows = loaded.idempotency;
+        idem_rows.sort_by_key(|r| r.created_ms);
+        for r in idem_rows {
+            room.idem_order.push_back((
+                r.created_ms,
+                r.user_id.clone(),
+                r.client_message_id.clone(),
+                r.seq,
+            ));
             room.idem.insert(
                 (r.user_id, r.client_message_id),
                 IdemEntry {
@@ -445,6 +508,21 @@ impl Room {
             }
         }
         room
+    }
+
+    /// Replace the abuse policy (the default is [`RoomPolicy::default`]).
+    pub fn set_policy(&mut self, policy: RoomPolicy) {
+        self.policy = policy;
+    }
+
+    /// The abuse policy in force.
+    pub fn policy(&self) -> RoomPolicy {
+        self.policy
+    }
+
+    /// Number of idempotency keys held in memory (after pruning).
+    pub fn idempotency_key_count(&self) -> usize {
+        self.idem.len()
     }
 
     /// The tenant and room this engine serves.
@@ -546,6 +624,7 @@ impl Room {
             }
             return;
         }
+        self.prune_idempotency(now_ms);
         match input {
             Input::Open {
                 conn,
@@ -567,6 +646,7 @@ impl Room {
                                 None,
                             ),
                         );
+                        self.count_invalid(conn);
                     }
                 }
             }
@@ -580,6 +660,7 @@ impl Room {
             } => {
                 let who = Requester::Post(request);
                 if self.duplicate(
+                    now_ms,
                     who,
                     &identity.user_id,
                     frame.client_message_id.as_deref(),
@@ -603,8 +684,79 @@ impl Room {
                     self.close(id, CloseCode::Forbidden);
                 }
             }
+            Input::SetRole {
+                user_id,
+                member_role,
+            } => {
+                for c in self.conns.values_mut() {
+                    if c.identity.user_id == user_id {
+                        c.identity.member_role = member_role;
+                    }
+                }
+            }
         }
         self.flush();
+    }
+
+    /// Forget idempotency keys older than [`IDEMPOTENCY_TTL_MS`] (at most a bounded number per
+    /// call; [`Room::duplicate`] ignores expired keys anyway, so pruning late is harmless).
+    fn prune_idempotency(&mut self, now_ms: u64) {
+        for _ in 0..IDEM_PRUNE_BATCH {
+            let expired = self
+                .idem_order
+                .front()
+                .is_some_and(|(created, ..)| created.saturating_add(IDEMPOTENCY_TTL_MS) <= now_ms);
+            if !expired {
+                return;
+            }
+            let Some((_, user, cmid, seq)) = self.idem_order.pop_front() else {
+                return;
+            };
+            let key = (user, cmid);
+            if self.idem.get(&key).is_some_and(|e| e.seq == seq) {
+                self.idem.remove(&key);
+            }
+        }
+    }
+
+    /// Count an invalid frame; close with 4010 when the streak reaches the policy's limit.
+    fn count_invalid(&mut self, conn: ConnId) {
+        let Some(max) = self.policy.max_invalid_streak else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.invalid_streak = c.invalid_streak.saturating_add(1);
+        if c.invalid_streak >= max.max(1) {
+            self.close(conn, CloseCode::ProtocolViolation);
+        }
+    }
+
+    /// Count a frame refused by the rate limit; true when the connection was closed with 4008.
+    fn count_rate_reject(&mut self, conn: ConnId, now_ms: u64) -> bool {
+        let Some(max) = self.policy.max_rate_rejects else {
+            return false;
+        };
+        let window = match self.policy.rate_abuse_window_ms {
+            0 => (u64::from(self.cfg.rate_burst) * 1000
+                / u64::from(self.cfg.rate_per_second.max(1)))
+            .max(1000),
+            w => w,
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if now_ms.saturating_sub(c.reject_window_start_ms) >= window {
+            c.reject_window_start_ms = now_ms;
+            c.rate_rejects = 0;
+        }
+        c.rate_rejects = c.rate_rejects.saturating_add(1);
+        if c.rate_rejects >= max.max(1) {
+            self.close(conn, CloseCode::RateLimited);
+            return true;
+        }
+        false
     }
 
     // ------------------------------------------------------------------ connections
@@ -630,6 +782,9 @@ impl Room {
                 last_rx_ms: now_ms,
                 tokens: f64::from(self.cfg.rate_burst),
                 last_refill_ms: now_ms,
+                invalid_streak: 0,
+                rate_rejects: 0,
+                reject_window_start_ms: now_ms,
             },
         );
         self.send(conn, text_of(&welcome));
@@ -808,6 +963,9 @@ impl Room {
         };
         c.last_rx_ms = now_ms;
         let decoded = ClientFrame::decode(text);
+        if decoded.is_ok() {
+            c.invalid_streak = 0;
+        }
         if let Ok(ClientFrame::Ping(p)) = &decoded {
             let pong = ServerFrame::Pong(PongFrame {
                 ts: now_ms,
@@ -824,6 +982,7 @@ impl Room {
             );
             e.retry_after_ms = Some(wait);
             self.send_error(conn, e);
+            self.count_rate_reject(conn, now_ms);
             return;
         }
         let frame = match decoded {
@@ -838,6 +997,7 @@ impl Room {
                     ef.reference = raw_ref(text);
                 }
                 self.send_error(conn, ef);
+                self.count_invalid(conn);
                 return;
             }
         };
@@ -847,6 +1007,7 @@ impl Room {
         let who = Requester::Conn(conn);
         let reference = frame.reference().map(str::to_owned);
         if self.duplicate(
+            now_ms,
             who,
             &identity.user_id,
             frame_cmid(&frame),
@@ -970,8 +1131,11 @@ impl Room {
     }
 
     /// Duplicate check for an idempotency key. Returns true when handled.
+    ///
+    /// A key older than [`IDEMPOTENCY_TTL_MS`] is forgotten (it was honoured for 24 hours).
     fn duplicate(
         &mut self,
+        now_ms: u64,
         who: Requester,
         user: &str,
         cmid: Option<&str>,
@@ -981,9 +1145,14 @@ impl Room {
         if self.cfg.faults.no_dedup {
             return false;
         }
-        let Some(e) = self.idem.get(&(user.to_owned(), cmid.to_owned())) else {
+        let key = (user.to_owned(), cmid.to_owned());
+        let Some(e) = self.idem.get(&key) else {
             return false;
         };
+        if e.created_ms.saturating_add(IDEMPOTENCY_TTL_MS) <= now_ms {
+            self.idem.remove(&key);
+            return false;
+        }
         let a = AckFrame {
             reference: reference.map(str::to_owned),
             client_message_id: Some(cmid.to_owned()),
@@ -1072,6 +1241,8 @@ impl Room {
                 ack.id,
                 created_ms,
             ));
+            self.idem_order
+                .push_back((created_ms, user.clone(), cmid.clone(), seq));
             self.idem.insert(
                 (user, cmid),
                 IdemEntry {

@@ -22,6 +22,6 @@ pub mod sql;
 
 pub use engine::{
     ConnId, ConnectOptions, Effect, IdempotencyRow, Identity, Input, LoadedRoom, MessageRow,
-    PostOutcome, Room, RoomConfig,
+    PostOutcome, Room, RoomConfig, RoomPolicy, IDEMPOTENCY_TTL_MS,
 };
 pub use faults::{Faults, UnknownFault, FAULTS};

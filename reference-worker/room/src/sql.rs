@@ -77,6 +77,25 @@ pub const UPSERT_READ: &str = "INSERT INTO read_positions (tenant_id, room_id, u
 /// Remember an idempotency key with its original ack.
 pub const INSERT_IDEMPOTENCY: &str = "INSERT OR REPLACE INTO idempotency (tenant_id, room_id, user_id, client_message_id, seq, message_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
+/// Delete at most `?4` idempotency keys of a room created at or before `?3` (epoch ms). Shells
+/// run it opportunistically (on load, and now and then with a commit) so storage keeps only
+/// the keys of the last [`crate::IDEMPOTENCY_TTL_MS`]; the engine ignores older keys anyway.
+pub const PRUNE_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE tenant_id = ?1 AND room_id = ?2 AND created_at <= ?3 LIMIT ?4)";
+
+/// Build a [`PRUNE_IDEMPOTENCY`] statement: drop at most `limit` keys of the room that are
+/// older than [`crate::IDEMPOTENCY_TTL_MS`] at `now_ms`.
+pub fn prune_idempotency(tenant: &Arc<str>, room: &Arc<str>, now_ms: u64, limit: u64) -> Stmt {
+    Stmt {
+        sql: PRUNE_IDEMPOTENCY,
+        params: vec![
+            tenant.into(),
+            room.into(),
+            now_ms.saturating_sub(crate::IDEMPOTENCY_TTL_MS).into(),
+            limit.into(),
+        ],
+    }
+}
+
 /// Build an [`INSERT_EVENT`] statement.
 pub fn insert_event(
     tenant: &Arc<str>,

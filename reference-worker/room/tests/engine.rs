@@ -137,6 +137,12 @@ impl H {
             text: v.to_string(),
         });
     }
+    fn send_text(&mut self, conn: ConnId, text: &str) {
+        self.input(Input::Text {
+            conn,
+            text: text.to_owned(),
+        });
+    }
     fn take(&mut self, conn: ConnId) -> Vec<ServerFrame> {
         self.raw.remove(&conn);
         self.got.remove(&conn).unwrap_or_default()
@@ -1085,4 +1091,216 @@ fn engine_faults_break_their_rule() {
         "acked seq 1 was reused"
     );
     assert!(run("ghost-presence").room.connection_count() == 2);
+}
+
+// ------------------------------------------------------------ abuse policy (FRM-11, LIM-6)
+
+#[test]
+fn invalid_frame_flood_closes_4010_after_100_in_a_row_and_valid_frames_reset_the_count() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    for _ in 0..99 {
+        h.send_text(1, "not json");
+    }
+    // A valid frame (even a ping) resets the streak.
+    h.send(1, json!({"type":"ping","ts":1}));
+    for _ in 0..98 {
+        h.send_text(1, "{\"type\":\"nope\"}");
+    }
+    h.input(Input::Binary { conn: 1 }); // binary frames are invalid frames too
+    assert!(h.closes.is_empty(), "99 in a row is below the limit");
+    h.take(2);
+    h.send_text(1, "[]");
+    assert_eq!(h.closes, vec![(1, CloseCode::ProtocolViolation)]);
+    // Every invalid frame was answered (the 100th too) before the close.
+    assert_eq!(h.errors(1).len(), 99 + 99 + 1);
+    assert_eq!(h.last_error(1), ErrorCode::MalformedFrame);
+    // The engine forgot the connection: presence no longer counts alice.
+    let p = h
+        .got
+        .get(&2)
+        .and_then(|v| {
+            v.iter().rev().find_map(|f| match f {
+                ServerFrame::Presence(p) => Some(p.clone()),
+                _ => None,
+            })
+        })
+        .expect("a presence update for bob");
+    assert_eq!(p.users, vec!["bob".to_owned()]);
+    assert_eq!(h.room.connection_count(), 1);
+}
+
+#[test]
+fn invalid_frame_limit_is_configurable_and_can_be_disabled() {
+    let mut h = H::new();
+    h.room.set_policy(fluxy_room::RoomPolicy {
+        max_invalid_streak: Some(3),
+        ..fluxy_room::RoomPolicy::default()
+    });
+    h.connect(1, "alice", &["member"]);
+    h.send_text(1, "x");
+    h.send_text(1, "x");
+    assert!(h.closes.is_empty());
+    h.send_text(1, "x");
+    assert_eq!(h.closes, vec![(1, CloseCode::ProtocolViolation)]);
+
+    let mut h = H::new();
+    h.room.set_policy(fluxy_room::RoomPolicy {
+        max_invalid_streak: None,
+        ..fluxy_room::RoomPolicy::default()
+    });
+    h.connect(1, "alice", &["member"]);
+    for _ in 0..500 {
+        h.send_text(1, "x");
+    }
+    assert!(h.closes.is_empty(), "disabled: never closes");
+    assert_eq!(h.msg(1, "still usable"), 1);
+}
+
+#[test]
+fn persistent_rate_limit_abuse_closes_4008_but_occasional_excess_does_not() {
+    let mut c = cfg(Faults::NONE);
+    c.rate_burst = 5;
+    c.rate_per_second = 5; // bucket period 1 s
+    let mut h = H::with(c, LoadedRoom::default());
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    // A burst with 150 refused frames, then again in the next window: never 200 in one window.
+    for round in 0..3 {
+        for i in 0..155 {
+            h.send(
+                1,
+                json!({"type":"read","messageId":1,"ref":format!("r{round}-{i}")}),
+            );
+        }
+        h.now += 1_000;
+    }
+    assert!(
+        h.closes.is_empty(),
+        "150 refusals per window stay below 200"
+    );
+    // 200 refusals within one window close with 4008 rate_limited.
+    for i in 0..205 {
+        h.send(
+            2,
+            json!({"type":"read","messageId":1,"ref":format!("b{i}")}),
+        );
+    }
+    assert_eq!(h.closes, vec![(2, CloseCode::RateLimited)]);
+    let limited = h
+        .errors(2)
+        .iter()
+        .filter(|e| e.code == ErrorCode::RateLimited)
+        .count();
+    assert_eq!(
+        limited, 200,
+        "closed at the 200th refusal, each one answered"
+    );
+    assert_eq!(h.room.connection_count(), 1);
+}
+
+#[test]
+fn rate_abuse_limit_can_be_disabled() {
+    let mut c = cfg(Faults::NONE);
+    c.rate_burst = 1;
+    c.rate_per_second = 1;
+    let mut h = H::with(c, LoadedRoom::default());
+    h.room.set_policy(fluxy_room::RoomPolicy {
+        max_rate_rejects: None,
+        ..fluxy_room::RoomPolicy::default()
+    });
+    h.connect(1, "alice", &["member"]);
+    for _ in 0..1000 {
+        h.send(1, json!({"type":"read","messageId":1}));
+    }
+    assert!(h.closes.is_empty());
+}
+
+// ------------------------------------------------------------------ role changes
+
+#[test]
+fn set_role_gives_open_connections_the_new_privileges() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    let id = h.msg(1, "alice's");
+    h.send(2, json!({"type":"delete","messageId":id}));
+    assert_eq!(h.last_error(2), ErrorCode::Forbidden);
+    h.input(Input::SetRole {
+        user_id: "bob".into(),
+        member_role: Some(MemberRole::Moderator),
+    });
+    h.send(2, json!({"type":"delete","messageId":id,"ref":"d"}));
+    let a = h.acks(2);
+    assert_eq!(a.last().and_then(|a| a.reference.as_deref()), Some("d"));
+    // And back: a demoted moderator loses the privilege at once.
+    let id2 = h.msg(1, "another");
+    h.input(Input::SetRole {
+        user_id: "bob".into(),
+        member_role: Some(MemberRole::Member),
+    });
+    h.send(2, json!({"type":"delete","messageId":id2}));
+    assert_eq!(h.last_error(2), ErrorCode::Forbidden);
+    assert!(h.closes.is_empty(), "a role change closes nothing");
+}
+
+// ------------------------------------------------------------ idempotency retention
+
+#[test]
+fn idempotency_keys_are_honoured_for_24_hours_then_forgotten() {
+    let day = fluxy_room::IDEMPOTENCY_TTL_MS;
+    let loaded = LoadedRoom {
+        current_seq: 2,
+        idempotency: vec![
+            fluxy_room::IdempotencyRow {
+                user_id: "alice".into(),
+                client_message_id: "old-key-0001".into(),
+                seq: 1,
+                message_id: Some(1),
+                created_ms: T0 - day,
+            },
+            fluxy_room::IdempotencyRow {
+                user_id: "alice".into(),
+                client_message_id: "new-key-0001".into(),
+                seq: 2,
+                message_id: Some(2),
+                created_ms: T0 - day + 1,
+            },
+        ],
+        ..LoadedRoom::default()
+    };
+    let mut h = H::with(cfg(Faults::NONE), loaded);
+    assert_eq!(h.room.idempotency_key_count(), 2);
+    h.connect(1, "alice", &["member"]);
+    // The first input pruned the key that is exactly 24 h old, and only that one.
+    assert_eq!(h.room.idempotency_key_count(), 1);
+    h.send(
+        1,
+        json!({"type":"message","content":"x","clientMessageId":"new-key-0001"}),
+    );
+    assert!(
+        h.acks(1)[0].duplicate,
+        "a key younger than 24 h is honoured"
+    );
+    // One millisecond later it is 24 h old: forgotten, so the same key is a new request.
+    h.now += 1;
+    h.send(
+        1,
+        json!({"type":"message","content":"y","clientMessageId":"new-key-0001"}),
+    );
+    let a = h.acks(1);
+    assert!(!a[1].duplicate);
+    assert_eq!(a[1].seq, Some(3));
+    // The fresh key is honoured again, and the expired ones are gone from memory.
+    h.send(
+        1,
+        json!({"type":"message","content":"z","clientMessageId":"new-key-0001"}),
+    );
+    assert!(h.acks(1)[2].duplicate);
+    assert_eq!(h.acks(1)[2].seq, Some(3));
+    assert_eq!(h.room.idempotency_key_count(), 1);
+    h.now += day;
+    h.send(1, json!({"type":"ping"}));
+    assert_eq!(h.room.idempotency_key_count(), 0);
 }
