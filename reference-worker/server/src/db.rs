@@ -13,8 +13,11 @@ use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
 use crate::ServerError;
 
-/// Idempotency keys are kept (and loaded) for at least this long.
-pub const IDEMPOTENCY_MS: u64 = 24 * 3600 * 1000;
+/// Idempotency keys are kept (and loaded) for this long (the engine's retention).
+pub const IDEMPOTENCY_MS: u64 = fluxy_room::IDEMPOTENCY_TTL_MS;
+
+/// Expired idempotency keys pruned when a room loads (bounded work; commits prune more).
+const PRUNE_ON_LOAD: i64 = 10_000;
 
 /// A room row.
 #[derive(Debug, Clone)]
@@ -213,6 +216,16 @@ fn load_room_sync(
         .map(|t| parse_type(&t))
         .unwrap_or_default();
     let current: i64 = c.query_row(sql::LOAD_MAX_SEQ, params![tenant, room], |r| r.get(0))?;
+    // Opportunistic pruning of expired idempotency keys (FX-ACK-5 needs only 24 h).
+    c.execute(
+        sql::PRUNE_IDEMPOTENCY,
+        params![
+            tenant,
+            room,
+            i(now_ms.saturating_sub(IDEMPOTENCY_MS)),
+            PRUNE_ON_LOAD
+        ],
+    )?;
     let current = to_u64(current);
     let from = current.saturating_sub(window);
     let recent = c

@@ -34,7 +34,7 @@ use rusqlite::{params, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::{self, room_row, RoomRow};
-use crate::rooms::{room_handle, RoomHandle, RoomMsg, SseItem};
+use crate::rooms::{room_handle, running_room, RoomHandle, RoomMsg, SseItem};
 use crate::{hash_api_key, now_ms, random_hex, App, ServerError};
 
 /// An HTTP error response with an [`ErrorBody`].
@@ -90,6 +90,19 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// 429 `rate_limited` with `retryAfterMs` and a `Retry-After` header in whole seconds
+/// (rounded up) `[FX-LIM-7]`.
+fn rate_limited(retry_after_ms: u64) -> Response {
+    let mut body = ErrorBody::new(ErrorCode::RateLimited, "too many requests; retry later");
+    body.retry_after_ms = Some(retry_after_ms.max(1));
+    let secs = retry_after_ms.max(1).div_ceil(1000);
+    let mut r = ApiError(body).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
 
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -230,6 +243,9 @@ async fn auth_token(
         })
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidApiKey, "unknown or revoked API key"))?;
+    if let Err(wait) = app.token_limiter.check(&hash_api_key(key), now_ms()) {
+        return Ok(rate_limited(wait));
+    }
     let req: TokenRequest = decode_body(&body_text(&body)?, MAX_BODY_BYTES)?;
     if !is_valid_id(&req.user_id) {
         return Err(ApiError::new(ErrorCode::InvalidFrame, "invalid userId").field("userId"));
@@ -557,6 +573,12 @@ async fn add_member(
             Ok(())
         })
         .await?;
+    // Open connections of that user get the new privileges at once (a new member has none;
+    // an existing one may have changed role). Only a running room needs telling: a room that
+    // starts later reads roles at connect.
+    if let Some(h) = running_room(&app, &a.room.tenant, &a.room.id) {
+        h.send(RoomMsg::SetRole(spec.user_id.clone(), Some(role)));
+    }
     Ok((
         StatusCode::OK,
         Json(MemberResponse {
@@ -610,6 +632,10 @@ async fn post_message(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let claims = authenticate(&app, &headers, &q).await?;
+    let bucket = format!("{}\u{0}{}", claims.tid, claims.sub);
+    if let Err(wait) = app.post_limiter.check(&bucket, now_ms()) {
+        return Ok(rate_limited(wait));
+    }
     let req: PostMessageRequest = decode_body(&body_text(&body)?, MAX_BODY_BYTES)?;
     let frame = fluxy_protocol::client::SendMessageFrame {
         content: req.content,

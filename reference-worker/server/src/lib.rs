@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 pub mod db;
 mod http;
+mod limiter;
 mod rooms;
 mod ws;
 
@@ -46,6 +47,24 @@ pub struct ServerConfig {
     pub faults: Vec<String>,
     /// `PRAGMA synchronous=FULL` (true, the default) or `NORMAL`.
     pub synchronous_full: bool,
+    /// Outgoing queue bound per WebSocket connection, in frames. A connection whose queue is
+    /// full is closed with 1011 rather than skipping an event (`[FX-ORD-2]`).
+    pub out_queue_frames: usize,
+    /// Outgoing queue bound per WebSocket connection, in bytes of queued frame text.
+    pub out_queue_bytes: usize,
+    /// Close a connection after this many invalid frames in a row with 4010 (0 disables).
+    pub max_invalid_frames: u32,
+    /// Close a connection after this many rate-limited frames within one bucket period with
+    /// 4008 (0 disables).
+    pub max_rate_rejects: u32,
+    /// `POST /auth/token` token bucket per API key: capacity (0 disables the limit).
+    pub http_token_burst: u32,
+    /// `POST /auth/token` token bucket per API key: refill per second.
+    pub http_token_per_second: u32,
+    /// `POST /messages` token bucket per (tenant, user): capacity (0 disables the limit).
+    pub http_post_burst: u32,
+    /// `POST /messages` token bucket per (tenant, user): refill per second.
+    pub http_post_per_second: u32,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +79,14 @@ impl Default for ServerConfig {
             resume_window: 1000,
             faults: Vec::new(),
             synchronous_full: true,
+            out_queue_frames: 4096,
+            out_queue_bytes: 8 << 20,
+            max_invalid_frames: 100,
+            max_rate_rejects: 200,
+            http_token_burst: 1000,
+            http_token_per_second: 100,
+            http_post_burst: 500,
+            http_post_per_second: 100,
         }
     }
 }
@@ -163,6 +190,10 @@ pub(crate) struct App {
     pub(crate) next_conn: std::sync::atomic::AtomicU64,
     /// Live WebSocket sessions (shutdown waits for their close handshakes).
     pub(crate) live_sessions: std::sync::atomic::AtomicUsize,
+    /// HTTP rate limit of `POST /auth/token`, per API key hash.
+    pub(crate) token_limiter: limiter::Limiter,
+    /// HTTP rate limit of `POST /messages`, per (tenant, user).
+    pub(crate) post_limiter: limiter::Limiter,
     pub(crate) stop: watch::Receiver<bool>,
 }
 
@@ -266,6 +297,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let cursor_key = cursor_key(&db).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let token_limiter =
+        limiter::Limiter::new(config.http_token_burst, config.http_token_per_second);
+    let post_limiter = limiter::Limiter::new(config.http_post_burst, config.http_post_per_second);
     let app = Arc::new(App {
         config,
         faults,
@@ -275,6 +309,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         cursor_key,
         next_conn: std::sync::atomic::AtomicU64::new(1),
         live_sessions: std::sync::atomic::AtomicUsize::new(0),
+        token_limiter,
+        post_limiter,
         stop: stop_rx.clone(),
     });
     let router = http::router(app.clone());

@@ -34,6 +34,31 @@ struct Cli {
     /// SQLite `synchronous` for the WAL: full (durable across power loss) or normal.
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     synchronous: String,
+    /// Outgoing queue bound per WebSocket connection, in frames; a connection that falls this
+    /// far behind is closed with 1011 (slow consumer).
+    #[arg(long, default_value_t = 4096)]
+    out_queue_frames: usize,
+    /// Outgoing queue bound per WebSocket connection, in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    out_queue_bytes: usize,
+    /// Close with 4010 after this many invalid frames in a row (0 disables).
+    #[arg(long, default_value_t = 100)]
+    max_invalid_frames: u32,
+    /// Close with 4008 after this many rate-limited frames within one bucket period (0 disables).
+    #[arg(long, default_value_t = 200)]
+    max_rate_rejects: u32,
+    /// POST /auth/token rate limit per API key: bucket capacity (0 disables).
+    #[arg(long, default_value_t = 1000)]
+    http_token_burst: u32,
+    /// POST /auth/token rate limit per API key: refill per second.
+    #[arg(long, default_value_t = 100)]
+    http_token_per_second: u32,
+    /// POST /messages rate limit per user: bucket capacity (0 disables).
+    #[arg(long, default_value_t = 500)]
+    http_post_burst: u32,
+    /// POST /messages rate limit per user: refill per second.
+    #[arg(long, default_value_t = 100)]
+    http_post_per_second: u32,
     /// Enable a deliberate fault (test only; repeatable). `--list-faults` shows them.
     #[arg(long = "fault")]
     faults: Vec<String>,
@@ -61,6 +86,14 @@ async fn main() -> std::process::ExitCode {
         resume_window: cli.resume_window,
         faults: cli.faults,
         synchronous_full: cli.synchronous == "full",
+        out_queue_frames: cli.out_queue_frames,
+        out_queue_bytes: cli.out_queue_bytes,
+        max_invalid_frames: cli.max_invalid_frames,
+        max_rate_rejects: cli.max_rate_rejects,
+        http_token_burst: cli.http_token_burst,
+        http_token_per_second: cli.http_token_per_second,
+        http_post_burst: cli.http_post_burst,
+        http_post_per_second: cli.http_post_per_second,
     };
     let server = match start(config).await {
         Ok(s) => s,

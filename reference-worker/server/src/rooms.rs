@@ -1,12 +1,17 @@
 //! One task per room owning that room's engine (the native twin of one Durable Object per room).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fluxy_protocol::common::MemberRole;
 use fluxy_protocol::server::ErrorFrame;
 use fluxy_protocol::CloseCode;
-use fluxy_room::{ConnId, ConnectOptions, Effect, Identity, Input, PostOutcome, Room, RoomConfig};
+use fluxy_room::{
+    ConnId, ConnectOptions, Effect, Identity, Input, PostOutcome, Room, RoomConfig, RoomPolicy,
+};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{now_ms, App};
@@ -18,6 +23,103 @@ pub enum Out {
     Text(Arc<str>),
     /// Close with this code.
     Close(CloseCode),
+}
+
+/// Close code for a connection whose outgoing queue overflowed (a slow consumer, `[FX-ORD-2]`):
+/// 1011 `internal_error`, action reconnect. Of the existing codes with action reconnect it is
+/// the honest one: the server failed to deliver. 1001 would claim a shutdown, 4008 would blame
+/// the client's sending rate, 4000 its heartbeat.
+pub const SLOW_CONSUMER_CLOSE: CloseCode = CloseCode::InternalError;
+
+/// How often (at most) a room prunes expired idempotency keys from storage with a commit.
+const PRUNE_EVERY_MS: u64 = 60_000;
+/// Rows pruned per statement (bounded work per commit).
+const PRUNE_ROWS: u64 = 1_000;
+
+/// The room's end of one connection's bounded outgoing queue.
+pub struct ConnTx {
+    tx: mpsc::Sender<Out>,
+    bytes: Arc<AtomicUsize>,
+    kill: Option<oneshot::Sender<CloseCode>>,
+}
+
+/// The writer's end of one connection's bounded outgoing queue.
+pub struct ConnRx {
+    /// Queued frames.
+    pub rx: mpsc::Receiver<Out>,
+    /// Bytes of frame text queued (the writer subtracts what it takes).
+    pub bytes: Arc<AtomicUsize>,
+    /// Fires when the room gives up on the connection (queue full): close at once with this
+    /// code, whatever is still queued.
+    pub kill: oneshot::Receiver<CloseCode>,
+}
+
+/// A bounded outgoing queue: at most `frames` frames (at least 1).
+pub fn out_queue(frames: usize) -> (ConnTx, ConnRx) {
+    let (tx, rx) = mpsc::channel(frames.max(1));
+    let (kill_tx, kill_rx) = oneshot::channel();
+    let bytes = Arc::new(AtomicUsize::new(0));
+    (
+        ConnTx {
+            tx,
+            bytes: bytes.clone(),
+            kill: Some(kill_tx),
+        },
+        ConnRx {
+            rx,
+            bytes,
+            kill: kill_rx,
+        },
+    )
+}
+
+/// The queue of a connection is full (frames or bytes).
+#[derive(Debug, thiserror::Error)]
+#[error("outgoing queue full")]
+pub struct QueueFull;
+
+impl ConnTx {
+    /// Queue without waiting. A single frame larger than the byte budget is accepted when
+    /// nothing else is queued. A writer that is gone counts as success (its reader reports the
+    /// close).
+    fn push(&self, out: Out, max_bytes: usize) -> Result<(), QueueFull> {
+        let len = match &out {
+            Out::Text(t) => t.len(),
+            Out::Close(_) => 0,
+        };
+        let queued = self.bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued.saturating_add(len) > max_bytes {
+            return Err(QueueFull);
+        }
+        // Count before sending: the writer may take (and subtract) the frame at once.
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        match self.tx.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.bytes.fetch_sub(len, Ordering::Relaxed);
+                match e {
+                    TrySendError::Full(_) => Err(QueueFull),
+                    TrySendError::Closed(_) => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Queue a close after what is queued; when the queue is full, close at once instead.
+    fn close(mut self, code: CloseCode, max_bytes: usize) {
+        if self.push(Out::Close(code), max_bytes).is_err() {
+            if let Some(k) = self.kill.take() {
+                let _ = k.send(code);
+            }
+        }
+    }
+
+    /// Close at once, dropping what is queued.
+    fn kill(mut self, code: CloseCode) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(code);
+        }
+    }
 }
 
 /// What a room sends to an SSE listener.
@@ -41,8 +143,8 @@ pub enum RoomMsg {
         identity: Identity,
         /// Handshake options.
         options: ConnectOptions,
-        /// Writer channel.
-        out: mpsc::UnboundedSender<Out>,
+        /// Writer queue.
+        out: ConnTx,
     },
     /// A text frame.
     Text(ConnId, String),
@@ -75,6 +177,8 @@ pub enum RoomMsg {
     },
     /// Close a user's connections (membership removed).
     Kick(String),
+    /// A user's room role changed.
+    SetRole(String, Option<MemberRole>),
     /// A persist batch finished.
     PersistDone {
         /// Batch id.
@@ -98,6 +202,18 @@ impl RoomHandle {
     pub fn send(&self, m: RoomMsg) {
         let _ = self.tx.send(m);
     }
+}
+
+/// The task of room (tenant, room) if it is running (no task is started).
+pub fn running_room(app: &Arc<App>, tenant: &str, room: &str) -> Option<RoomHandle> {
+    let rooms = match app.rooms.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    rooms
+        .get(&(tenant.to_owned(), room.to_owned()))
+        .filter(|h| !h.tx.is_closed())
+        .cloned()
 }
 
 /// Get (or start) the task of room (tenant, room).
@@ -132,7 +248,11 @@ pub fn room_handle(app: &Arc<App>, tenant: &str, room: &str, secret: Vec<u8>) ->
 struct Shell {
     app: Arc<App>,
     self_tx: mpsc::UnboundedSender<RoomMsg>,
-    conns: HashMap<ConnId, mpsc::UnboundedSender<Out>>,
+    conns: HashMap<ConnId, ConnTx>,
+    /// Connections dropped for a full queue, to report to the engine as closed.
+    overflowed: Vec<ConnId>,
+    /// Last time expired idempotency keys were pruned from storage.
+    last_prune_ms: u64,
     sse: Vec<mpsc::UnboundedSender<SseItem>>,
     waiters: Vec<(u64, oneshot::Sender<()>)>,
     posts: HashMap<u64, oneshot::Sender<Result<PostOutcome, ErrorFrame>>>,
@@ -153,7 +273,11 @@ async fn load(app: &Arc<App>, cfg: &RoomConfig) -> Room {
             )
             .await
         {
-            Ok(l) => return Room::new(cfg.clone(), l),
+            Ok(l) => {
+                let mut room = Room::new(cfg.clone(), l);
+                room.set_policy(policy(&app.config));
+                return room;
+            }
             Err(e) => {
                 eprintln!(
                     "fluxy-server: loading room {} failed: {e}; retrying",
@@ -162,6 +286,15 @@ async fn load(app: &Arc<App>, cfg: &RoomConfig) -> Room {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// The engine's abuse policy from the server flags (0 disables a limit).
+fn policy(c: &crate::ServerConfig) -> RoomPolicy {
+    RoomPolicy {
+        max_invalid_streak: (c.max_invalid_frames > 0).then_some(c.max_invalid_frames),
+        max_rate_rejects: (c.max_rate_rejects > 0).then_some(c.max_rate_rejects),
+        ..RoomPolicy::default()
     }
 }
 
@@ -176,6 +309,8 @@ async fn room_task(
         app: app.clone(),
         self_tx,
         conns: HashMap::new(),
+        overflowed: Vec::new(),
+        last_prune_ms: now_ms(),
         sse: Vec::new(),
         waiters: Vec::new(),
         posts: HashMap::new(),
@@ -277,6 +412,13 @@ impl Shell {
                 }
             }
             RoomMsg::Kick(user_id) => room.handle(now, Input::Kick { user_id }),
+            RoomMsg::SetRole(user_id, member_role) => room.handle(
+                now,
+                Input::SetRole {
+                    user_id,
+                    member_role,
+                },
+            ),
             RoomMsg::PersistDone { batch, ok } => room.handle(
                 now,
                 if ok {
@@ -286,8 +428,9 @@ impl Shell {
                 },
             ),
             RoomMsg::Shutdown => {
+                let max = self.app.config.out_queue_bytes;
                 for (_, out) in self.conns.drain() {
-                    let _ = out.send(Out::Close(CloseCode::GoingAway));
+                    out.close(CloseCode::GoingAway, max);
                 }
                 self.sse.clear();
                 for (_, w) in self.waiters.drain(..) {
@@ -299,24 +442,64 @@ impl Shell {
         false
     }
 
+    /// Queue a frame for a connection without waiting; a full queue drops the connection
+    /// (closed with [`SLOW_CONSUMER_CLOSE`]) so that it never skips an event (`[FX-ORD-2]`)
+    /// and the room task never blocks on one slow socket.
+    fn deliver(&mut self, conn: ConnId, frame: Arc<str>) {
+        let max = self.app.config.out_queue_bytes;
+        let Some(o) = self.conns.get(&conn) else {
+            return;
+        };
+        if o.push(Out::Text(frame), max).is_err() {
+            self.drop_slow(conn);
+        }
+    }
+
+    /// Forget a connection whose queue is full and close it at once.
+    fn drop_slow(&mut self, conn: ConnId) {
+        if let Some(o) = self.conns.remove(&conn) {
+            eprintln!(
+                "fluxy-server: connection c{conn} is not reading; closing it with {}",
+                SLOW_CONSUMER_CLOSE.code()
+            );
+            o.kill(SLOW_CONSUMER_CLOSE);
+            self.overflowed.push(conn);
+        }
+    }
+
     fn run_effects(&mut self, room: &mut Room) {
+        loop {
+            self.run_effects_once(room);
+            if self.overflowed.is_empty() {
+                return;
+            }
+            // The engine forgets dropped connections (presence, member_left to the others).
+            let now = now_ms();
+            for conn in std::mem::take(&mut self.overflowed) {
+                room.handle(now, Input::Closed { conn });
+            }
+        }
+    }
+
+    fn run_effects_once(&mut self, room: &mut Room) {
         while let Some(e) = room.poll_effect() {
             match e {
-                Effect::Send { conn, frame } => {
-                    if let Some(o) = self.conns.get(&conn) {
-                        let _ = o.send(Out::Text(frame));
-                    }
-                }
+                Effect::Send { conn, frame } => self.deliver(conn, frame),
                 Effect::Broadcast {
                     frame,
                     except,
                     seq,
                     kind,
                 } => {
+                    let max = self.app.config.out_queue_bytes;
+                    let mut full = Vec::new();
                     for (id, o) in &self.conns {
-                        if Some(*id) != except {
-                            let _ = o.send(Out::Text(frame.clone()));
+                        if Some(*id) != except && o.push(Out::Text(frame.clone()), max).is_err() {
+                            full.push(*id);
                         }
+                    }
+                    for id in full {
+                        self.drop_slow(id);
                     }
                     if !self.sse.is_empty() {
                         let item = SseItem { seq, kind, frame };
@@ -336,10 +519,21 @@ impl Shell {
                 }
                 Effect::Close { conn, code } => {
                     if let Some(o) = self.conns.remove(&conn) {
-                        let _ = o.send(Out::Close(code));
+                        o.close(code, self.app.config.out_queue_bytes);
                     }
                 }
-                Effect::Persist { batch, statements } => {
+                Effect::Persist {
+                    batch,
+                    mut statements,
+                } => {
+                    let now = now_ms();
+                    if now.saturating_sub(self.last_prune_ms) >= PRUNE_EVERY_MS {
+                        self.last_prune_ms = now;
+                        let c = room.config();
+                        statements.push(fluxy_room::sql::prune_idempotency(
+                            &c.tenant, &c.room_id, now, PRUNE_ROWS,
+                        ));
+                    }
                     let db = self.app.db.clone();
                     let tx = self.self_tx.clone();
                     tokio::spawn(async move {

@@ -13,11 +13,11 @@ use fluxy_protocol::common::{MAX_PAGE_LIMIT, SUBPROTOCOL};
 use fluxy_protocol::server::ErrorFrame;
 use fluxy_protocol::{CloseCode, ErrorCode, ServerFrame};
 use fluxy_room::ConnectOptions;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 
 use crate::http::{access, handle_for, identity, request_token, verify, ApiError};
-use crate::rooms::{Out, RoomMsg};
+use crate::rooms::{out_queue, ConnRx, Out, RoomMsg};
 use crate::App;
 
 /// Hard transport limit; larger frames close with 1009. Frames over 64 KiB but under this get
@@ -138,58 +138,114 @@ async fn session(
     };
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     app.live_sessions.fetch_add(1, Ordering::Relaxed);
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Out>();
+    let (out_tx, out_rx) = out_queue(app.config.out_queue_frames);
     h.send(RoomMsg::Open {
         conn,
         identity: identity(&claims, a.role),
         options,
         out: out_tx,
     });
-    let (mut sink, mut stream) = socket.split();
-    let writer = tokio::spawn(async move {
-        while let Some(first) = out_rx.recv().await {
+    let (sink, mut stream) = socket.split();
+    let mut writer = tokio::spawn(write_loop(sink, out_rx));
+    let mut writer_end = None;
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(t))) => h.send(RoomMsg::Text(conn, t.as_str().to_owned())),
+                Some(Ok(Message::Binary(_))) => h.send(RoomMsg::Binary(conn)),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            end = &mut writer, if writer_end.is_none() => {
+                let end = end.unwrap_or(WriterEnd::Gone);
+                writer_end = Some(end);
+                if end == WriterEnd::Killed {
+                    // The peer is not reading: waiting for its close reply is pointless.
+                    break;
+                }
+            }
+        }
+    }
+    h.send(RoomMsg::Closed(conn));
+    if writer_end.is_none() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    }
+    app.live_sessions.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// How the writer of a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterEnd {
+    /// Sent a close frame queued by the room (or the room went away).
+    Closed,
+    /// The room gave up on the connection (queue full); close frame attempted, socket dropped.
+    Killed,
+    /// The socket failed.
+    Gone,
+}
+
+/// How long a dropped slow consumer gets to take its close frame.
+const KILL_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn send_close(sink: &mut SplitSink<WebSocket, Message>, code: CloseCode) {
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: code.code(),
+            reason: code.reason().into(),
+        })))
+        .await;
+}
+
+/// Write what the room queues, flushing once per batch. Never blocks the room: the room only
+/// ever `try_send`s, and when it gives up (`kill`) the pending write is abandoned.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, q: ConnRx) -> WriterEnd {
+    let ConnRx {
+        mut rx,
+        bytes,
+        kill,
+    } = q;
+    let kill = async move {
+        match kill.await {
+            Ok(code) => code,
+            // The room dropped the queue without killing it: only `rx` matters then.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::pin!(kill);
+    let work = async {
+        while let Some(first) = rx.recv().await {
             let mut next = Some(first);
             // Feed everything queued, then flush once.
             while let Some(o) = next.take() {
                 match o {
                     Out::Text(t) => {
+                        bytes.fetch_sub(t.len(), Ordering::Relaxed);
                         if sink.feed(Message::Text((&*t).into())).await.is_err() {
-                            return;
+                            return WriterEnd::Gone;
                         }
                     }
                     Out::Close(code) => {
-                        let _ = sink
-                            .send(Message::Close(Some(CloseFrame {
-                                code: code.code(),
-                                reason: code.reason().into(),
-                            })))
-                            .await;
-                        return;
+                        send_close(&mut sink, code).await;
+                        return WriterEnd::Closed;
                     }
                 }
-                next = out_rx.try_recv().ok();
+                next = rx.try_recv().ok();
             }
             if sink.flush().await.is_err() {
-                return;
+                return WriterEnd::Gone;
             }
         }
         // The room dropped us without a close code (shutdown races): say goodbye.
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: CloseCode::GoingAway.code(),
-                reason: CloseCode::GoingAway.reason().into(),
-            })))
-            .await;
-    });
-    while let Some(msg) = stream.next().await {
-        match msg {
-            Ok(Message::Text(t)) => h.send(RoomMsg::Text(conn, t.as_str().to_owned())),
-            Ok(Message::Binary(_)) => h.send(RoomMsg::Binary(conn)),
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    h.send(RoomMsg::Closed(conn));
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
-    app.live_sessions.fetch_sub(1, Ordering::Relaxed);
+        send_close(&mut sink, CloseCode::GoingAway).await;
+        WriterEnd::Closed
+    };
+    let code = tokio::select! {
+        biased;
+        code = &mut kill => code,
+        end = work => return end,
+    };
+    // Killed: the close frame goes after whatever is already buffered; bounded, since the
+    // peer may never read again.
+    let _ = tokio::time::timeout(KILL_CLOSE_GRACE, send_close(&mut sink, code)).await;
+    WriterEnd::Killed
 }
