@@ -144,9 +144,13 @@ fn op(u: &mut Unstructured) -> Result<Op> {
             };
             Op::Raw { conn, text }
         }
-        8 => match u.int_in_range(0..=3u8)? {
+        8 => match u.int_in_range(0..=4u8)? {
             0 => Op::Binary {
                 conn: u.arbitrary()?,
+            },
+            4 => Op::SetRole {
+                user: u.arbitrary()?,
+                role: u.arbitrary()?,
             },
             1 => Op::Kick {
                 user: u.arbitrary()?,
@@ -183,6 +187,7 @@ fuzz_target!(|data: &[u8]| {
         announcement: flags & 0b111 == 0,
         tight_rate: flags & 0b11000 == 0,
         small_window: flags & 0b100000 != 0,
+        tight_policy: flags & 0b1100_0000 == 0,
         faults: harness::faults_from_env(),
     };
     let mut h = Harness::new(setup);

@@ -29,12 +29,12 @@ use std::sync::Arc;
 
 use fluxy_protocol::common::{MemberRole, RoomType};
 use fluxy_protocol::events::TimelineEvent;
-use fluxy_protocol::jwt::{sign, Claims};
+use fluxy_protocol::jwt::{sign, sign_raw, Claims};
 use fluxy_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
 use fluxy_room::sql::{self, SqlValue, Stmt};
 use fluxy_room::{
     ConnId, ConnectOptions, Effect, Faults, IdempotencyRow, Identity, Input, LoadedRoom,
-    MessageRow, Room, RoomConfig,
+    MessageRow, Room, RoomConfig, RoomPolicy, IDEMPOTENCY_TTL_MS,
 };
 use serde_json::{json, Value};
 
@@ -66,6 +66,8 @@ pub struct Setup {
     pub tight_rate: bool,
     /// Resume window 5 instead of 100.
     pub small_window: bool,
+    /// Abuse policy closing after 3 invalid frames in a row or 3 rate-limited frames.
+    pub tight_policy: bool,
     /// Faults to enable (for checking the checker; none when fuzzing).
     pub faults: Faults,
 }
@@ -141,7 +143,8 @@ pub enum FrameOp {
     Auth {
         user: u8,
         other_tenant: bool,
-        bad_sig: bool,
+        /// 1 wrong secret, 2 `alg: none`, 3 `nbf` in the future, otherwise none.
+        defect: u8,
         exp_s: i16,
         agent: bool,
     },
@@ -182,6 +185,8 @@ pub enum Op {
     },
     /// Membership removed.
     Kick { user: u8 },
+    /// The user's room role changed (`None`: no longer a member, connections stay open).
+    SetRole { user: u8, role: u8 },
 }
 
 #[derive(Debug, Default)]
@@ -231,7 +236,7 @@ fn text(v: &SqlValue) -> String {
 
 impl Store {
     /// Apply one committed batch, with the table constraints SQLite would enforce.
-    fn apply(&mut self, stmts: &[Stmt]) {
+    fn apply(&mut self, stmts: &[Stmt], now: u64) {
         for s in stmts {
             let p = &s.params;
             assert_eq!(text(&p[0]), "t1", "statement for another tenant");
@@ -311,10 +316,13 @@ impl Store {
                 }
                 sql::INSERT_IDEMPOTENCY => {
                     let k = (text(&p[2]), text(&p[3]));
-                    assert!(
-                        !self.idem.contains_key(&k),
-                        "I5: idempotency key {k:?} used twice"
-                    );
+                    // A key may be reused only once the original expired (24 h).
+                    if let Some(old) = self.idem.get(&k) {
+                        assert!(
+                            old.created_ms + IDEMPOTENCY_TTL_MS <= now,
+                            "I5: idempotency key {k:?} used twice"
+                        );
+                    }
                     let seq = int(&p[4]);
                     assert!(
                         self.events.contains_key(&seq),
@@ -340,7 +348,7 @@ impl Store {
         self.events.get(&seq).map(|e| &e.2)
     }
 
-    fn load(&self, room_type: RoomType) -> LoadedRoom {
+    fn load(&self, room_type: RoomType, now: u64) -> LoadedRoom {
         LoadedRoom {
             room_type,
             current_seq: self.events.len() as u64,
@@ -355,7 +363,12 @@ impl Store {
             messages: self.messages.values().cloned().collect(),
             reactions: self.reactions.iter().cloned().collect(),
             reads: self.reads.iter().map(|(u, m)| (u.clone(), *m)).collect(),
-            idempotency: self.idem.values().cloned().collect(),
+            idempotency: self
+                .idem
+                .values()
+                .filter(|r| r.created_ms + IDEMPOTENCY_TTL_MS > now)
+                .cloned()
+                .collect(),
             agent_events: self
                 .events
                 .values()
@@ -400,6 +413,18 @@ pub struct Harness {
     pub steps: u64,
 }
 
+fn policy(s: &Setup) -> RoomPolicy {
+    if s.tight_policy {
+        RoomPolicy {
+            max_invalid_streak: Some(3),
+            max_rate_rejects: Some(3),
+            rate_abuse_window_ms: 0,
+        }
+    } else {
+        RoomPolicy::default()
+    }
+}
+
 fn room_type(s: &Setup) -> RoomType {
     if s.announcement {
         RoomType::Announcement
@@ -434,13 +459,14 @@ impl Harness {
             resume_window: if setup.small_window { 5 } else { 100 },
             faults: setup.faults,
         };
-        let room = Room::new(
+        let mut room = Room::new(
             cfg.clone(),
             LoadedRoom {
                 room_type: room_type(&setup),
                 ..Default::default()
             },
         );
+        room.set_policy(policy(&setup));
         Harness {
             setup,
             cfg,
@@ -530,7 +556,7 @@ impl Harness {
                 if let FrameOp::Auth {
                     user,
                     other_tenant,
-                    bad_sig,
+                    defect,
                     exp_s,
                     ..
                 } = frame
@@ -538,7 +564,7 @@ impl Harness {
                     let u = USERS[*user as usize % USERS.len()].0;
                     let exp = (self.now / 1000).saturating_add_signed(i64::from(*exp_s));
                     if *other_tenant
-                        || *bad_sig
+                        || matches!(defect % 8, 1..=3)
                         || u != self.conns[c].user
                         || self.now / 1000 >= exp + 5
                     {
@@ -640,6 +666,20 @@ impl Harness {
                     frame,
                 });
             }
+            Op::SetRole { user, role } => {
+                let u = USERS[*user as usize % USERS.len()].0;
+                let member_role = match role % 5 {
+                    0 => None,
+                    1 => Some(MemberRole::Member),
+                    2 => Some(MemberRole::Moderator),
+                    3 => Some(MemberRole::Admin),
+                    _ => Some(MemberRole::Owner),
+                };
+                self.input(Input::SetRole {
+                    user_id: u.into(),
+                    member_role,
+                });
+            }
             Op::Kick { user } => {
                 let u = USERS[*user as usize % USERS.len()].0;
                 self.input(Input::Kick { user_id: u.into() });
@@ -685,7 +725,7 @@ impl Harness {
             return;
         }
         let (b, stmts) = self.batches.remove(0);
-        self.store.apply(&stmts);
+        self.store.apply(&stmts, self.now);
         self.input(Input::Committed { batch: b });
     }
 
@@ -832,7 +872,11 @@ impl Harness {
                 }
                 self.resets += 1;
                 self.batches.clear();
-                self.room = Room::new(self.cfg.clone(), self.store.load(room_type(&self.setup)));
+                self.room = Room::new(
+                    self.cfg.clone(),
+                    self.store.load(room_type(&self.setup), self.now),
+                );
+                self.room.set_policy(policy(&self.setup));
                 assert_eq!(self.room.committed_seq(), self.store.events.len() as u64);
                 self.last_broadcast = self.store.events.len() as u64;
             }
@@ -1130,7 +1174,7 @@ impl Harness {
             FrameOp::Auth {
                 user,
                 other_tenant,
-                bad_sig,
+                defect,
                 exp_s,
                 agent,
             } => {
@@ -1149,10 +1193,18 @@ impl Harness {
                     roles,
                     exp: (self.now / 1000).saturating_add_signed(i64::from(*exp_s)),
                     iat: None,
-                    nbf: None,
+                    nbf: (defect % 8 == 3).then_some(self.now / 1000 + 60),
                 };
-                let secret: &[u8] = if *bad_sig { b"not-the-secret" } else { SECRET };
-                (json!({"type":"auth","token":sign(&claims, secret)}), true)
+                let token = match defect % 8 {
+                    1 => sign(&claims, b"not-the-secret"),
+                    2 => sign_raw(
+                        &json!({"alg":"none","typ":"JWT"}),
+                        &serde_json::to_value(&claims).unwrap_or_default(),
+                        SECRET,
+                    ),
+                    _ => sign(&claims, SECRET),
+                };
+                (json!({"type":"auth","token":token}), true)
             }
         };
         if !matches!(
