@@ -604,6 +604,8 @@ pub struct Conn {
     pub snapshot_raw: Vec<Value>,
     tasks: Vec<JoinHandle<()>>,
     keepalive: Option<JoinHandle<()>>,
+    /// Frames received before `welcome` (an FX-HS-5 violation).
+    pub pre_welcome: Vec<String>,
     /// Negotiated subprotocol.
     pub subprotocol: Option<String>,
 }
@@ -674,6 +676,7 @@ impl Conn {
             snapshot_raw: Vec::new(),
             tasks: Vec::new(),
             keepalive: None,
+            pre_welcome: Vec::new(),
             subprotocol: None,
         };
         let (ws, resp) = match connecting {
@@ -779,25 +782,45 @@ impl Conn {
     /// Wait for the connect sequence: `welcome`, then `history`/`replay` (if any), then
     /// `subscription_succeeded`.
     pub async fn handshake(&mut self) -> Result<(), CaseError> {
-        let first = self.next_item().await;
-        let w = match first {
-            Some(Incoming::Text {
-                frame: Some(ServerFrame::Welcome(w)),
-                ..
-            }) => w,
-            Some(other) => {
-                return Err(fail(
-                    "FX-HS-5",
-                    "first frame is `welcome`",
-                    other.describe(),
-                ));
-            }
-            None => {
-                return Err(fail(
-                    "FX-HS-5",
-                    "a `welcome` frame",
-                    "nothing within the deadline",
-                ))
+        let w = loop {
+            match self.next_item().await {
+                Some(Incoming::Text {
+                    frame: Some(ServerFrame::Welcome(w)),
+                    ..
+                }) => break w,
+                // Presence churn from other connections delivered before `welcome` violates
+                // FX-HS-5; it is recorded here and judged by `hs/welcome-first-under-churn`
+                // and `hs/welcome-first`, so one server race does not fail unrelated cases.
+                Some(Incoming::Text {
+                    frame:
+                        Some(
+                            f @ (ServerFrame::Presence(_)
+                            | ServerFrame::MemberJoined(_)
+                            | ServerFrame::MemberLeft(_)),
+                        ),
+                    ..
+                }) => {
+                    self.tr.push(
+                        &self.label,
+                        Dir::Note,
+                        "FX-HS-5 violated: a frame before `welcome` (judged by hs/welcome-first-under-churn)",
+                    );
+                    self.pre_welcome.push(f.encode());
+                }
+                Some(other) => {
+                    return Err(fail(
+                        "FX-HS-5",
+                        "first frame is `welcome`",
+                        other.describe(),
+                    ));
+                }
+                None => {
+                    return Err(fail(
+                        "FX-HS-5",
+                        "a `welcome` frame",
+                        "nothing within the deadline",
+                    ))
+                }
             }
         };
         let hb = w.heartbeat_interval_ms.clamp(200, 30_000);

@@ -13,6 +13,7 @@ use crate::ctx::{urlenc, Ctx};
 pub fn cases() -> Vec<Case> {
     vec![
         case!("hs/welcome-first", ["FX-HS-5", "FX-VER-1", "FX-LIM-5", "FX-RES-5", "FX-LIM-2"], "welcome is the first frame and carries version, identity, seq, timers and limits", welcome_first),
+        case!("hs/welcome-first-under-churn", ["FX-HS-5", "FX-HS-8"], "with connections opening and closing concurrently, every connection still gets welcome first", welcome_under_churn),
         case!("hs/connect-sequence", ["FX-HS-6", "FX-HS-8", "FX-PRE-1"], "welcome, history (newest events ascending, ending at currentSeq), subscription_succeeded, presence", connect_sequence),
         case!("hs/token-in-header", ["FX-HS-1"], "the token is accepted in an Authorization: Bearer header", token_in_header),
         case!("hs/replay-off", ["FX-HS-6"], "replay=off|false|0 skips the history snapshot", replay_off),
@@ -37,6 +38,12 @@ async fn welcome_first(ctx: &Ctx) -> Result<(), CaseError> {
         .welcome
         .clone()
         .ok_or_else(|| CaseError::Error("no welcome".into()))?;
+    ensure(
+        c.pre_welcome.is_empty(),
+        "FX-HS-5",
+        "welcome as the first frame",
+        format!("{:?} before welcome", c.pre_welcome),
+    )?;
     ensure_eq(
         "FX-VER-1",
         "welcome.protocolVersion",
@@ -468,4 +475,46 @@ async fn health(ctx: &Ctx) -> Result<(), CaseError> {
         "a 1.x protocol version",
         &h.protocol_version,
     )
+}
+
+async fn welcome_under_churn(ctx: &Ctx) -> Result<(), CaseError> {
+    let a = ctx.user("a").await?;
+    let b = ctx.user("b").await?;
+    let room = ctx.room(&a, &[&b]).await?;
+    let _anchor = ctx.connect(&a, &room).await?;
+    let mut old: Vec<crate::ctx::Conn> = Vec::new();
+    for round in 0..12usize {
+        // Close the previous generation while the next one connects.
+        let closing = std::mem::take(&mut old);
+        let opening = (0..4usize).map(|i| {
+            let u = if (round + i) % 2 == 0 { &a } else { &b };
+            ctx.connect(u, &room)
+        });
+        let closer = async move {
+            for (i, mut c) in closing.into_iter().enumerate() {
+                if i % 2 == 0 {
+                    c.close()
+                } else {
+                    c.kill()
+                }
+            }
+        };
+        let (opened, ()) = tokio::join!(futures_util::future::join_all(opening), closer);
+        for c in opened {
+            let c = c?;
+            if !c.pre_welcome.is_empty() {
+                return Err(fail(
+                    "FX-HS-5",
+                    "`welcome` as the first frame of every connection",
+                    format!(
+                        "{} received {} before welcome (round {round})",
+                        c.label,
+                        c.pre_welcome.join(" | ")
+                    ),
+                ));
+            }
+            old.push(c);
+        }
+    }
+    Ok(())
 }

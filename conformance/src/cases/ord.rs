@@ -172,9 +172,17 @@ async fn gap_free(ctx: &Ctx) -> Result<(), CaseError> {
     for i in (0..n).step_by(2) {
         acked.push(ca.ack("FX-ORD-1", &format!("g{i}")).await?.seq.unwrap_or(0));
     }
-    cb.wait_count("FX-ORD-1", n).await?;
-    let seqs: Vec<u64> = cb.timeline().iter().map(|(e, _)| e.seq()).collect();
-    ensure_eq("FX-ORD-1", "seqs delivered", seqs, (1..=n as u64).collect())?;
+    let mut b2 = b2;
+    for c in [&mut cb, &mut ca, &mut b2] {
+        c.wait_count("FX-ORD-1", n).await?;
+        let seqs: Vec<u64> = c.timeline().iter().map(|(e, _)| e.seq()).collect();
+        ensure_eq(
+            "FX-ORD-1",
+            &format!("seqs delivered to {}", c.label),
+            seqs,
+            (1..=n as u64).collect(),
+        )?;
+    }
     let h = ctx.walk_forward(&a, &room, 37).await?;
     let hs: Vec<u64> = h.iter().map(|(e, _)| e.seq()).collect();
     ensure_eq("FX-ORD-1", "seqs in history", hs, (1..=n as u64).collect())?;
