@@ -3,7 +3,9 @@
 // ack and delivery latency (p50/p99, same clock: send -> ack / send -> broadcast received), and
 // checks that every client received every seq exactly once, in order, with no gap.
 //
-//   node bench/load.mjs '<dev JSON>' [--clients 100] [--rate 1000] [--duration 10]
+//   node bench/load.mjs '<dev JSON>' [--clients 100] [--rate 1000] [--duration 10] [--drain 30]
+// --drain: seconds to wait after sending for the last acks and deliveries (an overloaded room
+// queues, it does not drop: give it time to show that nothing is lost).
 import { devLine, token, http, sleep } from "./lib.mjs";
 import WebSocket from "ws";
 
@@ -16,6 +18,7 @@ const dev = devLine(process.argv[2]);
 const C = opt("clients", 100);
 const RATE = opt("rate", 1000);
 const DURATION = opt("duration", 10);
+const DRAIN = opt("drain", 30);
 const ws = dev.endpoint.replace(/^http/, "ws");
 const run = Date.now().toString(36);
 const room = `load_${run}`;
@@ -106,8 +109,9 @@ await new Promise((resolve) => {
   tick();
 });
 const sendEnd = performance.now();
-// Drain: wait until every ack and every delivery arrived, or 30 s.
-const drainDeadline = performance.now() + 30000;
+const ackedBySendEnd = acks;
+// Drain: wait until every ack and every delivery arrived, or DRAIN seconds.
+const drainDeadline = performance.now() + DRAIN * 1000;
 while ((acks + errors < total || delivered < total * C) && performance.now() < drainDeadline) await sleep(50);
 const end = performance.now();
 const pct = (a, p) => {
@@ -127,6 +131,7 @@ const res = {
   errorCodes,
   sendSeconds: +((sendEnd - t0) / 1000).toFixed(2),
   acceptedPerSec: +(acks / ((lastAck - t0) / 1000)).toFixed(0),
+  acceptedPerSecWhileSending: +(ackedBySendEnd / ((sendEnd - t0) / 1000)).toFixed(0),
   deliveredPerSec: +(delivered / ((end - t0) / 1000)).toFixed(0),
   deliveriesExpected: acks * C,
   deliveries: delivered,
@@ -140,5 +145,6 @@ console.log(JSON.stringify(res, null, 2));
 for (const c of clients) c.ws.close(1000);
 await sleep(200);
 const ok = errors === 0 && acks === total && gaps === 0 && missing === 0;
-console.log(ok ? "LOAD OK: nothing lost, seq gap-free on every client" : "LOAD FAILED");
+console.log(ok ? "LOAD OK: nothing lost, seq gap-free on every client"
+  : gaps === 0 && errors === 0 ? `LOAD INCOMPLETE: ${total - acks} not acked within the ${DRAIN}s drain (queued, not reordered)` : "LOAD FAILED");
 process.exit(ok ? 0 : 1);

@@ -299,7 +299,7 @@ impl Shell {
             vec![
                 prepare(&db, sql::LOAD_ROOM_TYPE, &[t.clone(), r.clone()])?,
                 prepare(&db, sql::LOAD_MAX_SEQ, &[t.clone(), r.clone()])?,
-                prepare(&db, sql::TENANT_SECRET, &[t.clone()])?,
+                prepare(&db, sql::TENANT_SECRET, std::slice::from_ref(&t))?,
             ],
         )
         .await?;
@@ -537,10 +537,7 @@ impl Shell {
 
     /// Carry out every queued effect (synchronously, in order).
     fn pump(&self, core: &mut Core) {
-        loop {
-            let Some(effect) = core.room.as_mut().and_then(Room::poll_effect) else {
-                break;
-            };
+        while let Some(effect) = core.room.as_mut().and_then(Room::poll_effect) {
             match effect {
                 Effect::Send { conn, frame } => {
                     if let Some(s) = core.sockets.get(&conn) {
