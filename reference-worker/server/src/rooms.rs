@@ -367,6 +367,15 @@ impl Shell {
                 options,
                 out,
             } => {
+                // Effects queued before this open (broadcasts of earlier joins, commits) are
+                // not for this connection: carry them out before it is registered, so that its
+                // first frame is its `welcome` [FX-HS-5].
+                self.run_effects(room);
+                if self.reset || room.is_failed() {
+                    // Storage failed: the room is about to be rebuilt; reconnect then.
+                    out.close(CloseCode::InternalError, self.app.config.out_queue_bytes);
+                    return false;
+                }
                 self.conns.insert(conn, out);
                 room.handle(
                     now,

@@ -441,3 +441,33 @@ async fn expired_idempotency_keys_are_pruned_from_storage_on_load() {
     assert_eq!(left, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_is_the_first_frame_even_when_connections_open_together() {
+    let s = Srv::start(&[]).await;
+    let alice = s.token("alice", &[]).await;
+    let bob = s.token("bob", &[]).await;
+    s.room(&alice, "churn", &["bob"]).await;
+    let _first = s.join("churn", &alice).await;
+    for round in 0..5 {
+        let url_a = s.ws_url(&format!("/ws/room/churn?token={alice}"));
+        let url_b = s.ws_url(&format!("/ws/room/churn?token={bob}"));
+        let conns = futures_util::future::join_all((0..6).map(|i| {
+            tokio_tungstenite::connect_async(if i % 2 == 0 {
+                url_a.clone()
+            } else {
+                url_b.clone()
+            })
+        }))
+        .await;
+        for c in conns {
+            let (stream, _) = c.expect("connect");
+            let mut ws = Ws { stream };
+            match ws.next().await {
+                Got::Frame(ServerFrame::Welcome(_), _) => {}
+                Got::Frame(_, raw) => panic!("round {round}: first frame {raw}"),
+                Got::Close(code) => panic!("round {round}: closed {code}"),
+            }
+        }
+    }
+}
