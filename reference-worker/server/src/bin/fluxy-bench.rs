@@ -356,6 +356,11 @@ async fn main() {
         db_path: Some(db.clone()),
         rate_burst: 10_000_000,
         rate_per_second: 10_000_000,
+        // The ingest clients pipeline thousands of frames each and one group commit can release
+        // thousands of events at once: raise the slow-consumer bounds as the rate limits are
+        // raised, so the benchmark measures throughput, not the queue policy.
+        out_queue_frames: 1 << 20,
+        out_queue_bytes: 1 << 32,
         synchronous_full: args.synchronous != "normal",
         ..ServerConfig::default()
     };
