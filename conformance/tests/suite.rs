@@ -13,10 +13,9 @@ fn summary(rep: &fluxy_conformance::Report) -> String {
 
 /// Known bugs of the reference server, kept here (the user's configuration, as Autobahn's
 /// exclude lists) rather than in the suite: these cases may fail until the server is fixed.
-const KNOWN_REFERENCE_BUGS: &[(&str, &str)] = &[(
-    "hs/welcome-first-under-churn",
-    "presence/member_joined/member_left of other connections can reach a new connection before its welcome (FX-HS-5)",
-)];
+// hs/welcome-first-under-churn was listed here until fluxy-server 5cca793 fixed the race it
+// found (presence frames of other connections reaching a new connection before its welcome).
+const KNOWN_REFERENCE_BUGS: &[(&str, &str)] = &[];
 
 /// Every case passes, except known reference-server bugs.
 fn assert_conformant(rep: &fluxy_conformance::Report) {
