@@ -1,13 +1,22 @@
 // Hibernation test: two connected clients go idle until workerd evicts the room's object
-// (about 10-15 s locally), then traffic resumes: identity intact, seq continues without a gap,
+// (about 10-15 s after the last event locally), then traffic resumes: identity intact, seq continues without a gap,
 // replay from storage still exact. Check the wrangler log for a second
-// "loaded ... 2 hibernated socket(s) restored" line to see that eviction happened.
+// "loaded ... 3 hibernated socket(s) restored" line to see that eviction happened.
 //
-//   node bench/hibernate.mjs '<dev JSON line>' [idle seconds, default 20]
+//   node bench/hibernate.mjs '<dev JSON line>' [idle seconds, default 30]
+import crypto from "node:crypto";
 import { devLine, token, http, Client, checker, sleep } from "./lib.mjs";
 
+// An HS256 token signed with the dev tenant secret, expiring in `ttl` seconds.
+function craft(dev, sub, ttl) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const input = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, tid: dev.tenant, roles: ["member"], exp: now + ttl, iat: now })}`;
+  return `${input}.${crypto.createHmac("sha256", dev.jwtSecret).update(input).digest("base64url")}`;
+}
+
 const dev = devLine(process.argv[2]);
-const idle = Number(process.argv[3] ?? 20);
+const idle = Number(process.argv[3] ?? 30);
 const check = checker();
 const ws = dev.endpoint.replace(/^http/, "ws");
 const run = Date.now().toString(36);
@@ -20,6 +29,14 @@ const A = new Client("A", `${ws}/ws/room/${room}?token=${ta}`);
 const B = new Client("B", `${ws}/ws/room/${room}?token=${tb}`);
 await Promise.all([A.opened, B.opened]);
 await A.wait((f) => f.type === "presence" && f.online === 2, 5000, "presence 2");
+// D connects with a token that expires in 3 s and refreshes it in-band before idling: the new
+// expiry must survive the eviction (otherwise the reloaded object closes D with 4005).
+const D = new Client("D", `${ws}/ws/room/${room}?token=${craft(dev, ub, 3)}`);
+await D.wait((f) => f.type === "welcome");
+D.send({ type: "auth", token: craft(dev, ub, 3600), ref: "refresh" });
+const tr = await D.wait((f) => f.type === "token_refreshed", 5000, "token_refreshed");
+check(tr.ref === "refresh", "in-band refresh before idling");
+await A.wait((f) => f.type === "presence" && f.online === 3, 5000, "presence 3");
 for (let i = 1; i <= 3; i++) A.send({ type: "message", content: `before ${i}` });
 await B.wait((f) => f.type === "message" && f.seq === 3, 5000, "seq 3");
 console.log(`idle for ${idle}s (object should be evicted)...`);
@@ -43,7 +60,11 @@ const C = new Client("C", `${ws}/ws/room/${room}?token=${tb}`);
 const wc = await C.wait((f) => f.type === "welcome");
 const pc = await C.wait((f) => f.type === "presence");
 check(wc.connectionId !== B.frames.find((f) => f.type === "welcome").connectionId && wc.connectionId !== A.frames.find((f) => f.type === "welcome").connectionId, `new connection id ${wc.connectionId} does not collide`);
-check(pc.online === 3 && pc.users.length === 2, `presence counts restored sockets (online ${pc.online})`);
-for (const c of [A, B, C]) c.ws.close(1000);
+check(pc.online === 4 && pc.users.length === 2, `presence counts restored sockets (online ${pc.online})`);
+await sleep(1500);
+D.send({ type: "ping", ts: 2 });
+const dp = await D.wait((f) => f.type === "pong" || f.type === "error", 5000, "pong on D").catch(() => null);
+check(dp?.type === "pong" && !D.frames.some((f) => f.code === "token_expired"), "refreshed expiry survived the eviction (D still open past its first token's expiry)");
+for (const c of [A, B, C, D]) c.ws.close(1000);
 console.log(check.failures() ? `${check.failures()} check(s) FAILED` : "all checks passed");
 process.exit(check.failures() ? 1 : 0);

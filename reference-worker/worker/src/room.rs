@@ -17,12 +17,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluxy_protocol::common::{MAX_PAGE_LIMIT, SUBPROTOCOL};
+use fluxy_protocol::common::{parse_timestamp, MAX_PAGE_LIMIT, SUBPROTOCOL};
 use fluxy_protocol::cursor::Cursor;
 use fluxy_protocol::events::TimelineEvent;
 use fluxy_protocol::http::{Direction, PostMessageResponse};
 use fluxy_protocol::server::ErrorFrame;
-use fluxy_protocol::ErrorCode;
+use fluxy_protocol::{ErrorCode, ServerFrame};
 use fluxy_room::sql::{self, SqlValue, Stmt};
 use fluxy_room::{
     ConnId, ConnectOptions, Effect, IdempotencyRow, Input, LoadedRoom, MessageRow, PostOutcome,
@@ -214,6 +214,19 @@ impl DurableObject for RoomDurableObject {
 
 fn attachment(ws: &WebSocket) -> Option<Attachment> {
     ws.deserialize_attachment::<Attachment>().ok().flatten()
+}
+
+/// An in-band `auth` succeeded: keep the new expiry and roles with the socket, so that a
+/// reload after eviction does not close it at the old expiry.
+fn remember_refresh(s: &mut Sock, frame: &str) {
+    let Ok(ServerFrame::TokenRefreshed(t)) = ServerFrame::decode(frame) else {
+        return;
+    };
+    if let Some(ms) = parse_timestamp(&t.token_expires_at) {
+        s.att.id.token_exp = ms / 1000;
+        s.att.id.roles = t.roles;
+        let _ = s.ws.serialize_attachment(&s.att);
+    }
 }
 
 fn sse_bytes(seq: Option<u64>, kind: &str, data: &str) -> Vec<u8> {
@@ -540,8 +553,11 @@ impl Shell {
         while let Some(effect) = core.room.as_mut().and_then(Room::poll_effect) {
             match effect {
                 Effect::Send { conn, frame } => {
-                    if let Some(s) = core.sockets.get(&conn) {
+                    if let Some(s) = core.sockets.get_mut(&conn) {
                         let _ = s.ws.send_with_str(&*frame);
+                        if frame.starts_with(r#"{"type":"token_refreshed""#) {
+                            remember_refresh(s, &frame);
+                        }
                     }
                 }
                 Effect::Broadcast {
