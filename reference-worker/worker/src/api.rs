@@ -528,6 +528,16 @@ async fn add_member(cx: &Ctx, req: &mut Request, id: &str) -> ApiResult<Response
     )?
     .run()
     .await?;
+    // Live connections of that user take the new role (moderation, announcement posting).
+    let fwd = Forward {
+        tenant: a.room.tenant.clone(),
+        room: a.room.id.clone(),
+        op: Op::SetRole {
+            user_id: spec.user_id.clone(),
+            member_role: Some(role),
+        },
+    };
+    let _ = fwd.send(&cx.env, None, None).await?;
     ok_json(
         200,
         &MemberResponse {

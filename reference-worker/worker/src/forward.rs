@@ -70,6 +70,13 @@ pub enum Op {
         /// Wait at most this long.
         timeout_ms: u64,
     },
+    /// A member was added or their room role changed: live connections take the new role.
+    SetRole {
+        /// User id.
+        user_id: String,
+        /// New room role.
+        member_role: Option<MemberRole>,
+    },
     /// Membership removed: close the user's connections.
     Kick {
         /// User id.

@@ -751,6 +751,27 @@ impl Shell {
                 self.poll(&fwd.tenant, &fwd.room, after, limit, timeout_ms)
                     .await
             }
+            Op::SetRole {
+                user_id,
+                member_role,
+            } => {
+                // Keep the new role with the user's sockets too (survives eviction).
+                {
+                    let mut core = self.core.borrow_mut();
+                    for s in core.sockets.values_mut() {
+                        if s.att.id.user_id == user_id {
+                            s.att.id.member_role = member_role;
+                            let _ = s.ws.serialize_attachment(&s.att);
+                        }
+                    }
+                }
+                self.drive(Input::SetRole {
+                    user_id,
+                    member_role,
+                })
+                .await;
+                Ok(Response::empty()?.with_status(204))
+            }
             Op::Kick { user_id } => {
                 self.drive(Input::Kick { user_id }).await;
                 Ok(Response::empty()?.with_status(204))
