@@ -166,7 +166,12 @@ fn op(u: &mut Unstructured) -> Result<Op> {
         },
         10 | 11 => Op::Commit,
         12 => Op::Advance {
-            ms: u32::from(u.arbitrary::<u16>()?) * u32::from(u.int_in_range(1..=40u8)?),
+            // Mostly within the idle timeout; sometimes far (idle closes, token expiry, 24 h).
+            ms: if u.ratio(1, 6)? {
+                u32::from(u.arbitrary::<u16>()?) * u32::from(u.int_in_range(1..=40u8)?)
+            } else {
+                u32::from(u.arbitrary::<u16>()? % 8000)
+            },
         },
         13 => Op::Post {
             user: u.arbitrary()?,

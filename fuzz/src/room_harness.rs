@@ -486,8 +486,28 @@ impl Harness {
         }
     }
 
+    /// Number of committed events (including those before resets).
+    pub fn committed(&self) -> u64 {
+        self.store.events.len() as u64
+    }
+
+    /// Committed events of each type.
+    pub fn committed_types(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for (t, _, _) in self.store.events.values() {
+            *m.entry(t.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
     fn conn_index(&self, k: u8) -> Option<usize> {
-        if self.conns.is_empty() {
+        // Mostly an open connection; sometimes any connection ever opened (closed ones too).
+        let open: Vec<usize> = (0..self.conns.len())
+            .filter(|i| self.conns[*i].open)
+            .collect();
+        if k < 224 && !open.is_empty() {
+            Some(open[k as usize % open.len()])
+        } else if self.conns.is_empty() {
             None
         } else {
             Some(k as usize % self.conns.len())
