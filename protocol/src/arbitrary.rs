@@ -860,6 +860,7 @@ pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
     let left = (id(), id()).prop_map(|(room_id, user_id)| {
         ServerFrame::MemberLeft(MemberPresenceEvent { room_id, user_id })
     });
+    let batch = event_page().prop_map(|(events, _)| ServerFrame::Batch(BatchFrame { events }));
     let ephemeral = prop_oneof![
         welcome,
         history,
@@ -874,6 +875,7 @@ pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
         presence_frame().prop_map(ServerFrame::Presence),
         joined,
         left,
+        batch,
     ];
     prop_oneof![
         13 => ephemeral,

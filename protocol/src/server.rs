@@ -255,6 +255,38 @@ pub struct TokenRefreshedFrame {
     pub reference: Option<String>,
 }
 
+/// `batch`: consecutive timeline events coalesced into one frame, sent only to connections
+/// that opted in with the WebSocket query parameter `batch=1` `[FX-TRN-9]`.
+///
+/// Each event is exactly its standalone form `[FX-TRN-12]`; the events are ascending by `seq`
+/// and gap-free `[FX-TRN-10]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "BatchFrame")]
+pub struct BatchFrame {
+    /// Timeline events, ascending by `seq`, gap-free, at least one.
+    pub events: Vec<TimelineEvent>,
+}
+
+impl BatchFrame {
+    /// The `batch` frame holding these already encoded timeline events, verbatim and in order
+    /// (no re-serialisation, so each event stays byte-identical to its standalone form
+    /// `[FX-TRN-12]`). The caller passes consecutive events, ascending by `seq`.
+    pub fn join<S: AsRef<str>>(events: &[S]) -> String {
+        let len = events.iter().map(|e| e.as_ref().len() + 1).sum::<usize>();
+        let mut text = String::with_capacity(len + 30);
+        text.push_str(r#"{"type":"batch","events":["#);
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(e.as_ref());
+        }
+        text.push_str("]}");
+        text
+    }
+}
+
 /// Every server → client frame, tagged by `type` `[FX-FRM-2]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
@@ -334,6 +366,10 @@ pub enum ServerFrame {
     /// `approval_decision` (timeline)
     #[serde(rename = "approval_decision")]
     ApprovalDecision(ApprovalDecisionEvent),
+    /// `batch`: several consecutive timeline events in one frame, only for connections that
+    /// opted in with `batch=1` `[FX-TRN-9]`.
+    #[serde(rename = "batch")]
+    Batch(BatchFrame),
 }
 
 /// The `type` strings of every server frame.
@@ -362,6 +398,7 @@ pub const SERVER_TYPES: &[&str] = &[
     "tool_error",
     "approval_request",
     "approval_decision",
+    "batch",
 ];
 
 impl From<TimelineEvent> for ServerFrame {
@@ -428,6 +465,7 @@ impl ServerFrame {
             ServerFrame::Presence(_) => "presence",
             ServerFrame::MemberJoined(_) => "member_joined",
             ServerFrame::MemberLeft(_) => "member_left",
+            ServerFrame::Batch(_) => "batch",
             other => match other.clone().into_timeline() {
                 Some(t) => t.type_name(),
                 None => "unknown",
