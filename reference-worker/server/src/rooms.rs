@@ -21,6 +21,9 @@ use crate::{now_ms, App};
 pub enum Out {
     /// A text frame.
     Text(Arc<str>),
+    /// A timeline event (a text frame the writer may coalesce into a `batch` frame for a
+    /// connection that opted in, `[FX-TRN-10]`).
+    Event(Arc<str>),
     /// Close with this code.
     Close(CloseCode),
 }
@@ -84,7 +87,7 @@ impl ConnTx {
     /// close).
     fn push(&self, out: Out, max_bytes: usize) -> Result<(), QueueFull> {
         let len = match &out {
-            Out::Text(t) => t.len(),
+            Out::Text(t) | Out::Event(t) => t.len(),
             Out::Close(_) => 0,
         };
         let queued = self.bytes.load(Ordering::Relaxed);
@@ -503,7 +506,12 @@ impl Shell {
                     let max = self.app.config.out_queue_bytes;
                     let mut full = Vec::new();
                     for (id, o) in &self.conns {
-                        if Some(*id) != except && o.push(Out::Text(frame.clone()), max).is_err() {
+                        let out = if seq.is_some() {
+                            Out::Event(frame.clone())
+                        } else {
+                            Out::Text(frame.clone())
+                        };
+                        if Some(*id) != except && o.push(out, max).is_err() {
                             full.push(*id);
                         }
                     }

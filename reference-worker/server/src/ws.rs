@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use fluxy_protocol::common::{MAX_PAGE_LIMIT, SUBPROTOCOL};
-use fluxy_protocol::server::ErrorFrame;
+use fluxy_protocol::server::{BatchFrame, ErrorFrame};
 use fluxy_protocol::{CloseCode, ErrorCode, ServerFrame};
 use fluxy_room::ConnectOptions;
 use futures_util::stream::SplitSink;
@@ -127,6 +127,9 @@ async fn session(
             .min(MAX_PAGE_LIMIT),
         last_seq: q.get("lastSeq").and_then(|s| s.parse::<u64>().ok()),
     };
+    // `?batch=1`: consecutive queued timeline events may go out as one `batch` frame
+    // `[FX-TRN-9]`.
+    let batching = q.get("batch").map(String::as_str) == Some("1");
     let Ok(h) = handle_for(&app, &a).await else {
         return reject(
             socket,
@@ -146,7 +149,7 @@ async fn session(
         out: out_tx,
     });
     let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, out_rx));
+    let mut writer = tokio::spawn(write_loop(sink, out_rx, batching));
     let mut writer_end = None;
     loop {
         tokio::select! {
@@ -184,6 +187,20 @@ enum WriterEnd {
     Gone,
 }
 
+/// Feed the coalesced timeline events: one `batch` frame, or the event itself when alone.
+async fn feed_events(
+    sink: &mut SplitSink<WebSocket, Message>,
+    events: &mut Vec<Arc<str>>,
+) -> Result<(), axum::Error> {
+    let text = match events.as_slice() {
+        [] => return Ok(()),
+        [one] => one.to_string(),
+        many => BatchFrame::join(many),
+    };
+    events.clear();
+    sink.feed(Message::Text(text.into())).await
+}
+
 /// How long a dropped slow consumer gets to take its close frame.
 const KILL_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -198,7 +215,15 @@ async fn send_close(sink: &mut SplitSink<WebSocket, Message>, code: CloseCode) {
 
 /// Write what the room queues, flushing once per batch. Never blocks the room: the room only
 /// ever `try_send`s, and when it gives up (`kill`) the pending write is abandoned.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, q: ConnRx) -> WriterEnd {
+///
+/// With `batching`, consecutive queued timeline events are written as one `batch` frame (a
+/// single event as itself); any other frame first flushes them, so the order of frames is
+/// unchanged `[FX-TRN-11]`.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    q: ConnRx,
+    batching: bool,
+) -> WriterEnd {
     let ConnRx {
         mut rx,
         bytes,
@@ -215,23 +240,31 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, q: ConnRx) -> Write
     let work = async {
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
+            let mut events: Vec<Arc<str>> = Vec::new();
             // Feed everything queued, then flush once.
             while let Some(o) = next.take() {
                 match o {
-                    Out::Text(t) => {
+                    Out::Event(t) if batching => {
                         bytes.fetch_sub(t.len(), Ordering::Relaxed);
-                        if sink.feed(Message::Text((&*t).into())).await.is_err() {
+                        events.push(t);
+                    }
+                    Out::Text(t) | Out::Event(t) => {
+                        bytes.fetch_sub(t.len(), Ordering::Relaxed);
+                        if feed_events(&mut sink, &mut events).await.is_err()
+                            || sink.feed(Message::Text((&*t).into())).await.is_err()
+                        {
                             return WriterEnd::Gone;
                         }
                     }
                     Out::Close(code) => {
+                        let _ = feed_events(&mut sink, &mut events).await;
                         send_close(&mut sink, code).await;
                         return WriterEnd::Closed;
                     }
                 }
                 next = rx.try_recv().ok();
             }
-            if sink.flush().await.is_err() {
+            if feed_events(&mut sink, &mut events).await.is_err() || sink.flush().await.is_err() {
                 return WriterEnd::Gone;
             }
         }

@@ -1152,6 +1152,7 @@ async fn websocket(cx: &Ctx, req: &Request, room_id: &str) -> ApiResult<Response
                 .min(MAX_PAGE_LIMIT),
             last_seq: q.get("lastSeq").and_then(|s| s.parse::<u64>().ok()),
             subprotocol,
+            batch: q.get("batch").map(String::as_str) == Some("1"),
         },
     };
     let init_headers = Headers::new();

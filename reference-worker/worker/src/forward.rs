@@ -50,6 +50,9 @@ pub enum Op {
         last_seq: Option<u64>,
         /// Answer with `Sec-WebSocket-Protocol: fluxy.v1`.
         subprotocol: bool,
+        /// `?batch=1`: the client accepts `batch` frames `[FX-TRN-9]`.
+        #[serde(default)]
+        batch: bool,
     },
     /// `POST /messages`; the body is the validated `SendMessageFrame` JSON.
     Post {

@@ -21,7 +21,7 @@ use fluxy_protocol::common::{parse_timestamp, MAX_PAGE_LIMIT, SUBPROTOCOL};
 use fluxy_protocol::cursor::Cursor;
 use fluxy_protocol::events::TimelineEvent;
 use fluxy_protocol::http::{Direction, PostMessageResponse};
-use fluxy_protocol::server::ErrorFrame;
+use fluxy_protocol::server::{BatchFrame, ErrorFrame};
 use fluxy_protocol::{ErrorCode, ServerFrame};
 use fluxy_room::sql::{self, SqlValue, Stmt};
 use fluxy_room::{
@@ -75,6 +75,10 @@ struct Attachment {
     /// Highest committed seq when `rx` was saved (the connection had been delivered every
     /// event up to it: broadcasts are sent synchronously at commit).
     s: u64,
+    /// Opted in to `batch` frames with `?batch=1` `[FX-TRN-9]` (absent in attachments written
+    /// before the extension existed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    b: bool,
 }
 
 /// How often the idle clock in a socket's attachment is refreshed.
@@ -85,6 +89,53 @@ fn rx_save_ms(cfg: &Config) -> u64 {
 struct Sock {
     ws: WebSocket,
     att: Attachment,
+    /// For a batching connection: index into the current drain's [`Run`] of its first
+    /// timeline event not yet sent.
+    pending: Option<usize>,
+}
+
+/// Timeline bodies broadcast during one drain of the engine's effects, for batching
+/// connections `[FX-TRN-10]`. A connection's pending events are always a suffix `run[from..]`
+/// (every timeline broadcast goes to every connection), so connections with the same `from`
+/// share one frame, built once.
+#[derive(Default)]
+struct Run {
+    bodies: Vec<Arc<str>>,
+    /// `from` → the frame for `bodies[from..]` (valid until `bodies` grows).
+    built: HashMap<usize, JsValue>,
+}
+
+impl Run {
+    fn push(&mut self, body: Arc<str>) {
+        self.bodies.push(body);
+        self.built.clear();
+    }
+
+    /// Send the connection's pending events: one `batch` frame, or the event itself when
+    /// only one is pending.
+    fn flush(&mut self, s: &mut Sock) {
+        let Some(from) = s.pending.take() else { return };
+        let bodies = &self.bodies;
+        let js = self.built.entry(from).or_insert_with(|| {
+            let tail = &bodies[from..];
+            if let [one] = tail {
+                return JsValue::from_str(one);
+            }
+            JsValue::from_str(&BatchFrame::join(tail))
+        });
+        send_raw(&s.ws, js);
+    }
+
+    fn flush_all(&mut self, sockets: &mut HashMap<ConnId, Sock>) {
+        for s in sockets.values_mut() {
+            self.flush(s);
+        }
+    }
+}
+
+fn send_raw(ws: &WebSocket, js: &JsValue) {
+    let raw: &web_sys::WebSocket = ws.as_ref();
+    let _ = raw.unchecked_ref::<RawSocket>().send_js(js);
 }
 
 struct SseSub {
@@ -453,7 +504,14 @@ impl Shell {
                 );
                 while engine.poll_effect().is_some() {}
                 core.next_conn = core.next_conn.max(att.c + 1);
-                core.sockets.insert(att.c, Sock { ws, att });
+                core.sockets.insert(
+                    att.c,
+                    Sock {
+                        ws,
+                        att,
+                        pending: None,
+                    },
+                );
             }
         }
         worker::console_log!(
@@ -549,11 +607,20 @@ impl Shell {
     }
 
     /// Carry out every queued effect (synchronously, in order).
+    ///
+    /// Connections that opted in with `?batch=1` get the drain's consecutive timeline events as
+    /// one `batch` frame `[FX-TRN-10]`: their pending events are flushed before any other frame
+    /// to them (an `ack` excepted: it may overtake earlier events, never the sender's own copy,
+    /// which is broadcast after it `[FX-TRN-11]`) and at the end of the drain.
     fn pump(&self, core: &mut Core) {
+        let mut run = Run::default();
         while let Some(effect) = core.room.as_mut().and_then(Room::poll_effect) {
             match effect {
                 Effect::Send { conn, frame } => {
                     if let Some(s) = core.sockets.get_mut(&conn) {
+                        if !frame.starts_with(r#"{"type":"ack""#) {
+                            run.flush(s);
+                        }
                         let _ = s.ws.send_with_str(&*frame);
                         if frame.starts_with(r#"{"type":"token_refreshed""#) {
                             remember_refresh(s, &frame);
@@ -566,11 +633,22 @@ impl Shell {
                     seq,
                     kind,
                 } => {
-                    let js = JsValue::from_str(&frame);
-                    for (id, s) in &core.sockets {
-                        if Some(*id) != except {
-                            let raw: &web_sys::WebSocket = s.ws.as_ref();
-                            let _ = raw.unchecked_ref::<RawSocket>().send_js(&js);
+                    if seq.is_some() {
+                        run.push(frame.clone());
+                    } else {
+                        run.flush_all(&mut core.sockets);
+                    }
+                    let at = run.bodies.len().saturating_sub(1);
+                    let mut js = None;
+                    for (id, s) in &mut core.sockets {
+                        if Some(*id) == except {
+                            // Keep every batch gap-free.
+                            run.flush(s);
+                        } else if s.att.b && seq.is_some() {
+                            s.pending.get_or_insert(at);
+                        } else {
+                            let js = js.get_or_insert_with(|| JsValue::from_str(&frame));
+                            send_raw(&s.ws, js);
                         }
                     }
                     if !core.sse.is_empty() {
@@ -603,7 +681,8 @@ impl Shell {
                     }
                 }
                 Effect::Close { conn, code } => {
-                    if let Some(s) = core.sockets.remove(&conn) {
+                    if let Some(mut s) = core.sockets.remove(&conn) {
+                        run.flush(&mut s);
                         let _ = s.ws.close(Some(code.code()), Some(code.reason()));
                     }
                 }
@@ -628,6 +707,7 @@ impl Shell {
                 }
             }
         }
+        run.flush_all(&mut core.sockets);
     }
 
     /// Arm the alarm for the engine's next deadline when it is earlier than the armed one.
@@ -724,15 +804,19 @@ impl Shell {
                 replay_limit,
                 last_seq,
                 subprotocol,
+                batch,
             } => {
                 self.connect(
                     &fwd.tenant,
                     &fwd.room,
                     identity,
-                    replay,
-                    replay_limit,
-                    last_seq,
+                    ConnectOptions {
+                        replay,
+                        replay_limit,
+                        last_seq,
+                    },
                     subprotocol,
+                    batch,
                 )
                 .await
             }
@@ -785,10 +869,9 @@ impl Shell {
         tenant: &str,
         room: &str,
         identity: IdentityWire,
-        replay: bool,
-        replay_limit: u32,
-        last_seq: Option<u64>,
+        options: ConnectOptions,
         subprotocol: bool,
+        batch: bool,
     ) -> ApiResult<Response> {
         let pair = WebSocketPair::new()?;
         let now = now_ms();
@@ -804,6 +887,7 @@ impl Shell {
                 id: identity.clone(),
                 rx: now,
                 s: seq,
+                b: batch,
             };
             pair.server.serialize_attachment(&att)?;
             self.state.accept_web_socket(&pair.server);
@@ -812,6 +896,7 @@ impl Shell {
                 Sock {
                     ws: pair.server.clone(),
                     att,
+                    pending: None,
                 },
             );
             c
@@ -819,11 +904,7 @@ impl Shell {
         self.drive(Input::Open {
             conn,
             identity: identity.into(),
-            options: ConnectOptions {
-                replay,
-                replay_limit,
-                last_seq,
-            },
+            options,
         })
         .await;
         let resp = Response::from_websocket(pair.client)?;
