@@ -608,6 +608,9 @@ pub struct Conn {
     pub pre_welcome: Vec<String>,
     /// Negotiated subprotocol.
     pub subprotocol: Option<String>,
+    /// Sizes of the `batch` frames received `[FX-TRN-10]`, in order. Their events are unpacked
+    /// into [`Conn::log`] as if each had arrived alone (raw text as inside the batch).
+    pub batches: Arc<std::sync::Mutex<Vec<usize>>>,
 }
 
 impl Drop for Conn {
@@ -678,6 +681,7 @@ impl Conn {
             keepalive: None,
             pre_welcome: Vec::new(),
             subprotocol: None,
+            batches: Arc::default(),
         };
         let (ws, resp) = match connecting {
             Err(_) => {
@@ -723,6 +727,7 @@ impl Conn {
         });
         let tr2 = tr.clone();
         let label2 = label.clone();
+        let batches = conn.batches.clone();
         let reader = tokio::spawn(async move {
             while let Some(m) = stream.next().await {
                 let item = match m {
@@ -731,6 +736,18 @@ impl Conn {
                         tr2.push(&label2, Dir::Received, &text);
                         let value = serde_json::from_str(&text).ok();
                         let frame = ServerFrame::decode(&text).ok();
+                        if let Some(ServerFrame::Batch(_)) = frame {
+                            let events = unpack_batch(&text);
+                            if let Ok(mut b) = batches.lock() {
+                                b.push(events.len());
+                            }
+                            for item in events {
+                                if tx_in.send(item).is_err() {
+                                    return;
+                                }
+                            }
+                            continue;
+                        }
                         Incoming::Text { text, value, frame }
                     }
                     Ok(Message::Binary(b)) => {
@@ -1213,6 +1230,29 @@ pub fn frame_ref(f: &ServerFrame) -> Option<&str> {
         ServerFrame::TokenRefreshed(t) => t.reference.as_deref(),
         _ => None,
     }
+}
+
+/// The events of a `batch` frame, each as the text it has inside the batch.
+fn unpack_batch(text: &str) -> Vec<Incoming> {
+    #[derive(serde::Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        events: Vec<&'a serde_json::value::RawValue>,
+    }
+    let Ok(raw) = serde_json::from_str::<Raw<'_>>(text) else {
+        return Vec::new();
+    };
+    raw.events
+        .into_iter()
+        .map(|e| {
+            let text = e.get().to_owned();
+            Incoming::Text {
+                value: serde_json::from_str(&text).ok(),
+                frame: ServerFrame::decode(&text).ok(),
+                text,
+            }
+        })
+        .collect()
 }
 
 fn raw_events(v: &Option<Value>) -> Vec<Value> {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{msg, pair, send};
 use crate::case;
 use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
-use crate::ctx::{urlenc, Ctx};
+use crate::ctx::{urlenc, Conn, Ctx, Incoming};
 
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
@@ -21,6 +21,7 @@ pub fn cases() -> Vec<Case> {
         case!("trn/sse-not-acceptable", ["FX-TRN-1"], "Accept excluding text/event-stream gets 406; membership is required", sse_406),
         case!("trn/sse-ephemeral-no-id", ["FX-TRN-5"], "ephemeral events on the stream carry no id", sse_ephemeral),
         case!("trn/poll", ["FX-TRN-7", "FX-TRN-8"], "long-poll returns at once when events exist, waits for the next commit, or times out empty with a forward cursor", poll),
+        case!("trn/batch-opt-in", ["FX-TRN-9", "FX-TRN-10", "FX-TRN-11", "FX-TRN-12"], "with ?batch=1 a burst arrives (standalone or batched) gap-free, ascending, identical to history, each ack before its own copy; without it no batch frame", batch_opt_in),
         case!("trn/sse-keepalive", ["FX-TRN-6"], "the stream carries a comment at least every 30 s (checked only with --strict-length runs)", sse_keepalive),
     ]
 }
@@ -331,4 +332,118 @@ async fn sse_keepalive(_ctx: &Ctx) -> Result<(), CaseError> {
     Err(CaseError::Skip(
         "observing a 30 s keepalive comment would add 30 s to the run; not checked".into(),
     ))
+}
+
+/// (log position, seq) pairs.
+type Positions = Vec<(usize, u64)>;
+
+/// Every live timeline event of a connection as (seq, raw text), the log position of each
+/// event, and the log position of each `ack`, by seq.
+fn events_and_acks(c: &Conn) -> (Vec<(u64, String)>, Positions, Positions) {
+    let (mut events, mut at, mut acks) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, item) in c.log.iter().enumerate() {
+        let Incoming::Text {
+            text,
+            frame: Some(f),
+            ..
+        } = item
+        else {
+            continue;
+        };
+        if let fluxy_protocol::ServerFrame::Ack(a) = f {
+            if let Some(s) = a.seq {
+                acks.push((i, s));
+            }
+        } else if let Some(e) = f.clone().into_timeline() {
+            events.push((e.seq(), text.clone()));
+            at.push((i, e.seq()));
+        }
+    }
+    (events, at, acks)
+}
+
+async fn batch_opt_in(ctx: &Ctx) -> Result<(), CaseError> {
+    let a = ctx.user("a").await?;
+    let b = ctx.user("b").await?;
+    let room = ctx.room(&a, &[&b]).await?;
+    // The sender opted in (ack before own copy), a reader opted in, a reader did not.
+    let mut sender = ctx.connect_q(&a, &room, "batch=1").await?;
+    let mut reader = ctx.connect_q(&b, &room, "batch=1").await?;
+    let mut plain = ctx.connect(&b, &room).await?;
+    let n = 60usize;
+    for i in 0..n {
+        sender.send_json(&msg(&format!("batch {i}"), &format!("k{i}")))?;
+    }
+    for i in 0..n {
+        sender.ack("FX-TRN-11", &format!("k{i}")).await?;
+    }
+    for c in [&mut sender, &mut reader, &mut plain] {
+        c.wait_count("FX-TRN-10", n).await?;
+    }
+    let history = ctx.walk_forward(&a, &room, 100).await?;
+    let hist: Vec<Value> = history.into_iter().map(|(_, v)| v).collect();
+    ensure_eq("FX-TRN-10", "events in history", hist.len(), n)?;
+    let (plain_events, _, _) = events_and_acks(&plain);
+    for c in [&sender, &reader, &plain] {
+        let (events, at, acks) = events_and_acks(c);
+        let seqs: Vec<u64> = events.iter().map(|(s, _)| *s).collect();
+        ensure_eq(
+            "FX-TRN-10",
+            &format!("seqs delivered to {} (standalone and batched)", c.label),
+            seqs,
+            (1..=n as u64).collect(),
+        )?;
+        for ((seq, text), h) in events.iter().zip(&hist) {
+            let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            ensure_eq(
+                "FX-TRN-12",
+                &format!("event {seq} on {} vs history", c.label),
+                &v,
+                h,
+            )?;
+        }
+        ensure_eq(
+            "FX-TRN-12",
+            &format!(
+                "raw event text on {} vs the connection without batch",
+                c.label
+            ),
+            &events,
+            &plain_events,
+        )?;
+        if c.label == sender.label {
+            for (ack_at, s) in &acks {
+                let own = at.iter().find(|(_, e)| e == s).map(|(i, _)| *i);
+                ensure(
+                    own.is_some_and(|own| *ack_at < own),
+                    "FX-TRN-11",
+                    format!("the ack of seq {s} before its own copy"),
+                    format!("ack at frame {ack_at}, event at frame {own:?}"),
+                )?;
+            }
+        }
+    }
+    let batched = |c: &Conn| c.batches.lock().map(|b| b.clone()).unwrap_or_default();
+    ensure_eq(
+        "FX-TRN-9",
+        "batch frames on the connection without batch=1",
+        batched(&plain),
+        Vec::<usize>::new(),
+    )?;
+    for c in [&sender, &reader] {
+        let b = batched(c);
+        ensure(
+            b.iter().all(|&k| k > 0),
+            "FX-TRN-10",
+            "no empty batch",
+            format!("{b:?}"),
+        )?;
+        ctx.note(&format!(
+            "{}: {} batch frame(s) holding {} of {n} events",
+            c.label,
+            b.len(),
+            b.iter().sum::<usize>()
+        ));
+    }
+    Ok(())
 }
