@@ -633,18 +633,23 @@ impl Shell {
                     seq,
                     kind,
                 } => {
-                    if seq.is_some() {
-                        run.push(frame.clone());
-                    } else {
+                    if seq.is_none() {
                         run.flush_all(&mut core.sockets);
+                    } else {
+                        // A socket that does not get this event: its batch ends before it
+                        // (every batch stays gap-free).
+                        if let Some(s) = except.and_then(|c| core.sockets.get_mut(&c)) {
+                            run.flush(s);
+                        }
+                        run.push(frame.clone());
                     }
                     let at = run.bodies.len().saturating_sub(1);
                     let mut js = None;
                     for (id, s) in &mut core.sockets {
                         if Some(*id) == except {
-                            // Keep every batch gap-free.
-                            run.flush(s);
-                        } else if s.att.b && seq.is_some() {
+                            continue;
+                        }
+                        if s.att.b && seq.is_some() {
                             s.pending.get_or_insert(at);
                         } else {
                             let js = js.get_or_insert_with(|| JsValue::from_str(&frame));
