@@ -3,9 +3,11 @@
 // ack and delivery latency (p50/p99, same clock: send -> ack / send -> broadcast received), and
 // checks that every client received every seq exactly once, in order, with no gap.
 //
-//   node bench/load.mjs '<dev JSON>' [--clients 100] [--rate 1000] [--duration 10] [--drain 30]
+//   node bench/load.mjs '<dev JSON>' [--clients 100] [--rate 1000] [--duration 10] [--drain 30] [--batch]
 // --drain: seconds to wait after sending for the last acks and deliveries (an overloaded room
 // queues, it does not drop: give it time to show that nothing is lost).
+// --batch: connect with `batch=1` (FX-TRN-9): timeline events may arrive coalesced in `batch`
+// frames; every event inside one is counted and timed like a standalone one.
 import { devLine, token, http, sleep } from "./lib.mjs";
 import WebSocket from "ws";
 
@@ -19,6 +21,7 @@ const C = opt("clients", 100);
 const RATE = opt("rate", 1000);
 const DURATION = opt("duration", 10);
 const DRAIN = opt("drain", 30);
+const BATCH = args.includes("--batch");
 const ws = dev.endpoint.replace(/^http/, "ws");
 const run = Date.now().toString(36);
 const room = `load_${run}`;
@@ -38,26 +41,39 @@ const errorCodes = {};
 let firstAck = 0;
 let lastAck = 0;
 let delivered = 0;
+let frames = 0;
+let batchFrames = 0;
+let batchedEvents = 0;
 const clients = [];
 let startSeq = 0;
 
 function makeClient(i) {
   return new Promise((resolve, reject) => {
     const c = { i, next: startSeq + 1, bad: 0, count: 0, welcomed: false };
-    c.ws = new WebSocket(`${ws}/ws/room/${room}?token=${tokens[i]}&replay=off`);
+    c.ws = new WebSocket(`${ws}/ws/room/${room}?token=${tokens[i]}&replay=off${BATCH ? "&batch=1" : ""}`);
+    const event = (seq, ref, now) => {
+      if (seq !== c.next) c.bad++;
+      c.next = seq + 1;
+      c.count++;
+      delivered++;
+      if (ref !== undefined && i % 10 === 0) {
+        const t = sentAt.get(ref);
+        if (t !== undefined) delLat.push(now - t);
+      }
+    };
     c.ws.on("message", (d) => {
       const s = d.toString();
       const now = performance.now();
+      frames++;
       if (s.startsWith('{"type":"message"')) {
-        const seq = Number(/"seq":(\d+)/.exec(s)[1]);
-        if (seq !== c.next) c.bad++;
-        c.next = seq + 1;
-        c.count++;
-        delivered++;
-        const m = /"content":"L (\d+):(\d+)"/.exec(s);
-        if (m) {
-          const t = sentAt.get(`${m[1]}:${m[2]}`);
-          if (t !== undefined && (i % 10 === 0)) delLat.push(now - t);
+        const m = /"content":"L (\d+:\d+)"/.exec(s);
+        event(Number(/"seq":(\d+)/.exec(s)[1]), m?.[1], now);
+      } else if (s.startsWith('{"type":"batch"')) {
+        if (!BATCH) c.bad++; // FX-TRN-9: never without batch=1
+        batchFrames++;
+        for (const e of JSON.parse(s).events) {
+          batchedEvents++;
+          event(e.seq, /^L (\d+:\d+)$/.exec(e.content ?? "")?.[1], now);
         }
       } else if (s.startsWith('{"type":"ack"')) {
         const f = JSON.parse(s);
@@ -133,6 +149,10 @@ const res = {
   acceptedPerSec: +(acks / ((lastAck - t0) / 1000)).toFixed(0),
   acceptedPerSecWhileSending: +(ackedBySendEnd / ((sendEnd - t0) / 1000)).toFixed(0),
   deliveredPerSec: +(delivered / ((end - t0) / 1000)).toFixed(0),
+  batch: BATCH,
+  framesPerSec: +(frames / ((end - t0) / 1000)).toFixed(0),
+  batchFrames,
+  eventsPerBatch: batchFrames ? +(batchedEvents / batchFrames).toFixed(1) : 0,
   deliveriesExpected: acks * C,
   deliveries: delivered,
   clientsWithGapOrReorder: clients.filter((c) => c.bad).length,
