@@ -657,6 +657,18 @@ impl Harness {
                     self.room.handle_timeout(self.now);
                     self.pump();
                 }
+                if self.setup.faults == Faults::NONE {
+                    // Timeouts are not late: nothing idle or expired survives a due timer.
+                    for (i, c) in self.conns.iter().enumerate() {
+                        if c.open {
+                            assert!(self.now < c.last_rx + IDLE_MS, "conn {i} idle but open");
+                            assert!(
+                                self.now < (c.token_exp + 5) * 1000,
+                                "conn {i} token expired but open"
+                            );
+                        }
+                    }
+                }
             }
             Op::Post {
                 user,
@@ -881,6 +893,23 @@ impl Harness {
                     }
                 }
             }
+            Effect::IdentityChanged { conn, identity } => {
+                // After an accepted in-band auth (its token_refreshed was just sent) or a role
+                // change: the connection is open and keeps its user.
+                let c = conn as usize;
+                assert!(
+                    c < self.conns.len() && self.conns[c].open,
+                    "identity change of closed conn {c}"
+                );
+                assert_eq!(
+                    identity.user_id, self.conns[c].user,
+                    "identity change to another user"
+                );
+                assert_eq!(
+                    identity.token_exp, self.conns[c].token_exp,
+                    "identity change disagrees with token_refreshed"
+                );
+            }
             Effect::Reset => {
                 assert!(self.room.is_failed());
                 for c in &self.conns {
@@ -937,6 +966,22 @@ impl Harness {
                 assert!(!st.welcomed, "two welcomes");
                 st.welcomed = true;
                 assert_eq!(w.user_id, st.user, "welcome user");
+                assert_eq!(w.idle_timeout_ms, IDLE_MS, "welcome.idleTimeoutMs");
+                assert!(
+                    w.heartbeat_interval_ms > 0 && w.heartbeat_interval_ms <= IDLE_MS / 2,
+                    "welcome.heartbeatIntervalMs (FX-LIM-8)"
+                );
+                assert_eq!(w.limits.rate_burst, u64::from(self.cfg.rate_burst));
+                assert_eq!(
+                    w.limits.rate_per_second,
+                    u64::from(self.cfg.rate_per_second)
+                );
+                assert_eq!(w.limits.resume_window, u64::from(self.cfg.resume_window));
+                assert_eq!(
+                    fluxy_protocol::common::parse_timestamp(&w.token_expires_at),
+                    Some(st.token_exp * 1000),
+                    "welcome.tokenExpiresAt"
+                );
                 assert_eq!(
                     w.current_seq, committed,
                     "welcome.currentSeq is not the committed seq"

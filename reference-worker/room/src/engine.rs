@@ -203,6 +203,20 @@ pub enum Input {
         /// Handshake options.
         options: ConnectOptions,
     },
+    /// Re-register a connection that was opened before the engine was (re)built, e.g. a
+    /// hibernated WebSocket after the shell's eviction: the connection counts for presence and
+    /// gets timeouts and broadcasts again, but nothing is emitted (its welcome, snapshot and
+    /// presence were sent before; the others already know it is online, so no
+    /// `member_joined`). Produces no effect at all. Ignored for a connection id already open.
+    Restore {
+        /// Connection id (the one the connection was opened with).
+        conn: ConnId,
+        /// Its identity as last known (after in-band `auth` and role changes; see
+        /// [`Effect::IdentityChanged`]).
+        identity: Identity,
+        /// Last time a frame was received from it (epoch ms): the idle clock resumes from here.
+        last_rx_ms: u64,
+    },
     /// A text frame.
     Text {
         /// Connection id.
@@ -245,7 +259,8 @@ pub enum Input {
         user_id: String,
     },
     /// The user's room role changed (`POST /rooms/{id}/members` on an existing member): their
-    /// open connections get the new privileges at once. Produces no effect.
+    /// open connections get the new privileges at once. Produces one
+    /// [`Effect::IdentityChanged`] per open connection of the user, nothing else.
     SetRole {
         /// User id.
         user_id: String,
@@ -308,6 +323,16 @@ pub enum Effect {
     },
     /// Storage failed: the room must be rebuilt from storage (all connections were closed).
     Reset,
+    /// A connection's identity changed: after a successful in-band `auth` (new token expiry
+    /// and roles; emitted right after its `token_refreshed` frame) and for [`Input::SetRole`]
+    /// (new room role). Shells that keep identities outside the engine (e.g. to re-register
+    /// connections with [`Input::Restore`]) update their copy; others may ignore it.
+    IdentityChanged {
+        /// Connection id.
+        conn: ConnId,
+        /// The connection's identity from now on.
+        identity: Identity,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -545,9 +570,14 @@ impl Room {
         self.failed
     }
 
-    /// The committed event bodies with seq > `after`, ascending, if the in-memory window still
-    /// covers that position (used by shells for SSE and polling without a storage read).
-    pub fn recent_after(&self, after: u64, limit: usize) -> Option<Vec<Arc<str>>> {
+    /// The committed events with seq > `after`, ascending, as (seq, type, body), if the
+    /// in-memory window still covers that position (used by shells for SSE and polling
+    /// without a storage read, and without parsing the bodies again).
+    pub fn recent_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Option<Vec<(u64, &'static str, Arc<str>)>> {
         let first = self.ring.front().map_or(self.committed_seq + 1, |r| r.seq);
         if after + 1 < first {
             return None;
@@ -557,9 +587,15 @@ impl Room {
                 .iter()
                 .filter(|r| r.seq > after)
                 .take(limit)
-                .map(|r| r.body.clone())
+                .map(|r| (r.seq, r.event.type_name(), r.body.clone()))
                 .collect(),
         )
+    }
+
+    /// [`Room::recent_after`] without seq and type: the bodies only.
+    pub fn recent_bodies_after(&self, after: u64, limit: usize) -> Option<Vec<Arc<str>>> {
+        self.recent_after(after, limit)
+            .map(|v| v.into_iter().map(|(_, _, body)| body).collect())
     }
 
     /// Next effect to carry out, in order.
@@ -631,6 +667,15 @@ impl Room {
                 identity,
                 options,
             } => self.open(now_ms, conn, identity, options),
+            Input::Restore {
+                conn,
+                identity,
+                last_rx_ms,
+            } => {
+                // Silent by design: no frame, no presence, no commit started.
+                self.restore(now_ms, conn, identity, last_rx_ms);
+                return;
+            }
             Input::Text { conn, text } => self.text(now_ms, conn, &text),
             Input::Binary { conn } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -688,9 +733,13 @@ impl Room {
                 user_id,
                 member_role,
             } => {
-                for c in self.conns.values_mut() {
+                for (id, c) in self.conns.iter_mut() {
                     if c.identity.user_id == user_id {
                         c.identity.member_role = member_role;
+                        self.effects.push_back(Effect::IdentityChanged {
+                            conn: *id,
+                            identity: c.identity.clone(),
+                        });
                     }
                 }
             }
@@ -819,6 +868,27 @@ impl Room {
             self.broadcast(text_of(&j), Some(conn), None, "member_joined");
         }
         self.broadcast_presence();
+    }
+
+    fn restore(&mut self, now_ms: u64, conn: ConnId, identity: Identity, last_rx_ms: u64) {
+        if self.conns.contains_key(&conn) {
+            return;
+        }
+        let user = identity.user_id.clone();
+        self.conns.insert(
+            conn,
+            Conn {
+                identity,
+                last_rx_ms,
+                tokens: f64::from(self.cfg.rate_burst),
+                last_refill_ms: now_ms,
+                invalid_streak: 0,
+                rate_rejects: 0,
+                reject_window_start_ms: now_ms,
+            },
+        );
+        *self.users.entry(user.clone()).or_insert(0) += 1;
+        self.ghosts.remove(&user);
     }
 
     fn snapshot(&mut self, conn: ConnId, limit: u32) {
@@ -2052,16 +2122,21 @@ impl Room {
             );
             return;
         }
-        if let Some(c) = self.conns.get_mut(&conn) {
+        let changed = self.conns.get_mut(&conn).map(|c| {
             c.identity.token_exp = claims.exp;
             c.identity.roles.clone_from(&claims.roles);
-        }
+            c.identity.clone()
+        });
         let t = ServerFrame::TokenRefreshed(TokenRefreshedFrame {
             token_expires_at: format_timestamp(claims.exp.saturating_mul(1000)),
             roles: claims.roles,
             reference: f.reference,
         });
         self.send(conn, text_of(&t));
+        if let Some(identity) = changed {
+            self.effects
+                .push_back(Effect::IdentityChanged { conn, identity });
+        }
     }
 
     // ----------------------------------------------------------- state transitions

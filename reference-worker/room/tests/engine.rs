@@ -28,6 +28,7 @@ struct H {
     auto_commit: bool,
     posts: Vec<(u64, Result<fluxy_room::PostOutcome, ErrorFrame>)>,
     resets: usize,
+    identities: Vec<(ConnId, Identity)>,
 }
 
 fn cfg(faults: Faults) -> RoomConfig {
@@ -69,6 +70,7 @@ impl H {
             auto_commit: true,
             posts: Vec::new(),
             resets: 0,
+            identities: Vec::new(),
         }
     }
     fn input(&mut self, i: Input) {
@@ -97,6 +99,9 @@ impl H {
                     }
                     Effect::PostDone { request, result } => self.posts.push((request, result)),
                     Effect::Reset => self.resets += 1,
+                    Effect::IdentityChanged { conn, identity } => {
+                        self.identities.push((conn, identity))
+                    }
                 }
             }
             if !self.auto_commit {
@@ -1303,4 +1308,264 @@ fn idempotency_keys_are_honoured_for_24_hours_then_forgotten() {
     h.now += day;
     h.send(1, json!({"type":"ping"}));
     assert_eq!(h.room.idempotency_key_count(), 0);
+}
+
+// ------------------------------------------------------------ shell support APIs
+
+/// Drain the engine's effects without carrying them out.
+fn drain(room: &mut Room) -> Vec<Effect> {
+    std::iter::from_fn(|| room.poll_effect()).collect()
+}
+
+#[test]
+fn restore_re_registers_connections_silently() {
+    // A room with history, rebuilt from storage (as after a Durable Object eviction).
+    let mut before = H::new();
+    before.connect(1, "alice", &["member"]);
+    before.connect(2, "bob", &["member"]);
+    before.connect(3, "bob", &["member"]);
+    before.msg(1, "hello");
+    let recent: Vec<String> = before
+        .timeline(1)
+        .iter()
+        .map(TimelineEvent::encode)
+        .collect();
+    let mut h = H::with(
+        cfg(Faults::NONE),
+        LoadedRoom {
+            current_seq: 1,
+            recent,
+            ..LoadedRoom::default()
+        },
+    );
+    let mut refreshed = ident("alice", &["member", "agent"]);
+    refreshed.token_exp = T0 / 1000 + 7200;
+    for (conn, id) in [
+        (1, refreshed.clone()),
+        (2, ident("bob", &["member"])),
+        (3, ident("bob", &["member"])),
+    ] {
+        h.room.handle(
+            T0,
+            Input::Restore {
+                conn,
+                identity: id,
+                last_rx_ms: T0 - 4_000,
+            },
+        );
+        assert!(drain(&mut h.room).is_empty(), "Restore emits nothing");
+        h.open.insert(conn);
+    }
+    // Restoring an id that is already open changes nothing (no double count).
+    h.room.handle(
+        T0,
+        Input::Restore {
+            conn: 2,
+            identity: ident("bob", &["member"]),
+            last_rx_ms: T0,
+        },
+    );
+    assert!(drain(&mut h.room).is_empty());
+    assert_eq!(h.room.connection_count(), 3);
+    // The idle clock resumes from last_rx_ms (not from the restore time); the identity
+    // (token expiry) is the restored one.
+    assert_eq!(h.room.poll_timeout(), Some(T0 - 4_000 + 10_000));
+
+    // A new connection sees the restored users in presence, with their connection counts;
+    // only the newcomer is announced.
+    h.connect(4, "carol", &["member"]);
+    let p = h.got[&4]
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::Presence(p) => Some(p.clone()),
+            _ => None,
+        })
+        .expect("presence");
+    assert_eq!(p.online, 4);
+    assert_eq!(p.users, vec!["alice", "bob", "carol"]);
+    let bob = p.members.iter().find(|m| m.user_id == "bob").expect("bob");
+    assert_eq!(bob.connections, 2);
+    let joined = |f: &ServerFrame| matches!(f, ServerFrame::MemberJoined(_));
+    assert_eq!(
+        h.got[&1].iter().filter(|f| joined(f)).count(),
+        1,
+        "carol only"
+    );
+    assert!(!h.got[&1]
+        .iter()
+        .any(|f| matches!(f, ServerFrame::Welcome(_) | ServerFrame::History(_))));
+
+    // Restored connections send and receive as before; seq continues from storage.
+    h.send(
+        1,
+        json!({"type":"tool_call","runId":"r","toolCallId":"c","name":"x"}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::InvalidState, "agent role kept");
+    assert_eq!(h.msg(2, "after"), 2);
+    assert_eq!(seqs(&h.timeline(1)), vec![2]);
+    assert_eq!(seqs(&h.timeline(3)), vec![2]);
+
+    // Leaving: one of bob's two connections is no member_left; the last one is.
+    h.open.remove(&3);
+    h.input(Input::Closed { conn: 3 });
+    h.open.remove(&2);
+    h.input(Input::Closed { conn: 2 });
+    let left: Vec<String> = h.got[&1]
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::MemberLeft(m) => Some(m.user_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(left, vec!["bob"]);
+
+    // Alice's frame at T0 refreshed the restored idle clock.
+    h.now = T0 + 9_999;
+    h.room.handle_timeout(h.now);
+    h.pump();
+    assert!(h.closes.is_empty());
+}
+
+#[test]
+fn restore_keeps_the_restored_token_expiry() {
+    let mut h = H::new();
+    let mut id = ident("alice", &["member"]);
+    id.token_exp = T0 / 1000 + 30;
+    h.room.handle(
+        T0,
+        Input::Restore {
+            conn: 7,
+            identity: id,
+            last_rx_ms: T0,
+        },
+    );
+    h.open.insert(7);
+    h.now = T0 + 36_000;
+    h.send(7, json!({"type":"ping"}));
+    h.room.handle_timeout(h.now);
+    h.pump();
+    assert_eq!(h.closes, vec![(7, CloseCode::TokenExpired)]);
+}
+
+#[test]
+fn identity_changed_follows_in_band_auth_and_set_role() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    h.connect(3, "bob", &["member"]);
+    let claims = |sub: &str, exp: u64| Claims {
+        sub: sub.into(),
+        tid: "t1".into(),
+        roles: vec!["member".into(), "agent".into()],
+        exp,
+        iat: None,
+        nbf: None,
+    };
+    // Refused tokens change nothing.
+    h.send(1, json!({"type":"auth","token":"garbage"}));
+    h.send(
+        1,
+        json!({"type":"auth","token":sign(&claims("mallory", T0/1000 + 7200), SECRET)}),
+    );
+    assert!(h.identities.is_empty());
+
+    // Accepted: the new identity right after the token_refreshed frame.
+    let token = sign(&claims("alice", T0 / 1000 + 7200), SECRET);
+    h.room.handle(
+        h.now,
+        Input::Text {
+            conn: 1,
+            text: json!({"type":"auth","token":token,"ref":"a1"}).to_string(),
+        },
+    );
+    let effects = drain(&mut h.room);
+    assert_eq!(effects.len(), 2, "{effects:?}");
+    assert!(
+        matches!(&effects[0], Effect::Send { conn: 1, frame } if frame.starts_with(r#"{"type":"token_refreshed""#))
+    );
+    match &effects[1] {
+        Effect::IdentityChanged { conn: 1, identity } => {
+            assert_eq!(identity.user_id, "alice");
+            assert_eq!(identity.token_exp, T0 / 1000 + 7200);
+            assert_eq!(identity.roles, vec!["member", "agent"]);
+            assert_eq!(identity.member_role, Some(MemberRole::Member));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // SetRole: one per open connection of that user, nothing else.
+    for c in 1..=3 {
+        h.take(c);
+    }
+    h.input(Input::SetRole {
+        user_id: "bob".into(),
+        member_role: Some(MemberRole::Moderator),
+    });
+    let conns: Vec<ConnId> = h.identities.iter().map(|(c, _)| *c).collect();
+    assert_eq!(conns, vec![2, 3]);
+    for (_, id) in &h.identities {
+        assert_eq!(id.user_id, "bob");
+        assert_eq!(id.member_role, Some(MemberRole::Moderator));
+        assert_eq!(id.token_exp, T0 / 1000 + 3600);
+    }
+    assert!((1..=3).all(|c| h.take(c).is_empty()), "no frames");
+    h.identities.clear();
+    h.input(Input::SetRole {
+        user_id: "nobody".into(),
+        member_role: None,
+    });
+    assert!(h.identities.is_empty());
+}
+
+#[test]
+fn recent_after_returns_seq_type_and_body() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    let id = h.msg(1, "one");
+    h.send(
+        1,
+        json!({"type":"reaction","messageId":id,"emoji":"👍","op":"add"}),
+    );
+    h.send(1, json!({"type":"edit","messageId":id,"content":"uno"}));
+    let raw: Vec<String> = h.raw[&1]
+        .iter()
+        .filter(|f| {
+            ServerFrame::decode(f)
+                .ok()
+                .and_then(ServerFrame::into_timeline)
+                .is_some()
+        })
+        .cloned()
+        .collect();
+    assert_eq!(raw.len(), 3);
+    let all = h.room.recent_after(0, usize::MAX).expect("in window");
+    let heads: Vec<(u64, &str)> = all.iter().map(|(s, k, _)| (*s, *k)).collect();
+    assert_eq!(heads, vec![(1, "message"), (2, "reaction"), (3, "edit")]);
+    let bodies: Vec<String> = all.iter().map(|(_, _, b)| b.to_string()).collect();
+    assert_eq!(bodies, raw, "bodies byte-identical to the broadcasts");
+    let tail = h.room.recent_after(1, 1).expect("in window");
+    assert_eq!(tail.len(), 1);
+    assert_eq!((tail[0].0, tail[0].1), (2, "reaction"));
+    assert!(h.room.recent_after(3, 10).expect("in window").is_empty());
+    let old: Vec<String> = h
+        .room
+        .recent_bodies_after(1, 10)
+        .expect("in window")
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
+    assert_eq!(old, raw[1..]);
+
+    // Outside the window: None, as before.
+    let mut r = H::with(
+        cfg(Faults::NONE),
+        LoadedRoom {
+            current_seq: 500,
+            ..LoadedRoom::default()
+        },
+    );
+    assert!(r.room.recent_after(10, 5).is_none());
+    assert!(r.room.recent_bodies_after(10, 5).is_none());
+    assert_eq!(r.room.recent_after(500, 5).map(|v| v.len()), Some(0));
+    r.pump();
 }

@@ -573,6 +573,8 @@ impl Shell {
                     self.conns.clear();
                     self.reset = true;
                 }
+                // Identities live in the engine only; this shell keeps no copy.
+                Effect::IdentityChanged { .. } => {}
             }
         }
     }

@@ -699,6 +699,7 @@ impl Shell {
                         let _ = tx.send(result);
                     }
                 }
+                Effect::IdentityChanged { .. } => {}
                 Effect::Reset => {
                     // Storage failed: the engine closed every connection; rebuild on next use.
                     core.room = None;
@@ -995,7 +996,7 @@ impl Shell {
             .borrow()
             .room
             .as_ref()
-            .and_then(|r| r.recent_after(after, limit));
+            .and_then(|r| r.recent_bodies_after(after, limit));
         if let Some(bodies) = recent {
             return Ok(bodies.iter().map(|b| b.to_string()).collect());
         }
@@ -1066,7 +1067,7 @@ impl Shell {
                         ApiError::new(ErrorCode::Unavailable, "room is reloading")
                     })?;
                     room_
-                        .recent_after(pos, usize::MAX)
+                        .recent_bodies_after(pos, usize::MAX)
                         .map(|b| (b, room_.committed_seq()))
                 };
                 if let Some((bodies, current)) = covered {
