@@ -203,6 +203,10 @@ struct ConnState {
     answered: BTreeSet<u64>,
     last_ack_ref: u64,
     last_ack_seq: u64,
+    /// Token bucket model, in thousandths of a token, and its last refill time.
+    bucket: i64,
+    bucket_at: u64,
+    rate_limited: u64,
 }
 
 /// Storage model: the rows the engine's statements produce.
@@ -554,6 +558,8 @@ impl Harness {
                     open: true,
                     last_rx: self.now,
                     token_exp: identity.token_exp,
+                    bucket: i64::from(self.cfg.rate_burst.max(1)) * 1000,
+                    bucket_at: self.now,
                     ..Default::default()
                 });
                 self.input(Input::Open {
@@ -596,10 +602,7 @@ impl Harness {
                     self.conns[c].sent.insert(n, needs_answer);
                     self.frame_conn.insert(n, c);
                 }
-                self.input(Input::Text {
-                    conn: c as ConnId,
-                    text: v.to_string(),
-                });
+                self.send_text(c, v.to_string());
             }
             Op::Raw { conn, text } => {
                 let Some(c) = self.conn_index(*conn) else {
@@ -611,10 +614,7 @@ impl Harness {
                 if self.conns[c].open {
                     self.conns[c].last_rx = self.now;
                 }
-                self.input(Input::Text {
-                    conn: c as ConnId,
-                    text: text.clone(),
-                });
+                self.send_text(c, text.clone());
             }
             Op::Binary { conn } => {
                 let Some(c) = self.conn_index(*conn) else {
@@ -749,6 +749,43 @@ impl Harness {
         }
         for (r, (_, answered)) in &self.posts {
             assert!(*answered, "POST request {r} never answered");
+        }
+    }
+
+    /// A text frame, with the token bucket modelled (`[FX-LIM-4]`: every frame but `ping`
+    /// takes a token; burst `rate_burst`, refill `rate_per_second`).
+    fn send_text(&mut self, c: usize, text: String) {
+        let exempt = matches!(ClientFrame::decode(&text), Ok(ClientFrame::Ping(_)));
+        let model = (self.conns[c].open && !exempt).then(|| {
+            let burst = i64::from(self.cfg.rate_burst.max(1)) * 1000;
+            let rate = i64::from(self.cfg.rate_per_second.max(1));
+            let st = &mut self.conns[c];
+            let elapsed = i64::try_from(self.now - st.bucket_at).unwrap_or(i64::MAX / 2);
+            st.bucket = st
+                .bucket
+                .saturating_add(elapsed.saturating_mul(rate))
+                .min(burst);
+            st.bucket_at = self.now;
+            st.bucket
+        });
+        let before = self.conns[c].rate_limited;
+        self.input(Input::Text {
+            conn: c as ConnId,
+            text,
+        });
+        if let Some(tokens) = model {
+            let refused = self.conns[c].rate_limited > before;
+            // Float rounding in the engine may decide either way within a milli-token of 1.
+            if self.setup.faults == Faults::NONE && !(999..=1001).contains(&tokens) {
+                assert_eq!(
+                    refused,
+                    tokens < 1000,
+                    "token bucket: refused {refused} with {tokens}/1000 tokens"
+                );
+            }
+            if !refused {
+                self.conns[c].bucket -= 1000;
+            }
         }
     }
 
@@ -1066,6 +1103,7 @@ impl Harness {
             }
             ServerFrame::Error(e) => {
                 if e.code == ErrorCode::RateLimited {
+                    self.conns[c].rate_limited += 1;
                     assert!(
                         e.retry_after_ms.unwrap_or(0) > 0,
                         "rate_limited without retryAfterMs"
