@@ -535,6 +535,45 @@ impl Harness {
 
     /// Run one step and check every invariant.
     pub fn step(&mut self, op: &Op) {
+        self.step_inner(op);
+        self.check_queries();
+    }
+
+    /// The engine's queries for the shells agree with the model.
+    fn check_queries(&self) {
+        let committed = self.store.events.len() as u64;
+        assert_eq!(self.room.committed_seq(), committed, "committed_seq");
+        // The in-memory window holds at least the last max(resume window, 500) events.
+        let window = u64::from(self.cfg.resume_window).max(500);
+        for after in [0, committed.saturating_sub(2), committed] {
+            let got = self.room.recent_after(after, 3);
+            if committed - after <= window {
+                let want: Vec<(u64, &str, &str)> = (after + 1..=committed.min(after + 3))
+                    .map(|s| {
+                        let (t, _, b) = &self.store.events[&s];
+                        (s, t.as_str(), &**b)
+                    })
+                    .collect();
+                let got = got.unwrap_or_else(|| panic!("recent_after({after}) not covered"));
+                let got: Vec<(u64, &str, &str)> =
+                    got.iter().map(|(s, t, b)| (*s, *t, &**b)).collect();
+                assert_eq!(got, want, "recent_after({after})");
+                let bodies = self.room.recent_bodies_after(after, 3).expect("covered");
+                assert!(bodies.iter().map(|b| &**b).eq(want.iter().map(|w| w.2)));
+            }
+        }
+        if self.setup.faults == Faults::NONE {
+            let want = self
+                .conns
+                .iter()
+                .filter(|c| c.open)
+                .flat_map(|c| [c.last_rx + IDLE_MS, (c.token_exp + 5) * 1000])
+                .min();
+            assert_eq!(self.room.poll_timeout(), want, "poll_timeout");
+        }
+    }
+
+    fn step_inner(&mut self, op: &Op) {
         self.steps += 1;
         if trace() {
             eprintln!("step {}: {op:?}", self.steps);
