@@ -207,6 +207,8 @@ struct ConnState {
     bucket: i64,
     bucket_at: u64,
     rate_limited: u64,
+    /// `?lastSeq=` at open: whether a replay (true) or resync_required (false) is due.
+    open_resume: Option<bool>,
 }
 
 /// Storage model: the rows the engine's statements produce.
@@ -404,6 +406,8 @@ pub struct Harness {
     /// Outstanding `Persist` batches, oldest first.
     batches: Vec<(u64, Vec<Stmt>)>,
     frame_no: u64,
+    /// `resume` frames: whether a replay (true) or resync_required (false) is due.
+    resume_expect: HashMap<u64, bool>,
     /// `auth` frames that must be refused (other tenant, bad signature, other user, expired).
     auth_must_fail: BTreeSet<u64>,
     /// frame number -> connection index
@@ -481,6 +485,7 @@ impl Harness {
             batches: Vec::new(),
             frame_no: 1,
             auth_must_fail: BTreeSet::new(),
+            resume_expect: HashMap::new(),
             frame_conn: HashMap::new(),
             posts: BTreeMap::new(),
             next_post: 1,
@@ -493,6 +498,13 @@ impl Harness {
     /// Number of committed events (including those before resets).
     pub fn committed(&self) -> u64 {
         self.store.events.len() as u64
+    }
+
+    /// Whether `resume {lastSeq}` must replay (`[FX-RES-*]`: not ahead of the committed seq and
+    /// within the resume window) rather than answer resync_required.
+    fn resumable(&self, last: u64) -> bool {
+        let committed = self.store.events.len() as u64;
+        last <= committed && committed - last <= u64::from(self.cfg.resume_window)
     }
 
     /// Committed events of each type.
@@ -592,6 +604,7 @@ impl Harness {
                     replay_limit: [50, 1, 3, 600][(opts >> 1) as usize % 4],
                     last_seq: last_seq.map(|l| u64::from(l) % (self.store.events.len() as u64 + 2)),
                 };
+                let open_resume = options.last_seq.map(|l| self.resumable(l));
                 self.conns.push(ConnState {
                     user: identity.user_id.clone(),
                     open: true,
@@ -599,6 +612,7 @@ impl Harness {
                     token_exp: identity.token_exp,
                     bucket: i64::from(self.cfg.rate_burst.max(1)) * 1000,
                     bucket_at: self.now,
+                    open_resume,
                     ..Default::default()
                 });
                 self.input(Input::Open {
@@ -618,6 +632,10 @@ impl Harness {
                 let n = self.frame_no;
                 self.frame_no += 1;
                 let (v, needs_answer) = self.frame_json(frame, n);
+                if let Some(l) = v.get("lastSeq").and_then(Value::as_u64) {
+                    let ok = self.resumable(l);
+                    self.resume_expect.insert(n, ok);
+                }
                 if let FrameOp::Auth {
                     user,
                     other_tenant,
@@ -1076,7 +1094,19 @@ impl Harness {
             }
             ServerFrame::Replay(r) => {
                 if r.reference.is_some() {
-                    self.answer(c, r.reference.as_deref());
+                    if let Some(n) = self.answer(c, r.reference.as_deref()) {
+                        assert_eq!(
+                            self.resume_expect.get(&n),
+                            Some(&true),
+                            "replay where resync_required is due"
+                        );
+                    }
+                } else {
+                    assert_eq!(
+                        self.conns[c].open_resume.take(),
+                        Some(true),
+                        "replay at open where resync_required is due"
+                    );
                 }
                 assert_eq!(r.current_seq, committed, "replay.currentSeq");
                 self.check_events(&r.events, "replay");
@@ -1141,6 +1171,20 @@ impl Harness {
                 }
             }
             ServerFrame::Error(e) => {
+                if e.code == ErrorCode::ResyncRequired {
+                    let want = match e
+                        .reference
+                        .as_deref()
+                        .and_then(|r| r.strip_prefix(REF_PREFIX))
+                    {
+                        Some(n) => n
+                            .parse()
+                            .ok()
+                            .and_then(|n: u64| self.resume_expect.get(&n).copied()),
+                        None => self.conns[c].open_resume.take(),
+                    };
+                    assert_eq!(want, Some(false), "resync_required where a replay is due");
+                }
                 if e.code == ErrorCode::RateLimited {
                     self.conns[c].rate_limited += 1;
                     assert!(
