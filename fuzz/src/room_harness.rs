@@ -209,6 +209,10 @@ struct ConnState {
     rate_limited: u64,
     /// `?lastSeq=` at open: whether a replay (true) or resync_required (false) is due.
     open_resume: Option<bool>,
+    /// Undecodable text and binary frames in a row (`[FX-FRM-11]`).
+    invalid_streak: u32,
+    /// How the engine closed it, if it did.
+    close_code: Option<CloseCode>,
 }
 
 /// Storage model: the rows the engine's statements produce.
@@ -677,10 +681,15 @@ impl Harness {
                 let Some(c) = self.conn_index(*conn) else {
                     return;
                 };
-                if self.conns[c].open {
+                let was_open = self.conns[c].open;
+                if was_open {
                     self.conns[c].last_rx = self.now;
                 }
                 self.input(Input::Binary { conn: c as ConnId });
+                if was_open {
+                    self.conns[c].invalid_streak += 1;
+                    self.check_invalid_streak(c);
+                }
             }
             Op::Close { conn } => {
                 let Some(c) = self.conn_index(*conn) else {
@@ -812,7 +821,9 @@ impl Harness {
     /// A text frame, with the token bucket modelled (`[FX-LIM-4]`: every frame but `ping`
     /// takes a token; burst `rate_burst`, refill `rate_per_second`).
     fn send_text(&mut self, c: usize, text: String) {
-        let exempt = matches!(ClientFrame::decode(&text), Ok(ClientFrame::Ping(_)));
+        let decoded = ClientFrame::decode(&text);
+        let decodes = decoded.is_ok();
+        let exempt = matches!(decoded, Ok(ClientFrame::Ping(_)));
         let model = (self.conns[c].open && !exempt).then(|| {
             let burst = i64::from(self.cfg.rate_burst.max(1)) * 1000;
             let rate = i64::from(self.cfg.rate_per_second.max(1));
@@ -843,6 +854,52 @@ impl Harness {
             if !refused {
                 self.conns[c].bucket -= 1000;
             }
+        }
+        if model.is_some() || exempt {
+            let refused = self.conns[c].rate_limited > before;
+            let st = &mut self.conns[c];
+            if decodes {
+                st.invalid_streak = 0;
+            } else if !refused {
+                st.invalid_streak += 1;
+            }
+            self.check_invalid_streak(c);
+            let p = policy(&self.setup);
+            if self.conns[c].close_code == Some(CloseCode::RateLimited) {
+                let max = p
+                    .max_rate_rejects
+                    .expect("4008 only under a rate-abuse policy");
+                assert!(
+                    self.conns[c].rate_limited >= u64::from(max.max(1)),
+                    "4008 before {max} refusals"
+                );
+            }
+        }
+    }
+
+    /// `[FX-FRM-11]`: close 4010 exactly when the streak of invalid frames reaches the limit.
+    fn check_invalid_streak(&self, c: usize) {
+        if self.setup.faults != Faults::NONE {
+            return;
+        }
+        let st = &self.conns[c];
+        let max = policy(&self.setup)
+            .max_invalid_streak
+            .map_or(u32::MAX, |m| m.max(1));
+        let violation = st.close_code == Some(CloseCode::ProtocolViolation);
+        if st.invalid_streak >= max {
+            assert!(
+                !st.open,
+                "conn {c}: {} invalid frames in a row and still open",
+                st.invalid_streak
+            );
+        }
+        if violation {
+            assert!(
+                st.invalid_streak >= max,
+                "conn {c}: 4010 after {} invalid frames",
+                st.invalid_streak
+            );
         }
     }
 
@@ -944,6 +1001,7 @@ impl Harness {
                     _ => {}
                 }
                 c.open = false;
+                c.close_code = Some(code);
             }
             Effect::Persist { batch, statements } => {
                 assert!(self.batches.iter().all(|b| b.0 != batch), "batch id reused");
