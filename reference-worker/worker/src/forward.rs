@@ -23,6 +23,17 @@ pub struct IdentityWire {
     pub token_exp: u64,
 }
 
+impl From<Identity> for IdentityWire {
+    fn from(i: Identity) -> IdentityWire {
+        IdentityWire {
+            user_id: i.user_id,
+            roles: i.roles,
+            member_role: i.member_role,
+            token_exp: i.token_exp,
+        }
+    }
+}
+
 impl From<IdentityWire> for Identity {
     fn from(w: IdentityWire) -> Identity {
         Identity {

@@ -17,12 +17,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluxy_protocol::common::{parse_timestamp, MAX_PAGE_LIMIT, SUBPROTOCOL};
+use fluxy_protocol::common::{MAX_PAGE_LIMIT, SUBPROTOCOL};
 use fluxy_protocol::cursor::Cursor;
 use fluxy_protocol::events::TimelineEvent;
 use fluxy_protocol::http::{Direction, PostMessageResponse};
 use fluxy_protocol::server::{BatchFrame, ErrorFrame};
-use fluxy_protocol::{ErrorCode, ServerFrame};
+use fluxy_protocol::ErrorCode;
 use fluxy_room::sql::{self, SqlValue, Stmt};
 use fluxy_room::{
     ConnId, ConnectOptions, Effect, IdempotencyRow, Input, LoadedRoom, MessageRow, PostOutcome,
@@ -267,19 +267,6 @@ fn attachment(ws: &WebSocket) -> Option<Attachment> {
     ws.deserialize_attachment::<Attachment>().ok().flatten()
 }
 
-/// An in-band `auth` succeeded: keep the new expiry and roles with the socket, so that a
-/// reload after eviction does not close it at the old expiry.
-fn remember_refresh(s: &mut Sock, frame: &str) {
-    let Ok(ServerFrame::TokenRefreshed(t)) = ServerFrame::decode(frame) else {
-        return;
-    };
-    if let Some(ms) = parse_timestamp(&t.token_expires_at) {
-        s.att.id.token_exp = ms / 1000;
-        s.att.id.roles = t.roles;
-        let _ = s.ws.serialize_attachment(&s.att);
-    }
-}
-
 fn sse_bytes(seq: Option<u64>, kind: &str, data: &str) -> Vec<u8> {
     let mut s = String::with_capacity(data.len() + 48);
     if let Some(seq) = seq {
@@ -483,26 +470,22 @@ impl Shell {
         let mut core = self.core.borrow_mut();
         if !core.restored {
             core.restored = true;
-            // Re-register hibernated sockets silently: their welcome/snapshot/presence were
-            // sent before the eviction. The idle clock resumes from the saved `rx`.
+            // Re-register hibernated sockets (the engine emits nothing for them: their
+            // welcome/snapshot/presence were sent before the eviction). The idle clock resumes
+            // from the saved `rx`.
             for ws in self.state.get_websockets() {
                 let Some(att) = attachment(&ws) else { continue };
                 if *att.t != *tenant || *att.r != *room {
                     continue;
                 }
                 engine.handle(
-                    att.rx,
-                    Input::Open {
+                    now,
+                    Input::Restore {
                         conn: att.c,
                         identity: att.id.clone().into(),
-                        options: ConnectOptions {
-                            replay: false,
-                            replay_limit: 0,
-                            last_seq: None,
-                        },
+                        last_rx_ms: att.rx,
                     },
                 );
-                while engine.poll_effect().is_some() {}
                 core.next_conn = core.next_conn.max(att.c + 1);
                 core.sockets.insert(
                     att.c,
@@ -622,9 +605,6 @@ impl Shell {
                             run.flush(s);
                         }
                         let _ = s.ws.send_with_str(&*frame);
-                        if frame.starts_with(r#"{"type":"token_refreshed""#) {
-                            remember_refresh(s, &frame);
-                        }
                     }
                 }
                 Effect::Broadcast {
@@ -699,7 +679,14 @@ impl Shell {
                         let _ = tx.send(result);
                     }
                 }
-                Effect::IdentityChanged { .. } => {}
+                Effect::IdentityChanged { conn, identity } => {
+                    // In-band `auth` or a role change: keep it with the socket, so that a
+                    // reload after eviction restores it (expiry, roles, room role).
+                    if let Some(s) = core.sockets.get_mut(&conn) {
+                        s.att.id = identity.into();
+                        let _ = s.ws.serialize_attachment(&s.att);
+                    }
+                }
                 Effect::Reset => {
                     // Storage failed: the engine closed every connection; rebuild on next use.
                     core.room = None;
@@ -845,16 +832,8 @@ impl Shell {
                 user_id,
                 member_role,
             } => {
-                // Keep the new role with the user's sockets too (survives eviction).
-                {
-                    let mut core = self.core.borrow_mut();
-                    for s in core.sockets.values_mut() {
-                        if s.att.id.user_id == user_id {
-                            s.att.id.member_role = member_role;
-                            let _ = s.ws.serialize_attachment(&s.att);
-                        }
-                    }
-                }
+                // The engine answers with `IdentityChanged` per socket of the user (kept in
+                // their attachments).
                 self.drive(Input::SetRole {
                     user_id,
                     member_role,
@@ -982,23 +961,26 @@ impl Shell {
         )?)
     }
 
-    /// Committed event bodies with seq > `after` (at most `limit`): from the engine's window,
-    /// or from D1 when the window no longer covers `after`.
+    /// Committed events with seq > `after` (at most `limit`) as (seq, type, body): from the
+    /// engine's window, or from D1 when the window no longer covers `after`.
     async fn events_after(
         &self,
         tenant: &str,
         room: &str,
         after: u64,
         limit: usize,
-    ) -> ApiResult<Vec<String>> {
+    ) -> ApiResult<Vec<(u64, String, String)>> {
         let recent = self
             .core
             .borrow()
             .room
             .as_ref()
-            .and_then(|r| r.recent_bodies_after(after, limit));
-        if let Some(bodies) = recent {
-            return Ok(bodies.iter().map(|b| b.to_string()).collect());
+            .and_then(|r| r.recent_after(after, limit));
+        if let Some(events) = recent {
+            return Ok(events
+                .into_iter()
+                .map(|(seq, kind, body)| (seq, kind.to_owned(), body.to_string()))
+                .collect());
         }
         let db = self.db()?;
         let r = prepare(
@@ -1013,10 +995,15 @@ impl Shell {
         )?
         .all()
         .await?;
-        Ok(rows(&r)?
+        rows(&r)?
             .iter()
             .filter_map(|row| text(row, "body"))
-            .collect())
+            .map(|b| {
+                let h: EventHead =
+                    serde_json::from_str(&b).map_err(|e| ApiError::internal("event", e))?;
+                Ok((h.seq, h.kind, b))
+            })
+            .collect()
     }
 
     fn committed(&self) -> ApiResult<u64> {
@@ -1067,15 +1054,13 @@ impl Shell {
                         ApiError::new(ErrorCode::Unavailable, "room is reloading")
                     })?;
                     room_
-                        .recent_bodies_after(pos, usize::MAX)
-                        .map(|b| (b, room_.committed_seq()))
+                        .recent_after(pos, usize::MAX)
+                        .map(|v| (v, room_.committed_seq()))
                 };
-                if let Some((bodies, current)) = covered {
-                    for b in bodies {
-                        let h: EventHead =
-                            serde_json::from_str(&b).map_err(|e| ApiError::internal("event", e))?;
+                if let Some((events, current)) = covered {
+                    for (seq, kind, body) in events {
                         let _ =
-                            tx.unbounded_send(Ok(sse_bytes(with_id.then_some(h.seq), &h.kind, &b)));
+                            tx.unbounded_send(Ok(sse_bytes(with_id.then_some(seq), kind, &body)));
                     }
                     self.core.borrow_mut().sse.push(SseSub {
                         tx: tx.clone(),
@@ -1083,17 +1068,15 @@ impl Shell {
                     });
                     break;
                 }
-                let bodies = self
+                let events = self
                     .events_after(tenant, room, pos, MAX_PAGE_LIMIT as usize)
                     .await?;
-                if bodies.is_empty() {
+                if events.is_empty() {
                     return Err(ApiError::internal("sse", "storage behind the engine"));
                 }
-                for b in bodies {
-                    let h: EventHead =
-                        serde_json::from_str(&b).map_err(|e| ApiError::internal("event", e))?;
-                    pos = h.seq;
-                    let _ = tx.unbounded_send(Ok(sse_bytes(with_id.then_some(h.seq), &h.kind, &b)));
+                for (seq, kind, body) in events {
+                    pos = seq;
+                    let _ = tx.unbounded_send(Ok(sse_bytes(with_id.then_some(seq), &kind, &body)));
                 }
             },
         }
@@ -1127,18 +1110,12 @@ impl Shell {
             }
         }
         let current = self.committed()?;
-        let mut bodies = self.events_after(tenant, room, after, limit_n + 1).await?;
-        let more = bodies.len() > limit_n;
-        bodies.truncate(limit_n);
+        let mut found = self.events_after(tenant, room, after, limit_n + 1).await?;
+        let more = found.len() > limit_n;
+        found.truncate(limit_n);
+        let last = found.last().map_or(after, |(seq, _, _)| *seq);
+        let bodies: Vec<String> = found.into_iter().map(|(_, _, body)| body).collect();
         let events = crate::api::raw_events(&bodies)?;
-        let last = match bodies.last() {
-            Some(b) => {
-                serde_json::from_str::<EventHead>(b)
-                    .map_err(|e| ApiError::internal("event", e))?
-                    .seq
-            }
-            None => after,
-        };
         let key = db::bootstrap(&self.env, &self.db()?).await?;
         let next = Cursor {
             tenant: tenant.to_owned(),
