@@ -320,3 +320,80 @@ fn model_sweep() {
     assert_eq!(types.len(), 11, "{types:?}");
     assert!(resets > 10);
 }
+
+/// Fuzzer finding (CI smoke run): under the tight abuse policy a connection closed with 4010
+/// (an unknown typing intent counts as invalid) then got a ping; the model reset the streak of
+/// the closed connection and blamed the engine. The engine was right; the model now ignores
+/// frames on closed connections.
+#[test]
+fn ping_after_protocol_violation_close_model() {
+    let mut h = Harness::new(Setup {
+        tight_policy: true,
+        ..Setup::default()
+    });
+    for op in [
+        Op::Open {
+            user: 0,
+            opts: 0,
+            last_seq: None,
+            short_token: true,
+        },
+        Op::Frame {
+            conn: 0,
+            frame: FrameOp::Message {
+                content: 0,
+                cmid: None,
+                parent: None,
+                spoof: true,
+            },
+        },
+        Op::Frame {
+            conn: 115,
+            frame: FrameOp::Typing {
+                is_typing: true,
+                intent: 110,
+            },
+        },
+        Op::Frame {
+            conn: 100,
+            frame: FrameOp::Message {
+                content: 0,
+                cmid: Some(109),
+                parent: Some(255),
+                spoof: true,
+            },
+        },
+        Op::Commit,
+        Op::Raw {
+            conn: 111,
+            text: r#"{"type":"ping","ts":1795709954677}"#.into(),
+        },
+    ] {
+        h.step(&op);
+    }
+    h.finish();
+}
+
+/// Fuzzer finding (CI smoke run): a raw `resume` seeded from spec/examples (`ref` "r7", lastSeq
+/// 41 in an empty room) got `resync_required`, which is right; the model had no expectation for
+/// a frame it did not build and blamed the engine. It now skips unpredicted refs.
+#[test]
+fn raw_resume_with_foreign_ref_model() {
+    let mut h = Harness::new(Setup::default());
+    for op in [
+        Op::Open {
+            user: 240,
+            opts: 12,
+            last_seq: None,
+            short_token: false,
+        },
+        Op::Commit,
+        Op::Raw {
+            conn: 96,
+            text: "{\n  \"type\": \"resume\",\n  \"lastSeq\": 41,\n  \"ref\": \"r7\"\n}\n".into(),
+        },
+    ] {
+        h.step(&op);
+    }
+    h.finish();
+}
