@@ -213,6 +213,10 @@ struct ConnState {
     invalid_streak: u32,
     /// How the engine closed it, if it did.
     close_code: Option<CloseCode>,
+    /// `retryAfterMs` of the last `rate_limited` error.
+    last_retry_ms: u64,
+    /// The token (as last refreshed) has the agent role.
+    agent: bool,
 }
 
 /// Storage model: the rows the engine's statements produce.
@@ -410,6 +414,8 @@ pub struct Harness {
     /// Outstanding `Persist` batches, oldest first.
     batches: Vec<(u64, Vec<Stmt>)>,
     frame_no: u64,
+    /// Highest batch id of this room instance (ids must grow: a stale `Committed` is ignored).
+    last_batch: u64,
     /// `resume` frames: whether a replay (true) or resync_required (false) is due.
     resume_expect: HashMap<u64, bool>,
     /// `auth` frames that must be refused (other tenant, bad signature, other user, expired).
@@ -467,7 +473,7 @@ impl Harness {
             jwt_secret: SECRET.to_vec(),
             idle_timeout_ms: IDLE_MS,
             rate_burst: if setup.tight_rate { 3 } else { 1000 },
-            rate_per_second: if setup.tight_rate { 1 } else { 1000 },
+            rate_per_second: if setup.tight_rate { 2 } else { 1000 },
             resume_window: if setup.small_window { 5 } else { 100 },
             faults: setup.faults,
         };
@@ -488,6 +494,7 @@ impl Harness {
             conns: Vec::new(),
             batches: Vec::new(),
             frame_no: 1,
+            last_batch: 0,
             auth_must_fail: BTreeSet::new(),
             resume_expect: HashMap::new(),
             frame_conn: HashMap::new(),
@@ -602,10 +609,11 @@ impl Harness {
                 short_token,
             } => {
                 let identity = self.identity(*user, *short_token);
+                let agent = identity.roles.iter().any(|r| r == "agent");
                 let id = self.conns.len() as ConnId;
                 let options = ConnectOptions {
                     replay: opts & 1 == 0,
-                    replay_limit: [50, 1, 3, 600][(opts >> 1) as usize % 4],
+                    replay_limit: [50, 1, 0, 600][(opts >> 1) as usize % 4],
                     last_seq: last_seq.map(|l| u64::from(l) % (self.store.events.len() as u64 + 2)),
                 };
                 let open_resume = options.last_seq.map(|l| self.resumable(l));
@@ -617,6 +625,7 @@ impl Harness {
                     bucket: i64::from(self.cfg.rate_burst.max(1)) * 1000,
                     bucket_at: self.now,
                     open_resume,
+                    agent,
                     ..Default::default()
                 });
                 self.input(Input::Open {
@@ -852,6 +861,17 @@ impl Harness {
                     tokens < 1000,
                     "token bucket: refused {refused} with {tokens}/1000 tokens"
                 );
+                if refused {
+                    // [FX-LIM-3] a frame sent after retryAfterMs is accepted; and the engine
+                    // asks for no more than the time until one token is back.
+                    let rate = i64::from(self.cfg.rate_per_second.max(1));
+                    let wait = (1000 - tokens + rate - 1) / rate;
+                    let got = i64::try_from(self.conns[c].last_retry_ms).unwrap_or(i64::MAX);
+                    assert!(
+                        (wait - 1..=wait + 1).contains(&got),
+                        "retryAfterMs {got}, the bucket refills in {wait} ms"
+                    );
+                }
             }
             if !refused {
                 self.conns[c].bucket -= 1000;
@@ -984,6 +1004,14 @@ impl Harness {
                     assert_eq!(p.online as usize, n, "presence online count");
                 }
                 for c in 0..self.conns.len() {
+                    if let ServerFrame::AgentTyping(a) = &f {
+                        assert!(
+                            self.conns
+                                .iter()
+                                .any(|c| c.open && c.agent && c.user == a.agent_id),
+                            "agentTyping from a connection without the agent role"
+                        );
+                    }
                     if self.conns[c].open && Some(c as ConnId) != except {
                         self.on_send(c, f.clone(), &frame);
                     }
@@ -1006,6 +1034,12 @@ impl Harness {
                 c.close_code = Some(code);
             }
             Effect::Persist { batch, statements } => {
+                assert!(
+                    batch > self.last_batch,
+                    "batch id {batch} not above {}",
+                    self.last_batch
+                );
+                self.last_batch = batch;
                 assert!(self.batches.iter().all(|b| b.0 != batch), "batch id reused");
                 assert!(self.batches.is_empty(), "two batches in flight");
                 self.batches.push((batch, statements));
@@ -1074,6 +1108,7 @@ impl Harness {
                     let _ = p;
                 }
                 self.resets += 1;
+                self.last_batch = 0;
                 self.batches.clear();
                 self.room = Room::new(
                     self.cfg.clone(),
@@ -1216,6 +1251,20 @@ impl Harness {
                             "I2: ack after the sender's copy of the broadcast"
                         );
                         assert_eq!(ev.actor(), st.user, "I6: event actor is not the sender");
+                        // [FX-AGT] agent frames need the agent role; agents may not decide.
+                        match ev.type_name() {
+                            "agentRun" | "tool_call" | "tool_result" | "tool_error"
+                            | "approval_request" => {
+                                assert!(
+                                    st.agent,
+                                    "agent event from a connection without the agent role"
+                                )
+                            }
+                            "approval_decision" => {
+                                assert!(!st.agent, "an agent decided an approval")
+                            }
+                            _ => {}
+                        }
                         if let TimelineEvent::Message(m) = &ev {
                             assert_eq!(m.sender_id, st.user, "I6: senderId");
                             assert_eq!(a.id, Some(seq), "message ack id is its seq");
@@ -1248,6 +1297,7 @@ impl Harness {
                 }
                 if e.code == ErrorCode::RateLimited {
                     self.conns[c].rate_limited += 1;
+                    self.conns[c].last_retry_ms = e.retry_after_ms.unwrap_or(0);
                     assert!(
                         e.retry_after_ms.unwrap_or(0) > 0,
                         "rate_limited without retryAfterMs"
@@ -1267,6 +1317,7 @@ impl Harness {
                 if let Some(ms) = fluxy_protocol::common::parse_timestamp(&t.token_expires_at) {
                     self.conns[c].token_exp = ms / 1000;
                 }
+                self.conns[c].agent = t.roles.iter().any(|r| r == "agent");
             }
             other => {
                 if let Some(ev) = other.into_timeline() {

@@ -8,8 +8,9 @@ mod harness;
 
 use fluxy_protocol::client::SendMessageFrame;
 use fluxy_protocol::common::MemberRole;
-use fluxy_protocol::ErrorCode;
-use fluxy_room::{Effect, Faults, Identity, Input, LoadedRoom, Room, RoomConfig};
+use fluxy_protocol::jwt::{sign, sign_raw, Claims};
+use fluxy_protocol::{ErrorCode, ServerFrame};
+use fluxy_room::{Effect, Faults, Identity, Input, LoadedRoom, Room, RoomConfig, RoomPolicy};
 use harness::{FrameOp, Harness, Op, Setup};
 
 fn post(content: &str, cmid: &str) -> SendMessageFrame {
@@ -396,4 +397,208 @@ fn raw_resume_with_foreign_ref_model() {
         h.step(&op);
     }
     h.finish();
+}
+
+// ------------------------------------------------------------------------------------------
+// Tests added to kill mutants that survived the engine tests, the model sweep and the
+// conformance suite (docs/mutation.md).
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn room_with(faults: Faults, burst: u32, rate: u32, loaded: LoadedRoom) -> Room {
+    let cfg = RoomConfig {
+        tenant: "t1".into(),
+        room_id: "r1".into(),
+        jwt_secret: b"secret".to_vec(),
+        idle_timeout_ms: 30_000,
+        rate_burst: burst,
+        rate_per_second: rate,
+        resume_window: 100,
+        faults,
+    };
+    Room::new(cfg, loaded)
+}
+
+fn open(room: &mut Room, now: u64) {
+    room.handle(
+        now,
+        Input::Open {
+            conn: 1,
+            identity: Identity {
+                user_id: "alice".into(),
+                roles: vec!["member".into()],
+                member_role: Some(MemberRole::Member),
+                token_exp: now / 1000 + 3600,
+            },
+            options: fluxy_room::ConnectOptions::default(),
+        },
+    );
+}
+
+/// Frames sent to connection 1 (and closes of it) since the last call.
+fn drain(room: &mut Room) -> (Vec<ServerFrame>, Option<fluxy_protocol::CloseCode>) {
+    let mut frames = Vec::new();
+    let mut close = None;
+    while let Some(e) = room.poll_effect() {
+        match e {
+            Effect::Send { conn: 1, frame } => {
+                frames.push(ServerFrame::decode(&frame).expect("decodes"))
+            }
+            Effect::Close { conn: 1, code } => close = Some(code),
+            _ => {}
+        }
+    }
+    (frames, close)
+}
+
+fn refreshed(room: &mut Room, token: String) -> bool {
+    let text = serde_json::json!({"type":"auth","token":token,"ref":"a"}).to_string();
+    room.handle(NOW, Input::Text { conn: 1, text });
+    drain(room)
+        .0
+        .iter()
+        .any(|f| matches!(f, ServerFrame::TokenRefreshed(_)))
+}
+
+fn claims(exp: u64, nbf: Option<u64>) -> Claims {
+    Claims {
+        sub: "alice".into(),
+        tid: "t1".into(),
+        roles: vec!["member".into()],
+        exp,
+        iat: None,
+        nbf,
+    }
+}
+
+/// The token faults of the conformance self-test do what they say in the in-band `auth` path
+/// (kills the `faults.* with false` and `peek_u64`/`payload`/`unsigned_claims` mutants).
+#[test]
+fn token_faults_accept_what_they_name_in_band() {
+    let now_s = NOW / 1000;
+    let expired = sign(&claims(now_s - 100, None), b"secret");
+    let future_nbf = sign(&claims(now_s + 3600, Some(now_s + 600)), b"secret");
+    let alg_none = sign_raw(
+        &serde_json::json!({"alg":"none"}),
+        &serde_json::to_value(claims(now_s + 3600, None)).unwrap(),
+        b"",
+    );
+    for (fault, token) in [
+        ("accept-expired-token", &expired),
+        ("ignore-nbf", &future_nbf),
+        ("accept-alg-none", &alg_none),
+    ] {
+        let mut room = room_with(Faults::NONE, 100, 100, LoadedRoom::default());
+        open(&mut room, NOW);
+        drain(&mut room);
+        assert!(
+            !refreshed(&mut room, token.clone()),
+            "{fault}: refused without the fault"
+        );
+        let mut room = room_with(
+            Faults::from_names(&[fault]).unwrap(),
+            100,
+            100,
+            LoadedRoom::default(),
+        );
+        open(&mut room, NOW);
+        drain(&mut room);
+        assert!(
+            refreshed(&mut room, token.clone()),
+            "{fault}: accepted with the fault"
+        );
+    }
+}
+
+/// `recent_after` on a room loaded without recent bodies covers nothing before the end.
+#[test]
+fn recent_after_with_an_empty_window() {
+    let room = room_with(
+        Faults::NONE,
+        100,
+        100,
+        LoadedRoom {
+            current_seq: 5,
+            ..LoadedRoom::default()
+        },
+    );
+    assert_eq!(room.recent_after(4, 10), None);
+    assert_eq!(room.recent_after(5, 10), Some(vec![]));
+    assert_eq!(room.recent_bodies_after(4, 10), None);
+}
+
+/// The snapshot of a room whose in-memory window is empty says there is more history.
+#[test]
+fn snapshot_of_an_unloaded_window_has_more() {
+    let mut room = room_with(
+        Faults::NONE,
+        100,
+        100,
+        LoadedRoom {
+            current_seq: 5,
+            ..LoadedRoom::default()
+        },
+    );
+    open(&mut room, NOW);
+    let (frames, _) = drain(&mut room);
+    let h = frames
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::History(h) => Some(h.clone()),
+            _ => None,
+        })
+        .expect("a history frame");
+    assert!(h.events.is_empty() && h.has_more && h.current_seq == 5);
+}
+
+/// The welcome advertises a heartbeat of half the idle timeout (FX-LIM-8 allows at most half;
+/// the reference advertises exactly half).
+#[test]
+fn welcome_heartbeat_is_half_the_idle_timeout() {
+    let mut room = room_with(Faults::NONE, 100, 100, LoadedRoom::default());
+    open(&mut room, NOW);
+    let (frames, _) = drain(&mut room);
+    match &frames[0] {
+        ServerFrame::Welcome(w) => {
+            assert_eq!(w.idle_timeout_ms, 30_000);
+            assert_eq!(w.heartbeat_interval_ms, 15_000);
+        }
+        other => panic!("first frame {other:?}"),
+    }
+}
+
+/// 4008 counts refusals over the bucket period (burst / rate seconds, here 3 s), not 1 s.
+#[test]
+fn rate_abuse_window_is_the_bucket_period() {
+    let mut room = room_with(Faults::NONE, 3, 1, LoadedRoom::default());
+    room.set_policy(RoomPolicy {
+        max_invalid_streak: None,
+        max_rate_rejects: Some(3),
+        rate_abuse_window_ms: 0,
+    });
+    open(&mut room, NOW);
+    drain(&mut room);
+    let typing = || Input::Text {
+        conn: 1,
+        text: r#"{"type":"typing","isTyping":true}"#.into(),
+    };
+    let mut refusals = 0;
+    // t=0: 3 tokens, 4 frames (1 refused); t=1.5 s: 1.5 tokens, 2 frames (1 refused);
+    // t=2.9 s: 1.9 tokens, 2 frames (1 refused): 3 refusals within 3 s close with 4008.
+    for (at, n) in [(0, 4), (1500, 2), (2900, 2)] {
+        for _ in 0..n {
+            room.handle(NOW + at, typing());
+        }
+        let (frames, close) = drain(&mut room);
+        refusals += frames
+            .iter()
+            .filter(|f| matches!(f, ServerFrame::Error(e) if e.code == ErrorCode::RateLimited))
+            .count();
+        if at < 2900 {
+            assert_eq!(close, None, "closed at {at} ms after {refusals} refusals");
+        } else {
+            assert_eq!(refusals, 3);
+            assert_eq!(close, Some(fluxy_protocol::CloseCode::RateLimited));
+        }
+    }
 }
