@@ -34,7 +34,7 @@ use fluxy_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
 use fluxy_room::sql::{self, SqlValue, Stmt};
 use fluxy_room::{
     ConnId, ConnectOptions, Effect, Faults, IdempotencyRow, Identity, Input, LoadedRoom,
-    MessageRow, Room, RoomConfig, RoomPolicy, IDEMPOTENCY_TTL_MS,
+    MessageRow, Room, RoomConfig, RoomPolicy,
 };
 use serde_json::{json, Value};
 
@@ -43,6 +43,8 @@ pub const SECRET: &[u8] = b"fuzz-room-secret";
 /// Start of time (ms).
 pub const T0: u64 = 1_800_000_000_000;
 const IDLE_MS: u64 = 30_000;
+/// Idempotency keys live 24 h (`[FX-ACK-5]`: at least 24 h; the reference: exactly).
+const IDEM_TTL_MS: u64 = 24 * 3600 * 1000;
 /// Structured frames carry `ref: "zq<n>"`; raw frames containing "zq" are not sent.
 const REF_PREFIX: &str = "zq";
 
@@ -333,7 +335,7 @@ impl Store {
                     // A key may be reused only once the original expired (24 h).
                     if let Some(old) = self.idem.get(&k) {
                         assert!(
-                            old.created_ms + IDEMPOTENCY_TTL_MS <= now,
+                            old.created_ms + IDEM_TTL_MS <= now,
                             "I5: idempotency key {k:?} used twice"
                         );
                     }
@@ -380,7 +382,7 @@ impl Store {
             idempotency: self
                 .idem
                 .values()
-                .filter(|r| r.created_ms + IDEMPOTENCY_TTL_MS > now)
+                .filter(|r| r.created_ms + IDEM_TTL_MS > now)
                 .cloned()
                 .collect(),
             agent_events: self
@@ -566,6 +568,16 @@ impl Harness {
     fn check_queries(&self) {
         let committed = self.store.events.len() as u64;
         assert_eq!(self.room.committed_seq(), committed, "committed_seq");
+        assert!(
+            !self.room.is_failed(),
+            "the room stays failed after a rebuild"
+        );
+        assert_eq!(self.room.policy(), policy(&self.setup), "policy");
+        assert_eq!(
+            self.room.connection_count(),
+            self.conns.iter().filter(|c| c.open).count(),
+            "connection_count"
+        );
         // The in-memory window holds at least the last max(resume window, 500) events.
         let window = u64::from(self.cfg.resume_window).max(500);
         for after in [0, committed.saturating_sub(2), committed] {
