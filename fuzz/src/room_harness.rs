@@ -580,7 +580,12 @@ impl Harness {
         );
         // The in-memory window holds at least the last max(resume window, 500) events.
         let window = u64::from(self.cfg.resume_window).max(500);
-        for after in [0, committed.saturating_sub(2), committed] {
+        for after in [
+            0,
+            committed.saturating_sub(window),
+            committed.saturating_sub(2),
+            committed,
+        ] {
             let got = self.room.recent_after(after, 3);
             if committed - after <= window {
                 let want: Vec<(u64, &str, &str)> = (after + 1..=committed.min(after + 3))

@@ -602,3 +602,38 @@ fn rate_abuse_window_is_the_bucket_period() {
         }
     }
 }
+
+/// A room with more history than its in-memory window (500 events) still serves the last 500
+/// from memory (kills the ring-trimming off-by-ones, which the short sweeps never reach).
+#[test]
+fn long_room_keeps_the_last_500_events_in_memory() {
+    let mut h = Harness::new(Setup::default());
+    h.step(&Op::Open {
+        user: 0,
+        opts: 0,
+        last_seq: None,
+        short_token: false,
+    });
+    for _ in 0..520 {
+        h.step(&Op::Post {
+            user: 1,
+            content: 5,
+            cmid: None,
+            parent: None,
+        });
+        h.step(&Op::Commit);
+    }
+    assert_eq!(h.committed(), 520);
+    // A resume from the edge of the resume window, and a fresh connection's snapshot.
+    h.step(&Op::Frame {
+        conn: 0,
+        frame: FrameOp::Resume { last: 255 },
+    });
+    h.step(&Op::Open {
+        user: 2,
+        opts: 6,
+        last_seq: None,
+        short_token: false,
+    });
+    h.finish();
+}
