@@ -192,6 +192,7 @@ fuzz_target!(|data: &[u8]| {
         announcement: flags & 0b111 == 0,
         tight_rate: flags & 0b11000 == 0,
         small_window: flags & 0b100000 != 0,
+        large_window: flags & 0b10_0000 == 0 && flags & 0b100 != 0,
         tight_policy: flags & 0b1100_0000 == 0,
         faults: harness::faults_from_env(),
     };

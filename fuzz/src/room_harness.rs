@@ -68,6 +68,8 @@ pub struct Setup {
     pub tight_rate: bool,
     /// Resume window 5 instead of 100.
     pub small_window: bool,
+    /// Resume window 1000 (more than a 500-event replay page).
+    pub large_window: bool,
     /// Abuse policy closing after 3 invalid frames in a row or 3 rate-limited frames.
     pub tight_policy: bool,
     /// Faults to enable (for checking the checker; none when fuzzing).
@@ -219,6 +221,19 @@ struct ConnState {
     last_retry_ms: u64,
     /// The token (as last refreshed) has the agent role.
     agent: bool,
+    /// Token roles and room role, for the announcement-room rule.
+    roles: Vec<String>,
+    member_role: Option<MemberRole>,
+}
+
+fn may_moderate(roles: &[String], member_role: Option<MemberRole>) -> bool {
+    roles
+        .iter()
+        .any(|r| r == "owner" || r == "admin" || r == "moderator")
+        || matches!(
+            member_role,
+            Some(MemberRole::Owner | MemberRole::Admin | MemberRole::Moderator)
+        )
 }
 
 /// Storage model: the rows the engine's statements produce.
@@ -229,6 +244,94 @@ struct Store {
     reactions: BTreeSet<(u64, String, String)>,
     reads: BTreeMap<String, u64>,
     idem: BTreeMap<(String, String), IdempotencyRow>,
+    /// Agent lifecycles: (agent, run) -> active; (agent, run, call) -> pending;
+    /// (agent, run, approval) -> pending.
+    runs: BTreeMap<(String, String), bool>,
+    calls: BTreeMap<(String, String, String), bool>,
+    approvals: BTreeMap<(String, String, String), bool>,
+}
+
+impl Store {
+    /// `[FX-AGT]` lifecycle rules, on every committed event, in seq order.
+    fn check_lifecycle(&mut self, ev: &TimelineEvent) {
+        use fluxy_protocol::common::RunStatus;
+        match ev {
+            TimelineEvent::AgentRun(r) => {
+                let k = (r.agent_id.clone(), r.run_id.clone());
+                match (self.runs.get(&k), r.status == RunStatus::Started) {
+                    (None, true) => {}
+                    (Some(true), false) => {}
+                    (state, _) => panic!("agentRun {:?} on run in state {state:?}", r.status),
+                }
+                self.runs.insert(k, r.status == RunStatus::Started);
+            }
+            TimelineEvent::ToolCall(c) => {
+                let run = (c.agent_id.clone(), c.run_id.clone());
+                assert_eq!(
+                    self.runs.get(&run),
+                    Some(&true),
+                    "tool_call without an active run"
+                );
+                let k = (c.agent_id.clone(), c.run_id.clone(), c.tool_call_id.clone());
+                assert!(self.calls.insert(k, true).is_none(), "toolCallId reused");
+            }
+            TimelineEvent::ToolResult(c) => {
+                let k = (c.agent_id.clone(), c.run_id.clone(), c.tool_call_id.clone());
+                assert_eq!(
+                    self.calls.insert(k, false),
+                    Some(true),
+                    "tool_result without a pending call"
+                );
+            }
+            TimelineEvent::ToolError(c) => {
+                let k = (c.agent_id.clone(), c.run_id.clone(), c.tool_call_id.clone());
+                assert_eq!(
+                    self.calls.insert(k, false),
+                    Some(true),
+                    "tool_error without a pending call"
+                );
+            }
+            TimelineEvent::ApprovalRequest(a) => {
+                let run = (a.agent_id.clone(), a.run_id.clone());
+                assert_eq!(
+                    self.runs.get(&run),
+                    Some(&true),
+                    "approval_request without an active run"
+                );
+                let k = (a.agent_id.clone(), a.run_id.clone(), a.approval_id.clone());
+                assert!(
+                    self.approvals.insert(k, true).is_none(),
+                    "approvalId reused"
+                );
+            }
+            TimelineEvent::ApprovalDecision(d) => {
+                let mut found = false;
+                for ((_, r, a), pending) in self.approvals.iter_mut() {
+                    if *r == d.run_id && *a == d.approval_id && *pending {
+                        *pending = false;
+                        found = true;
+                    }
+                }
+                assert!(found, "approval_decision without a pending approval");
+            }
+            TimelineEvent::Reaction(r) => {
+                let m = self
+                    .messages
+                    .get(&r.message_id)
+                    .expect("reaction to a missing message");
+                assert!(!m.deleted, "reaction to a deleted message");
+            }
+            TimelineEvent::Edit(e) => {
+                let m = self.messages.get(&e.id).expect("edit of a missing message");
+                assert!(!m.deleted, "edit of a deleted message");
+                assert!(
+                    m.streaming || !e.streaming,
+                    "a finished message started streaming again"
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 fn int(v: &SqlValue) -> u64 {
@@ -272,6 +375,7 @@ impl Store {
                     assert_eq!(ev.actor(), text(&p[4]), "row actor");
                     assert_eq!(ev.room_id(), "r1");
                     assert_eq!(ev.encode(), *body, "stored body is not canonical");
+                    self.check_lifecycle(&ev);
                     self.events.insert(seq, (text(&p[3]), text(&p[4]), body));
                 }
                 sql::INSERT_MESSAGE => {
@@ -280,10 +384,32 @@ impl Store {
                         !self.messages.contains_key(&id),
                         "message {id} inserted twice"
                     );
-                    assert!(
-                        self.events.contains_key(&id),
-                        "message row {id} without its event"
-                    );
+                    let body = &self
+                        .events
+                        .get(&id)
+                        .expect("message row without its event")
+                        .2;
+                    let Ok(TimelineEvent::Message(ev)) = TimelineEvent::decode(body) else {
+                        panic!("message row {id} for a non-message event");
+                    };
+                    // The row agrees with the event (the legacy API and reloads read rows).
+                    assert_eq!(text(&p[3]), ev.user_id, "messages.user_id");
+                    assert_eq!(text(&p[4]), ev.content, "messages.content");
+                    assert_eq!(opt_int(&p[6]), ev.parent_id, "messages.parent_id");
+                    assert_eq!(int(&p[7]), u64::from(ev.version), "messages.version");
+                    assert_eq!(int(&p[8]) != 0, ev.streaming, "messages.streaming");
+                    let cmid = match &p[9] {
+                        SqlValue::Null => None,
+                        v => Some(text(v)),
+                    };
+                    assert_eq!(cmid, ev.client_message_id, "messages.client_message_id");
+                    let att = match &p[10] {
+                        SqlValue::Null => None,
+                        v => Some(text(v)),
+                    };
+                    let want = (!ev.attachments.is_empty())
+                        .then(|| serde_json::to_string(&ev.attachments).expect("json"));
+                    assert_eq!(att, want, "messages.attachments");
                     self.messages.insert(
                         id,
                         MessageRow {
@@ -418,6 +544,8 @@ pub struct Harness {
     frame_no: u64,
     /// Highest batch id of this room instance (ids must grow: a stale `Committed` is ignored).
     last_batch: u64,
+    /// Frames sent by a connection that could moderate at the time (announcement rooms).
+    frame_may_moderate: HashMap<u64, bool>,
     /// `resume` frames: whether a replay (true) or resync_required (false) is due.
     resume_expect: HashMap<u64, bool>,
     /// `auth` frames that must be refused (other tenant, bad signature, other user, expired).
@@ -476,7 +604,13 @@ impl Harness {
             idle_timeout_ms: IDLE_MS,
             rate_burst: if setup.tight_rate { 3 } else { 1000 },
             rate_per_second: if setup.tight_rate { 2 } else { 1000 },
-            resume_window: if setup.small_window { 5 } else { 100 },
+            resume_window: if setup.small_window {
+                5
+            } else if setup.large_window {
+                1000
+            } else {
+                100
+            },
             faults: setup.faults,
         };
         let mut room = Room::new(
@@ -499,6 +633,7 @@ impl Harness {
             last_batch: 0,
             auth_must_fail: BTreeSet::new(),
             resume_expect: HashMap::new(),
+            frame_may_moderate: HashMap::new(),
             frame_conn: HashMap::new(),
             posts: BTreeMap::new(),
             next_post: 1,
@@ -643,6 +778,8 @@ impl Harness {
                     bucket_at: self.now,
                     open_resume,
                     agent,
+                    roles: identity.roles.clone(),
+                    member_role: identity.member_role,
                     ..Default::default()
                 });
                 self.input(Input::Open {
@@ -662,6 +799,9 @@ impl Harness {
                 let n = self.frame_no;
                 self.frame_no += 1;
                 let (v, needs_answer) = self.frame_json(frame, n);
+                let st = &self.conns[c];
+                self.frame_may_moderate
+                    .insert(n, may_moderate(&st.roles, st.member_role));
                 if let Some(l) = v.get("lastSeq").and_then(Value::as_u64) {
                     let ok = self.resumable(l);
                     self.resume_expect.insert(n, ok);
@@ -803,6 +943,11 @@ impl Harness {
                     user_id: u.into(),
                     member_role,
                 });
+                for c in &mut self.conns {
+                    if c.user == u {
+                        c.member_role = member_role;
+                    }
+                }
             }
             Op::Kick { user } => {
                 let u = USERS[*user as usize % USERS.len()].0;
@@ -1095,6 +1240,15 @@ impl Harness {
                         assert_eq!(row.seq, seq, "I5: duplicate ack names another seq");
                     } else {
                         assert_eq!(ev.actor(), user, "I6: POST event actor");
+                        if self.setup.announcement {
+                            let (_, roles, mr) =
+                                USERS.iter().find(|u| u.0 == user).expect("a user");
+                            let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+                            assert!(
+                                may_moderate(&roles, *mr),
+                                "a non-moderator posted in an announcement room"
+                            );
+                        }
                     }
                 }
             }
@@ -1156,6 +1310,13 @@ impl Harness {
     }
 
     fn answer(&mut self, c: usize, reference: Option<&str>) -> Option<u64> {
+        if let Some(r) = reference {
+            assert!(
+                (1..=128).contains(&r.len()),
+                "echoed ref of {} chars (FX-FRM-7)",
+                r.len()
+            );
+        }
         let n: u64 = reference?.strip_prefix(REF_PREFIX)?.parse().ok()?;
         let owner = self.frame_conn.get(&n).copied();
         assert_eq!(owner, Some(c), "answer zq{n} sent to the wrong connection");
@@ -1268,6 +1429,14 @@ impl Harness {
                             "I2: ack after the sender's copy of the broadcast"
                         );
                         assert_eq!(ev.actor(), st.user, "I6: event actor is not the sender");
+                        if let (true, TimelineEvent::Message(_), Some(n)) =
+                            (self.setup.announcement, &ev, n)
+                        {
+                            assert!(
+                                self.frame_may_moderate[&n],
+                                "a non-moderator posted in an announcement room"
+                            );
+                        }
                         // [FX-AGT] agent frames need the agent role; agents may not decide.
                         match ev.type_name() {
                             "agentRun" | "tool_call" | "tool_result" | "tool_error"
@@ -1335,6 +1504,7 @@ impl Harness {
                     self.conns[c].token_exp = ms / 1000;
                 }
                 self.conns[c].agent = t.roles.iter().any(|r| r == "agent");
+                self.conns[c].roles.clone_from(&t.roles);
             }
             other => {
                 if let Some(ev) = other.into_timeline() {
@@ -1372,6 +1542,10 @@ impl Harness {
                 }
                 if let Some(p) = parent {
                     v["parentId"] = self.msg_id(*p).into();
+                }
+                if ct % 5 == 4 {
+                    v["attachments"] =
+                        json!([{"url":"https://files.example.com/a.png","name":"a.png"}]);
                 }
                 if *spoof {
                     v["userId"] = "mallory".into();

@@ -255,9 +255,14 @@ fn random_op(r: &mut Rng, agents_only: bool) -> Op {
         },
         9 => Op::Raw {
             conn: r.u8(),
-            text: ["{", "null", "{\"type\":\"nope\"}", "{\"type\":\"message\"}"]
-                [r.below(4) as usize]
-                .into(),
+            text: match r.below(6) {
+                0 => "{".into(),
+                1 => "null".into(),
+                2 => r#"{"type":"nope","ref":""}"#.into(),
+                3 => format!(r#"{{"type":"message","ref":"{}"}}"#, "r".repeat(129)),
+                4 => r#"{"type":"message","ref":"bad-content","content":" "}"#.into(),
+                _ => r#"{"type":"message"}"#.into(),
+            },
         },
         10 => Op::Binary { conn: r.u8() },
         11 => Op::Close { conn: r.u8() },
@@ -303,6 +308,7 @@ fn model_sweep() {
             announcement: seed % 7 == 0,
             tight_rate: seed % 5 == 0,
             small_window: seed % 3 == 0,
+            large_window: seed % 3 == 1 && seed % 2 == 0,
             tight_policy: seed % 4 == 0,
             faults: Faults::NONE,
         };
@@ -607,7 +613,10 @@ fn rate_abuse_window_is_the_bucket_period() {
 /// from memory (kills the ring-trimming off-by-ones, which the short sweeps never reach).
 #[test]
 fn long_room_keeps_the_last_500_events_in_memory() {
-    let mut h = Harness::new(Setup::default());
+    let mut h = Harness::new(Setup {
+        large_window: true,
+        ..Setup::default()
+    });
     h.step(&Op::Open {
         user: 0,
         opts: 0,
@@ -624,7 +633,12 @@ fn long_room_keeps_the_last_500_events_in_memory() {
         h.step(&Op::Commit);
     }
     assert_eq!(h.committed(), 520);
-    // A resume from the edge of the resume window, and a fresh connection's snapshot.
+    // A resume of more than one page (500 events: hasMore), another from the edge of the
+    // window, and a fresh connection's snapshot.
+    h.step(&Op::Frame {
+        conn: 0,
+        frame: FrameOp::Resume { last: 5 },
+    });
     h.step(&Op::Frame {
         conn: 0,
         frame: FrameOp::Resume { last: 255 },
@@ -636,4 +650,112 @@ fn long_room_keeps_the_last_500_events_in_memory() {
         short_token: false,
     });
     h.finish();
+}
+
+/// A room loaded without its recent bodies cannot replay: resume answers resync_required.
+#[test]
+fn resume_on_an_unloaded_window_requires_resync() {
+    let mut room = room_with(
+        Faults::NONE,
+        100,
+        100,
+        LoadedRoom {
+            current_seq: 5,
+            ..LoadedRoom::default()
+        },
+    );
+    open(&mut room, NOW);
+    drain(&mut room);
+    let text = r#"{"type":"resume","lastSeq":4,"ref":"r"}"#.to_string();
+    room.handle(NOW, Input::Text { conn: 1, text });
+    let (frames, _) = drain(&mut room);
+    assert!(
+        matches!(&frames[..], [ServerFrame::Error(e)] if e.code == ErrorCode::ResyncRequired),
+        "{frames:?}"
+    );
+}
+
+/// The resume-off-by-one fault on an empty replay does not panic.
+#[test]
+fn resume_off_by_one_fault_with_nothing_to_replay() {
+    let mut room = room_with(
+        Faults::from_names(&["resume-off-by-one"]).unwrap(),
+        100,
+        100,
+        LoadedRoom::default(),
+    );
+    open(&mut room, NOW);
+    drain(&mut room);
+    let text = r#"{"type":"resume","lastSeq":0,"ref":"r"}"#.to_string();
+    room.handle(NOW, Input::Text { conn: 1, text });
+    let (frames, _) = drain(&mut room);
+    assert!(matches!(&frames[..], [ServerFrame::Replay(r)] if r.events.is_empty()));
+}
+
+/// Deciding one approval of a run leaves the run's other approvals pending.
+#[test]
+fn deciding_one_approval_leaves_the_others_pending() {
+    use serde_json::json;
+    let mut room = room_with(Faults::NONE, 100, 100, LoadedRoom::default());
+    let ident = |user: &str, role: &str| Identity {
+        user_id: user.into(),
+        roles: vec![role.into()],
+        member_role: Some(MemberRole::Member),
+        token_exp: NOW / 1000 + 3600,
+    };
+    for (conn, identity) in [(1, ident("alice", "member")), (2, ident("bot", "agent"))] {
+        room.handle(
+            NOW,
+            Input::Open {
+                conn,
+                identity,
+                options: fluxy_room::ConnectOptions::default(),
+            },
+        );
+    }
+    let mut acks: Vec<String> = Vec::new();
+    let mut send = |room: &mut Room, conn, v: serde_json::Value| {
+        room.handle(
+            NOW,
+            Input::Text {
+                conn,
+                text: v.to_string(),
+            },
+        );
+        // Commit every batch at once.
+        let mut more = true;
+        while more {
+            more = false;
+            while let Some(e) = room.poll_effect() {
+                match e {
+                    Effect::Persist { batch, .. } => {
+                        room.handle(NOW, Input::Committed { batch });
+                        more = true;
+                    }
+                    Effect::Send { frame, .. } => match ServerFrame::decode(&frame).unwrap() {
+                        ServerFrame::Ack(a) => acks.push(a.reference.unwrap_or_default()),
+                        ServerFrame::Error(e) => panic!("{e:?}"),
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+        }
+    };
+    send(
+        &mut room,
+        2,
+        json!({"type":"agentRun","runId":"run","status":"started","ref":"s"}),
+    );
+    for a in ["a1", "a2"] {
+        let v =
+            json!({"type":"approval_request","runId":"run","approvalId":a,"prompt":"?","ref":a});
+        send(&mut room, 2, v);
+    }
+    for a in ["a1", "a2"] {
+        let v = json!({"type":"approval_decision","runId":"run","approvalId":a,
+                       "decision":"approved","ref":format!("d{a}")});
+        send(&mut room, 1, v);
+    }
+    assert_eq!(acks, ["s", "a1", "a2", "da1", "da2"]);
 }
