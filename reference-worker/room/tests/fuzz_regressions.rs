@@ -613,43 +613,44 @@ fn rate_abuse_window_is_the_bucket_period() {
 /// from memory (kills the ring-trimming off-by-ones, which the short sweeps never reach).
 #[test]
 fn long_room_keeps_the_last_500_events_in_memory() {
-    let mut h = Harness::new(Setup {
-        large_window: true,
-        ..Setup::default()
-    });
-    h.step(&Op::Open {
-        user: 0,
-        opts: 0,
-        last_seq: None,
-        short_token: false,
-    });
-    for _ in 0..520 {
-        h.step(&Op::Post {
-            user: 1,
-            content: 5,
-            cmid: None,
-            parent: None,
+    // Resume window 100 (the ring holds exactly 500) and 1000 (replays span two pages).
+    for large_window in [false, true] {
+        let mut h = Harness::new(Setup {
+            large_window,
+            ..Setup::default()
         });
-        h.step(&Op::Commit);
+        h.step(&Op::Open {
+            user: 0,
+            opts: 0,
+            last_seq: None,
+            short_token: false,
+        });
+        for _ in 0..520 {
+            h.step(&Op::Post {
+                user: 1,
+                content: 5,
+                cmid: None,
+                parent: None,
+            });
+            h.step(&Op::Commit);
+        }
+        assert_eq!(h.committed(), 520);
+        // A resume of more than one page (500 events: hasMore), another from the edge of
+        // the window, and a fresh connection's snapshot.
+        for last in [5, 255] {
+            h.step(&Op::Frame {
+                conn: 0,
+                frame: FrameOp::Resume { last },
+            });
+        }
+        h.step(&Op::Open {
+            user: 2,
+            opts: 6,
+            last_seq: None,
+            short_token: false,
+        });
+        h.finish();
     }
-    assert_eq!(h.committed(), 520);
-    // A resume of more than one page (500 events: hasMore), another from the edge of the
-    // window, and a fresh connection's snapshot.
-    h.step(&Op::Frame {
-        conn: 0,
-        frame: FrameOp::Resume { last: 5 },
-    });
-    h.step(&Op::Frame {
-        conn: 0,
-        frame: FrameOp::Resume { last: 255 },
-    });
-    h.step(&Op::Open {
-        user: 2,
-        opts: 6,
-        last_seq: None,
-        short_token: false,
-    });
-    h.finish();
 }
 
 /// A room loaded without its recent bodies cannot replay: resume answers resync_required.
