@@ -760,3 +760,75 @@ fn deciding_one_approval_leaves_the_others_pending() {
     }
     assert_eq!(acks, ["s", "a1", "a2", "da1", "da2"]);
 }
+
+/// Send one frame on connection `conn`, commit every batch, return what `conn` received.
+fn send_committed(room: &mut Room, conn: u64, v: serde_json::Value) -> Vec<ServerFrame> {
+    room.handle(
+        NOW,
+        Input::Text {
+            conn,
+            text: v.to_string(),
+        },
+    );
+    let mut got = Vec::new();
+    let mut more = true;
+    while more {
+        more = false;
+        while let Some(e) = room.poll_effect() {
+            match e {
+                Effect::Persist { batch, .. } => {
+                    room.handle(NOW, Input::Committed { batch });
+                    more = true;
+                }
+                Effect::Send { conn: c, frame } if c == conn => {
+                    got.push(ServerFrame::decode(&frame).expect("decodes"))
+                }
+                _ => {}
+            }
+        }
+    }
+    got
+}
+
+/// In an announcement room a moderator may start a stream; a member may not.
+#[test]
+fn announcement_room_streams_are_for_moderators() {
+    let mut room = room_with(
+        Faults::NONE,
+        100,
+        100,
+        LoadedRoom {
+            room_type: fluxy_protocol::common::RoomType::Announcement,
+            ..LoadedRoom::default()
+        },
+    );
+    for (conn, role) in [(1, MemberRole::Moderator), (2, MemberRole::Member)] {
+        room.handle(
+            NOW,
+            Input::Open {
+                conn,
+                identity: Identity {
+                    user_id: format!("u{conn}"),
+                    roles: vec!["member".into()],
+                    member_role: Some(role),
+                    token_exp: NOW / 1000 + 3600,
+                },
+                options: fluxy_room::ConnectOptions::default(),
+            },
+        );
+    }
+    while room.poll_effect().is_some() {}
+    let start = serde_json::json!({"type":"stream","op":"start","content":"","ref":"s"});
+    let got = send_committed(&mut room, 1, start.clone());
+    assert!(
+        got.iter()
+            .any(|f| matches!(f, ServerFrame::Ack(a) if a.seq.is_some())),
+        "{got:?}"
+    );
+    let got = send_committed(&mut room, 2, start);
+    assert!(
+        got.iter()
+            .any(|f| matches!(f, ServerFrame::Error(e) if e.code == ErrorCode::Forbidden)),
+        "{got:?}"
+    );
+}
