@@ -136,3 +136,20 @@ fn signature_differences_never_cancel() {
         Err(JwtError::BadSignature)
     );
 }
+
+/// `exp` and `nbf` honour exactly 5 s of leeway (FX-AUTH-4), at both edges.
+#[test]
+fn leeway_edges_are_exact() {
+    let at = |exp: u64, nbf: Option<u64>, now: u64| {
+        let c = Claims {
+            exp,
+            nbf,
+            ..claims()
+        };
+        jwt::verify(&sign(&c, KEY), now, secrets)
+    };
+    assert!(at(1_000, None, 1_004).is_ok());
+    assert_eq!(at(1_000, None, 1_005), Err(JwtError::Expired));
+    assert!(at(2_000, Some(1_005), 1_000).is_ok());
+    assert_eq!(at(2_000, Some(1_006), 1_000), Err(JwtError::NotYetValid));
+}
