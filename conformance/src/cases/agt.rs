@@ -16,6 +16,7 @@ pub fn cases() -> Vec<Case> {
         case!("agt/run-lifecycle", ["FX-AGT-3"], "a run starts, then ends exactly once; other transitions get invalid_state", lifecycle),
         case!("agt/tool-call-pairing", ["FX-AGT-4", "FX-AGT-5"], "tool calls need an open run and a new id; each gets exactly one result or error", tool_pairing),
         case!("agt/approval", ["FX-AGT-6", "FX-AGT-7"], "approval requests need an open run; one decision, from a non-agent member", approval),
+        case!("agt/two-approvals-one-run", ["FX-AGT-6", "FX-AGT-7"], "two approval requests of one run each take their own decision, both acked with a seq", two_approvals),
         case!("agt/streaming", ["FX-AGT-8", "FX-AGT-11"], "stream start/delta/end/abort produce message/edit/delete in order with rising versions", streaming),
         case!("agt/persisted-in-history", ["FX-AGT-10"], "agent events are sequenced, acked, persisted and replayed in accepted order", persisted),
         case!("agt/agent-typing", ["FX-AGT-9"], "agentTyping goes to the others with the agent's verified id", agent_typing),
@@ -275,6 +276,55 @@ async fn approval(ctx: &Ctx) -> Result<(), CaseError> {
     )
     .await?;
     Ok(())
+}
+
+async fn two_approvals(ctx: &Ctx) -> Result<(), CaseError> {
+    let (_, _, _, mut ch, mut cg) = setup(ctx).await?;
+    req(
+        ctx,
+        &mut cg,
+        "FX-AGT-6",
+        json!({"type":"agentRun","runId":"r","status":"started"}),
+    )
+    .await?;
+    for id in ["a1", "a2"] {
+        let a = req(
+            ctx,
+            &mut cg,
+            "FX-AGT-6",
+            json!({"type":"approval_request","runId":"r","approvalId":id,"prompt":"May I?"}),
+        )
+        .await?;
+        ensure(
+            a.seq.is_some(),
+            "FX-AGT-6",
+            format!("approval_request {id} acked with a seq"),
+            format!("{a:?}"),
+        )?;
+    }
+    let mut seqs = Vec::new();
+    for id in ["a1", "a2"] {
+        let d = req(
+            ctx,
+            &mut ch,
+            "FX-AGT-7",
+            json!({"type":"approval_decision","runId":"r","approvalId":id,"decision":"approved"}),
+        )
+        .await?;
+        ensure(
+            d.seq.is_some(),
+            "FX-AGT-7",
+            format!("the decision on {id} acked with a seq"),
+            format!("{d:?}"),
+        )?;
+        seqs.push(d.seq.unwrap_or(0));
+    }
+    ensure(
+        seqs[0] < seqs[1],
+        "FX-AGT-7",
+        "the two decisions are two events in order",
+        format!("seqs {seqs:?}"),
+    )
 }
 
 async fn streaming(ctx: &Ctx) -> Result<(), CaseError> {

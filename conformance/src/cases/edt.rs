@@ -15,6 +15,7 @@ pub fn cases() -> Vec<Case> {
         case!("edt/edit-versions", ["FX-EDT-2"], "each edit raises version by one; a stale expectedVersion gets conflict", edit_versions),
         case!("edt/delete-authorisation", ["FX-EDT-3", "FX-EDT-9"], "author, room owner/admin/moderator or token moderator may delete; others get forbidden", delete_auth),
         case!("edt/deleted-is-final", ["FX-EDT-4"], "delete bumps the version, leaves /api/messages, and later edits, reactions, streams and deletes get conflict", deleted_final),
+        case!("edt/reaction-on-deleted", ["FX-EDT-4"], "reacting to a deleted message gets conflict and broadcasts no reaction", reaction_on_deleted),
         case!("edt/reactions", ["FX-EDT-5", "FX-EDT-6"], "one reaction per (user, message, emoji); emoji 1-64 characters without outer whitespace", reactions),
         case!("edt/not-found", ["FX-EDT-7"], "edits, deletes, reactions and reads of unknown messages get not_found", not_found),
         case!("edt/read-receipts", ["FX-EDT-8", "FX-EDT-9"], "read advances monotonically and produces an event only when it advances", reads),
@@ -243,6 +244,42 @@ async fn deleted_final(ctx: &Ctx) -> Result<(), CaseError> {
         "FX-EDT-4",
         "the deleted message is gone from /api/messages",
         format!("ids {ids:?}"),
+    )
+}
+
+async fn reaction_on_deleted(ctx: &Ctx) -> Result<(), CaseError> {
+    let (_, _, _, mut ca, mut cb) = pair(ctx).await?;
+    let m = send(ctx, &mut ca, "soon gone").await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-EDT-4",
+        json!({"type":"delete","messageId":m.id}),
+    )
+    .await?;
+    req_err(
+        ctx,
+        &mut ca,
+        "FX-EDT-4",
+        json!({"type":"reaction","messageId":m.id,"emoji":"👻","op":"add"}),
+        ErrorCode::Conflict,
+    )
+    .await?;
+    // Barrier: a later message reaches the other connection; nothing may precede it but the
+    // message and its delete.
+    let after = send(ctx, &mut ca, "after the reaction").await?;
+    cb.wait_seq("FX-EDT-4", after.seq.unwrap_or(0)).await?;
+    let reactions: Vec<String> = cb
+        .frames()
+        .iter()
+        .filter(|f| matches!(f, ServerFrame::Reaction(_)))
+        .map(ServerFrame::encode)
+        .collect();
+    ensure(
+        reactions.is_empty(),
+        "FX-EDT-4",
+        "no reaction event for a deleted message",
+        reactions.join(" | "),
     )
 }
 

@@ -61,6 +61,12 @@ pub fn cases() -> Vec<Case> {
             ref_echo
         ),
         case!(
+            "frm/ref-bounds",
+            ["FX-FRM-7"],
+            "a failing frame whose ref is empty or over 128 characters gets an error without ref; the connection stays usable",
+            ref_bounds
+        ),
+        case!(
             "frm/ping-pong",
             ["FX-FRM-8"],
             "ping is answered by pong echoing ts",
@@ -503,6 +509,47 @@ async fn server_frames(ctx: &Ctx) -> Result<(), CaseError> {
                 _ => {}
             }
         }
+    }
+    Ok(())
+}
+
+async fn ref_bounds(ctx: &Ctx) -> Result<(), CaseError> {
+    let (_, _, _, mut c, _) = pair(ctx).await?;
+    for bad in ["x".repeat(129), String::new()] {
+        // A message without content fails validation whatever its ref.
+        c.send_json(&json!({"type":"message","ref":bad}))?;
+        let what = format!(
+            "an `error` answering a frame with a {}-character ref",
+            bad.len()
+        );
+        let it = c
+            .wait_item("FX-FRM-7", &what, |i| {
+                matches!(i.frame(), Some(ServerFrame::Error(_)))
+            })
+            .await?;
+        let Incoming::Text { text, value, .. } = &it else {
+            return Err(fail("FX-FRM-7", what, format!("{it:?}")));
+        };
+        let echoed = value
+            .as_ref()
+            .and_then(|v| v.get("ref"))
+            .is_some_and(|r| !r.is_null());
+        ensure(
+            !echoed,
+            "FX-FRM-7",
+            format!(
+                "no `ref` in the error (a {}-character ref is outside 1-128 and is not echoed)",
+                bad.len()
+            ),
+            text,
+        )?;
+        let ok = send(ctx, &mut c, "still usable").await?;
+        ensure(
+            ok.seq.is_some(),
+            "FX-FRM-3",
+            "the connection stays usable after the error",
+            format!("{ok:?}"),
+        )?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ pub fn cases() -> Vec<Case> {
     vec![
         case!("lim/frame-too-large", ["FX-LIM-1"], "a frame over maxFrameBytes gets payload_too_large and the connection stays open; HTTP bodies over 1 MiB get 413", too_large),
         case!("lim/rate-limit", ["FX-LIM-3", "FX-ERR-3"], "frames over the rate limit get rate_limited with retryAfterMs, are not processed, and the connection recovers", rate_limit),
+        case!("lim/retry-after-honoured", ["FX-LIM-3"], "after the smallest over-limit burst, a counted frame sent once retryAfterMs has passed is not rate_limited", retry_after_honoured),
         case!("lim/ping-not-limited", ["FX-LIM-4"], "pings do not count towards the rate limit", ping_not_limited),
         case!("lim/http-rate-limit", ["FX-LIM-7"], "where HTTP is rate-limited, 429 rate_limited carries retryAfterMs and Retry-After", http_rate_limit),
         case!("lim/invalid-frame-flood", ["FX-FRM-11", "FX-ERR-5"], "a flood of invalid frames is answered frame by frame; a close, if any, is 4010 protocol_violation", invalid_flood),
@@ -244,4 +245,75 @@ async fn invalid_flood(ctx: &Ctx) -> Result<(), CaseError> {
         return Err(fail("FX-FRM-11", "a pong or close 4010", format!("{it:?}")));
     }
     Ok(())
+}
+
+async fn retry_after_honoured(ctx: &Ctx) -> Result<(), CaseError> {
+    let (_, _, _, mut ca, _) = pair(ctx).await?;
+    let l = ca
+        .welcome
+        .as_ref()
+        .map(|w| w.limits.clone())
+        .ok_or_else(|| CaseError::Error("no welcome".into()))?;
+    if l.rate_burst > 1000 {
+        return Err(CaseError::Skip(format!(
+            "rateBurst is {}; a burst over it is too large to send here",
+            l.rate_burst
+        )));
+    }
+    let typing = |r: String| json!({"type":"typing","isTyping":true,"ref":r});
+    // The smallest burst first (rateBurst + 1), then, if tokens refilled meanwhile, one more
+    // second's worth: the first rate_limited answer is the one whose retryAfterMs is honoured.
+    let mut limited = None;
+    for extra in [l.rate_burst + 1, l.rate_per_second + 50] {
+        for _ in 0..extra {
+            ca.send_json(&typing(ctx.r()))?;
+        }
+        ca.sync("FX-LIM-3").await?;
+        limited = errors(&ca)
+            .into_iter()
+            .find(|e| e.code == ErrorCode::RateLimited);
+        if limited.is_some() {
+            break;
+        }
+    }
+    let Some(e) = limited else {
+        return Err(fail(
+            "FX-LIM-3",
+            format!(
+                "rate_limited within {} typing frames sent at once (burst {})",
+                2 * l.rate_burst + l.rate_per_second + 51,
+                l.rate_burst
+            ),
+            "no rate_limited error",
+        ));
+    };
+    let wait = e.retry_after_ms.unwrap_or(0);
+    ensure(
+        wait > 0,
+        "FX-LIM-3",
+        "rate_limited with retryAfterMs > 0",
+        format!("{e:?}"),
+    )?;
+    // The one allowed fixed wait: the server's own retryAfterMs (scaled), plus a margin.
+    tokio::time::sleep(ctx.ms(wait) + Duration::from_millis(50)).await;
+    let mark = ca.log.len();
+    let r = ctx.r();
+    ca.send_json(&typing(r.clone()))?;
+    // Barrier: the pong answering a later ping comes after any answer to the typing frame.
+    ca.sync("FX-LIM-3").await?;
+    let late: Vec<String> = ca.log[mark..]
+        .iter()
+        .filter_map(|i| match i.frame() {
+            Some(ServerFrame::Error(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .filter(|e| e.code == ErrorCode::RateLimited || e.reference.as_deref() == Some(r.as_str()))
+        .map(|e| format!("{e:?}"))
+        .collect();
+    ensure(
+        late.is_empty(),
+        "FX-LIM-3",
+        format!("a typing frame sent {wait} ms (retryAfterMs) + 50 ms later is accepted"),
+        late.join(" | "),
+    )
 }

@@ -19,6 +19,7 @@ pub fn cases() -> Vec<Case> {
         case!("msg/parent-id", ["FX-MSG-4"], "parentId must name a message of the same room (not_found otherwise)", parent_id),
         case!("msg/attachments", ["FX-MSG-5"], "at most 10 http(s) attachments of at most 2048 characters", attachments),
         case!("msg/http-post", ["FX-MSG-6"], "POST /messages sequences, broadcasts and answers 201 with the event; a repeat gets 200 duplicate", http_post),
+        case!("msg/announcement-streams", ["FX-MSG-8", "FX-AGT-8"], "in an announcement room a moderator's stream start is acked with a seq; a member's gets forbidden", announcement_streams),
         case!("msg/announcement-room", ["FX-MSG-8"], "only owners, admins and moderators post in an announcement room", announcement),
     ]
 }
@@ -369,4 +370,55 @@ async fn announcement(ctx: &Ctx) -> Result<(), CaseError> {
     let mut cd = ctx.connect(&md, &room).await?;
     send(ctx, &mut cd, "moderator note").await?;
     Ok(())
+}
+
+async fn announcement_streams(ctx: &Ctx) -> Result<(), CaseError> {
+    let o = ctx.user("owner").await?;
+    let m = ctx.user("member").await?;
+    let md = ctx.user("mod").await?;
+    let req_ = CreateRoomRequest {
+        id: Some(ctx.uid("ann")),
+        name: "announcement streams".into(),
+        room_type: Some(RoomType::Announcement),
+        members: vec![
+            MemberSpec {
+                user_id: m.id.clone(),
+                role: None,
+            },
+            MemberSpec {
+                user_id: md.id.clone(),
+                role: Some(fluxy_protocol::common::MemberRole::Moderator),
+            },
+        ],
+    };
+    let room = ctx.room_req(&o, req_).await?;
+    let mut cd = ctx.connect(&md, &room).await?;
+    let a = req(
+        ctx,
+        &mut cd,
+        "FX-MSG-8",
+        json!({"type":"stream","op":"start","content":"moderator stream"}),
+    )
+    .await?;
+    ensure(
+        a.seq.is_some() && a.id.is_some(),
+        "FX-AGT-8",
+        "the moderator's stream start acked with a seq and the message id",
+        format!("{a:?}"),
+    )?;
+    let mut cm = ctx.connect(&m, &room).await?;
+    req_err(
+        ctx,
+        &mut cm,
+        "FX-MSG-8",
+        json!({"type":"stream","op":"start","content":"member stream"}),
+        ErrorCode::Forbidden,
+    )
+    .await?;
+    ensure_eq(
+        "FX-MSG-8",
+        "events stored (the moderator's start only)",
+        current_seq(ctx, &o, &room).await?,
+        a.seq.unwrap_or(0),
+    )
 }
