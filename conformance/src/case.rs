@@ -81,6 +81,20 @@ pub enum CaseError {
     Error(String),
 }
 
+impl CaseError {
+    /// Prefix what was being checked to a failure's expectation (or an error's message).
+    pub fn context(self, what: impl Display) -> Self {
+        match self {
+            CaseError::Fail(f) => CaseError::Fail(Failure {
+                expected: format!("{what}: {}", f.expected),
+                ..f
+            }),
+            CaseError::Error(e) => CaseError::Error(format!("{what}: {e}")),
+            skip => skip,
+        }
+    }
+}
+
 /// Fail a case: `clause` violated, `expected` vs `observed`.
 pub fn fail(clause: &str, expected: impl Display, observed: impl Display) -> CaseError {
     CaseError::Fail(Failure {

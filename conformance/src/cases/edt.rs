@@ -13,7 +13,7 @@ pub fn cases() -> Vec<Case> {
     vec![
         case!("edt/edit-author-only", ["FX-EDT-1", "FX-EDT-9"], "only the author edits; the edit event carries the editor's verified id", edit_author),
         case!("edt/edit-versions", ["FX-EDT-2"], "each edit raises version by one; a stale expectedVersion gets conflict", edit_versions),
-        case!("edt/delete-authorisation", ["FX-EDT-3", "FX-EDT-9"], "author, room owner/admin/moderator or token moderator may delete; others get forbidden", delete_auth),
+        case!("edt/delete-authorisation", ["FX-EDT-3", "FX-EDT-9"], "author, room owner/admin/moderator or a token with role owner, admin or moderator may delete; others get forbidden", delete_auth),
         case!("edt/deleted-is-final", ["FX-EDT-4"], "delete bumps the version, leaves /api/messages, and later edits, reactions, streams and deletes get conflict", deleted_final),
         case!("edt/reaction-on-deleted", ["FX-EDT-4"], "reacting to a deleted message gets conflict and broadcasts no reaction", reaction_on_deleted),
         case!("edt/reactions", ["FX-EDT-5", "FX-EDT-6"], "one reaction per (user, message, emoji); emoji 1-64 characters without outer whitespace", reactions),
@@ -167,29 +167,45 @@ async fn delete_auth(ctx: &Ctx) -> Result<(), CaseError> {
         json!({"type":"delete","messageId":m4.id}),
     )
     .await?;
-    // Token moderator (not a room member role) may delete.
-    let md = ctx.user_roles("mod", &["moderator"]).await?;
-    let r = ctx
-        .post(
-            &format!("/rooms/{room}/members"),
-            &a.token,
-            &json!({"userId": md.id}),
+    // Each token role alone (owner, admin, moderator; plain room members otherwise) may
+    // delete someone else's message.
+    let m5 = send(ctx, &mut cb, "five").await?;
+    let m6 = send(ctx, &mut cb, "six").await?;
+    for (role, msg) in [("moderator", &m3), ("admin", &m5), ("owner", &m6)] {
+        let u = ctx.user_roles(&format!("tok-{role}"), &[role]).await?;
+        let r = ctx
+            .post(
+                &format!("/rooms/{room}/members"),
+                &a.token,
+                &json!({"userId": u.id}),
+            )
+            .await?;
+        ensure(
+            r.status == 200 || r.status == 201,
+            "FX-TEN-5",
+            "owner adds a member",
+            format!("{} {}", r.status, r.text),
+        )?;
+        let mut cu = ctx.connect(&u, &room).await?;
+        let d = req(
+            ctx,
+            &mut cu,
+            "FX-EDT-3",
+            json!({"type":"delete","messageId":msg.id}),
         )
-        .await?;
-    ensure(
-        r.status == 200 || r.status == 201,
-        "FX-TEN-5",
-        "owner adds a member",
-        format!("{} {}", r.status, r.text),
-    )?;
-    let mut cm = ctx.connect(&md, &room).await?;
-    req(
-        ctx,
-        &mut cm,
-        "FX-EDT-3",
-        json!({"type":"delete","messageId":m3.id}),
-    )
-    .await?;
+        .await
+        .map_err(|e| {
+            e.context(format!(
+                "a token with role {role} deletes another user's message"
+            ))
+        })?;
+        ensure(
+            d.seq.is_some(),
+            "FX-EDT-3",
+            &format!("the token-{role} delete is sequenced"),
+            format!("{d:?}"),
+        )?;
+    }
     let _ = b;
     Ok(())
 }
