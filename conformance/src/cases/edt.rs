@@ -202,7 +202,7 @@ async fn delete_auth(ctx: &Ctx) -> Result<(), CaseError> {
         ensure(
             d.seq.is_some(),
             "FX-EDT-3",
-            &format!("the token-{role} delete is sequenced"),
+            format!("the token-{role} delete is sequenced"),
             format!("{d:?}"),
         )?;
     }
