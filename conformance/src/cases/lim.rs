@@ -181,7 +181,10 @@ async fn idle_timeout(ctx: &Ctx) -> Result<(), CaseError> {
 
 async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
+    let room = ctx.room(&a, &[]).await?;
     let mut seen = None;
+    // Reads first (300 GET /rooms), then writes: up to 800 POST /messages by one
+    // user, 50 at a time, stopping at the first 429.
     for _ in 0..10 {
         let futs: Vec<_> = (0..30).map(|_| ctx.get("/rooms", &a.token)).collect();
         for r in futures_util::future::join_all(futs).await {
@@ -194,9 +197,33 @@ async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
             break;
         }
     }
+    for round in 0..16 {
+        if seen.is_some() {
+            break;
+        }
+        let bodies: Vec<serde_json::Value> = (0..50)
+            .map(|i| json!({"roomId": room, "content": format!("burst {round}/{i}")}))
+            .collect();
+        let futs: Vec<_> = bodies
+            .iter()
+            .map(|b| ctx.post("/messages", &a.token, b))
+            .collect();
+        for r in futures_util::future::join_all(futs).await {
+            let r = r?;
+            if r.status == 429 {
+                seen = Some(r);
+            } else if !(200..300).contains(&r.status) {
+                return Err(CaseError::Error(format!(
+                    "set-up: POST /messages answered {} {}",
+                    r.status, r.text
+                )));
+            }
+        }
+    }
     let Some(r) = seen else {
-        ctx.note("no HTTP rate limiting observed in 300 requests: FX-LIM-7 applies only where it is applied");
-        return Ok(());
+        return Err(CaseError::Skip(
+            "no HTTP rate limiting observed in 300 GET /rooms and 800 POST /messages: FX-LIM-7 applies only where HTTP is rate-limited".into(),
+        ));
     };
     r.expect_error("FX-LIM-7", "an HTTP 429", ErrorCode::RateLimited)?;
     let v = r.json().unwrap_or_default();
@@ -209,10 +236,13 @@ async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
         &r.text,
     )?;
     ensure(
-        r.headers.get("retry-after").is_some(),
+        r.headers
+            .get("retry-after")
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|h| h.trim().parse::<u64>().is_ok_and(|s| s >= 1)),
         "FX-LIM-7",
-        "a Retry-After header",
-        "none",
+        "a Retry-After header of at least 1 (delay-seconds)",
+        format!("{:?}", r.headers.get("retry-after")),
     )
 }
 
