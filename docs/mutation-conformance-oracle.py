@@ -6,7 +6,9 @@ loop by hand. For each mutant it applies the diff in a private clone, rebuilds
 fluxy-conformance (which embeds fluxy-server and therefore fluxy-room), runs
 `fluxy-conformance run --format json` against the embedded server and reverts:
 exit 0 = MISSED, exit 1 = caught (the failing case ids are recorded), build failure =
-unviable. Results are appended to a JSON-lines file, so an interrupted run resumes.
+unviable. With --also-faults, a mutant the run misses is also given the suite's self-test
+(`fluxy-conformance faults --verify`: each of the reference server's deliberate faults must
+still be caught); a mutant that breaks a fault is then "caught-by-selftest". Results are appended to a JSON-lines file, so an interrupted run resumes.
 
     cargo mutants --list --json --diff -p fluxy-room > /tmp/mall.json
     git clone -q --local /work/main /tmp/fluxy-mutc
@@ -26,6 +28,9 @@ ap.add_argument("--out", required=True, help="JSON-lines results (appended; reru
 ap.add_argument("--worker", default="0/1", help="i/n: take every n-th mutant starting at i")
 ap.add_argument("--only", help="file with mutant names to (re)test, one per line")
 ap.add_argument("--timeout", type=float, default=180)
+ap.add_argument("--also-faults", action="store_true",
+                help="when the run passes, also run `fluxy-conformance faults --verify` (the suite's "
+                     "self-test: every deliberate fault must still be caught)")
 a = ap.parse_args()
 
 wi, wn = (int(x) for x in a.worker.split("/"))
@@ -62,6 +67,12 @@ for i, m in enumerate(mutants):
                 failed = [c["id"] for c in rep.get("cases", []) if c.get("verdict") == "fail"]
             except (OSError, ValueError, KeyError):
                 pass
+            if verdict == "MISSED" and a.also_faults:
+                f = subprocess.run(["target/debug/fluxy-conformance", "faults", "--verify"],
+                                   capture_output=True, text=True, timeout=a.timeout)
+                if f.returncode != 0:
+                    verdict = "caught-by-selftest"
+                    failed = [l.split()[0] for l in f.stdout.splitlines() if " NO " in l]
         except subprocess.TimeoutExpired:
             verdict = "timeout"
     subprocess.run(["git", "checkout", "-q", "--", "."])
