@@ -18,6 +18,18 @@ pub struct ClauseCoverage {
     pub cases: Vec<String>,
 }
 
+/// Clauses no server-facing case can check, with the reason (shown instead of "uncovered").
+pub const NOT_CHECKABLE: &[(&str, &str)] = &[
+    (
+        "FX-RES-6",
+        "a rule for clients; a server cannot be observed keeping it",
+    ),
+    (
+        "FX-HIS-9",
+        "a cost rule; measured by fluxy-bench (docs/benchmarks.md: flat page cost at 1k and 1M events), not timed in a short black-box run",
+    ),
+];
+
 /// Coverage of every clause of the spec by `cases`.
 pub fn coverage(cases: &[Case]) -> Vec<ClauseCoverage> {
     spec::clauses()
@@ -60,7 +72,10 @@ pub fn unknown_clauses(cases: &[Case]) -> Vec<String> {
 pub fn render(cov: &[ClauseCoverage]) -> String {
     let mut s = String::new();
     for c in cov {
-        let cases = if c.cases.is_empty() {
+        let not_checkable = NOT_CHECKABLE.iter().find(|(id, _)| *id == c.id);
+        let cases = if let (true, Some((_, why))) = (c.cases.is_empty(), not_checkable) {
+            format!("(not checkable: {why})")
+        } else if c.cases.is_empty() {
             if c.level == "MUST" {
                 "UNCOVERED".to_string()
             } else {
@@ -78,9 +93,13 @@ pub fn render(cov: &[ClauseCoverage]) -> String {
         .filter(|c| c.level == "SHOULD" || c.level == "MAY")
         .collect();
     let ocov = other.iter().filter(|c| !c.cases.is_empty()).count();
+    let onc = other
+        .iter()
+        .filter(|c| c.cases.is_empty() && NOT_CHECKABLE.iter().any(|(id, _)| *id == c.id))
+        .count();
     let _ = writeln!(
         s,
-        "\nMUST clauses covered: {covered}/{}; SHOULD/MAY covered: {ocov}/{}",
+        "\nMUST clauses covered: {covered}/{}; SHOULD/MAY covered: {ocov}/{} ({onc} not checkable from outside)",
         must.len(),
         other.len()
     );

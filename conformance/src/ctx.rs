@@ -569,7 +569,8 @@ impl Incoming {
         )
     }
 
-    fn describe(&self) -> String {
+    /// One line for reports.
+    pub fn describe(&self) -> String {
         match self {
             Incoming::Text { text, .. } => short(text, 300),
             Incoming::Binary(n) => format!("binary frame of {n} bytes"),

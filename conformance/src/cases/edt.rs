@@ -18,6 +18,7 @@ pub fn cases() -> Vec<Case> {
         case!("edt/reaction-on-deleted", ["FX-EDT-4"], "reacting to a deleted message gets conflict and broadcasts no reaction", reaction_on_deleted),
         case!("edt/reactions", ["FX-EDT-5", "FX-EDT-6"], "one reaction per (user, message, emoji); emoji 1-64 characters without outer whitespace", reactions),
         case!("edt/not-found", ["FX-EDT-7"], "edits, deletes, reactions and reads of unknown messages get not_found", not_found),
+        case!("edt/error-precedence", ["FX-EDT-10"], "a request wrong in several ways gets the first error in the order invalid, not_found, forbidden, conflict", error_precedence),
         case!("edt/read-receipts", ["FX-EDT-8", "FX-EDT-9"], "read advances monotonically and produces an event only when it advances", reads),
     ]
 }
@@ -380,6 +381,56 @@ async fn not_found(ctx: &Ctx) -> Result<(), CaseError> {
         "FX-EDT-7",
         json!({"type":"edit","messageId":3,"content":"x"}),
         ErrorCode::NotFound,
+    )
+    .await
+}
+
+async fn error_precedence(ctx: &Ctx) -> Result<(), CaseError> {
+    let (_, _, _, mut ca, mut cb) = pair(ctx).await?;
+    let m = send(ctx, &mut ca, "soon deleted").await?;
+    req(
+        ctx,
+        &mut ca,
+        "FX-EDT-4",
+        json!({"type":"delete","messageId":m.id}),
+    )
+    .await?;
+    // Invalid before not_found: empty content on an unknown message.
+    let r = ctx.r();
+    cb.send_json(&json!({"type":"edit","messageId":4242,"content":"   ","ref":r}))?;
+    match cb.answer("FX-EDT-10", &r).await? {
+        ServerFrame::Error(e)
+            if e.code == ErrorCode::InvalidContent || e.code == ErrorCode::InvalidFrame => {}
+        other => {
+            return Err(crate::case::fail(
+                "FX-EDT-10",
+                "invalid_content (or invalid_frame) for blank content on an unknown message",
+                other.encode(),
+            ))
+        }
+    }
+    // not_found before forbidden: a non-author edits and deletes an unknown message.
+    for f in [
+        json!({"type":"edit","messageId":4242,"content":"x"}),
+        json!({"type":"delete","messageId":4242}),
+    ] {
+        req_err(ctx, &mut cb, "FX-EDT-10", f, ErrorCode::NotFound).await?;
+    }
+    // forbidden before conflict: a non-author edits or deletes a deleted message.
+    for f in [
+        json!({"type":"edit","messageId":m.id,"content":"x"}),
+        json!({"type":"edit","messageId":m.id,"content":"x","expectedVersion":1}),
+        json!({"type":"delete","messageId":m.id}),
+    ] {
+        req_err(ctx, &mut cb, "FX-EDT-10", f, ErrorCode::Forbidden).await?;
+    }
+    // The author gets conflict.
+    req_err(
+        ctx,
+        &mut ca,
+        "FX-EDT-10",
+        json!({"type":"edit","messageId":m.id,"content":"x"}),
+        ErrorCode::Conflict,
     )
     .await
 }

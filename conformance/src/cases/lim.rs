@@ -18,6 +18,7 @@ pub fn cases() -> Vec<Case> {
         case!("lim/rate-limit", ["FX-LIM-3", "FX-ERR-3"], "frames over the rate limit get rate_limited with retryAfterMs, are not processed, and the connection recovers", rate_limit),
         case!("lim/retry-after-honoured", ["FX-LIM-3"], "after the smallest over-limit burst, a counted frame sent once retryAfterMs has passed is not rate_limited", retry_after_honoured),
         case!("lim/ping-not-limited", ["FX-LIM-4"], "pings do not count towards the rate limit", ping_not_limited),
+        case!("lim/rate-abuse-close", ["FX-LIM-6", "FX-ERR-5"], "a connection that keeps sending far over its limit may be closed, and then only with 4008 rate_limited after rate_limited answers", rate_abuse_close),
         case!("lim/http-rate-limit", ["FX-LIM-7"], "where HTTP is rate-limited, 429 rate_limited carries retryAfterMs and Retry-After", http_rate_limit),
         case!("lim/invalid-frame-flood", ["FX-FRM-11", "FX-ERR-5"], "a flood of invalid frames is answered frame by frame; a close, if any, is 4010 protocol_violation", invalid_flood),
         case!("lim/idle-timeout", ["FX-LIM-8", "FX-ERR-5"], "a silent connection is closed with 4000 after idleTimeoutMs", idle_timeout),
@@ -177,6 +178,63 @@ async fn idle_timeout(ctx: &Ctx) -> Result<(), CaseError> {
         "heartbeatIntervalMs at most half of idleTimeoutMs (SHOULD)",
         format!("{hb} / {idle}"),
     )
+}
+
+async fn rate_abuse_close(ctx: &Ctx) -> Result<(), CaseError> {
+    let (_, _, _, mut ca, _) = pair(ctx).await?;
+    let burst = ca
+        .welcome
+        .as_ref()
+        .map(|w| w.limits.rate_burst)
+        .unwrap_or(200);
+    let n = (burst + 1000).min(5000);
+    for i in 0..n {
+        if ca
+            .send_json(&json!({"type":"read","messageId":1,"ref":format!("ab{i}")}))
+            .is_err()
+        {
+            break; // already closed: the check below reads the close
+        }
+    }
+    let last = format!("ab{}", n - 1);
+    let it = ca
+        .wait_item(
+            "FX-LIM-6",
+            "an answer to the last frame of the flood, or a close",
+            |i| i.is_end() || i.frame().and_then(crate::ctx::frame_ref) == Some(last.as_str()),
+        )
+        .await?;
+    let limited = errors(&ca)
+        .iter()
+        .filter(|e| e.code == ErrorCode::RateLimited)
+        .count();
+    match it {
+        crate::ctx::Incoming::Closed { code, reason } => {
+            ensure_eq(
+                "FX-LIM-6",
+                "close after a rate-limit flood",
+                (code, reason.as_str()),
+                (Some(4008), "rate_limited"),
+            )?;
+            ensure(
+                limited > 0,
+                "FX-LIM-6",
+                "rate_limited answers before the 4008 close",
+                "none",
+            )
+        }
+        other if other.is_end() => Err(fail(
+            "FX-LIM-6",
+            "a 4008 close or an open connection",
+            other.describe(),
+        )),
+        _ => {
+            ctx.note(&format!(
+                "not closed after {n} frames ({limited} rate_limited): closing is a MAY"
+            ));
+            Ok(())
+        }
+    }
 }
 
 async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
