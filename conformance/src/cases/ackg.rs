@@ -17,6 +17,7 @@ pub fn cases() -> Vec<Case> {
         case!("ack/client-message-id-validated", ["FX-ACK-2"], "an invalid clientMessageId is rejected with invalid_frame", cmid_validated),
         case!("ack/duplicate-returns-original", ["FX-ACK-4"], "a repeated clientMessageId gets the original ack with duplicate:true; nothing stored or broadcast", duplicate),
         case!("ack/idempotent-across-transports", ["FX-ACK-5"], "idempotency holds across connections, reconnects and WebSocket/HTTP", across),
+        case!("ack/key-survives-pause", ["FX-ACK-5"], "a key is still honoured seconds later (a sample of the 24 h rule that catches unit mix-ups), on WebSocket and HTTP", key_survives_pause),
         case!("ack/keys-per-user", ["FX-ACK-6"], "the same clientMessageId from two users makes two messages", per_user),
         case!("ack/no-op-without-seq", ["FX-ACK-7"], "no-op reactions and reads get an ack without seq and produce no event", no_op),
         case!("ack/proxy-duplicated-frame", ["FX-ACK-4", "FX-ACK-1"], "a frame duplicated on the network (proxy) is stored once; the copy gets the original ack marked duplicate", proxy_duplicated),
@@ -175,6 +176,42 @@ async fn duplicate(ctx: &Ctx) -> Result<(), CaseError> {
         "events stored",
         current_seq(ctx, &a, &room).await?,
         2,
+    )
+}
+
+async fn key_survives_pause(ctx: &Ctx) -> Result<(), CaseError> {
+    let (a, _, room, mut ca, _) = pair(ctx).await?;
+    let cmid = ctx.cmid();
+    ca.send_json(&msg_c("kept", &cmid, "p1"))?;
+    let first = ca.ack("FX-ACK-5", "p1").await?;
+    // The 24 h rule cannot be waited for; three seconds catch a TTL written in the wrong
+    // unit (86.4 s read as ms is 86 ms). Waiting is the condition here, not synchronisation.
+    tokio::time::sleep(ctx.ms(3_000)).await;
+    ca.send_json(&msg_c("kept again", &cmid, "p2"))?;
+    let again = ca.ack("FX-ACK-5", "p2").await?;
+    ensure(
+        again.duplicate && again.seq == first.seq,
+        "FX-ACK-5",
+        "the original ack, duplicate, 3 s later",
+        format!("{again:?}"),
+    )?;
+    let r = ctx
+        .post(
+            "/messages",
+            &a.token,
+            &json!({"roomId":room,"content":"kept via http","clientMessageId":cmid}),
+        )
+        .await?;
+    r.expect_status(
+        "FX-ACK-5",
+        "POST /messages repeating the key 3 s later",
+        200,
+    )?;
+    ensure_eq(
+        "FX-ACK-5",
+        "events stored",
+        current_seq(ctx, &a, &room).await?,
+        1,
     )
 }
 
