@@ -577,7 +577,9 @@ async fn add_member(
     // an existing one may have changed role). Only a running room needs telling: a room that
     // starts later reads roles at connect.
     if let Some(h) = running_room(&app, &a.room.tenant, &a.room.id) {
-        h.send(RoomMsg::SetRole(spec.user_id.clone(), Some(role)));
+        let _ = h
+            .send(RoomMsg::SetRole(spec.user_id.clone(), Some(role)))
+            .await;
     }
     Ok((
         StatusCode::OK,
@@ -614,7 +616,8 @@ async fn remove_member(
         return Err(ApiError::new(ErrorCode::NotFound, "no such member"));
     }
     let h = handle_for(&app, &a).await?;
-    h.send(RoomMsg::Kick(user_id.clone()));
+    let _ = h.send(RoomMsg::Kick(user_id.clone())).await;
+    drop(h);
     Ok(Json(MemberResponse {
         ok: true,
         room_id: a.room.id,
@@ -648,11 +651,15 @@ async fn post_message(
     let a = access(&app, &claims, &req.room_id).await?;
     let h = handle_for(&app, &a).await?;
     let (reply, rx) = oneshot::channel();
-    h.send(RoomMsg::Post {
-        identity: identity(&claims, a.role),
-        frame,
-        reply,
-    });
+    // A stopped room (shutdown) drops `reply`: answered as unavailable below.
+    let _ = h
+        .send(RoomMsg::Post {
+            identity: identity(&claims, a.role),
+            frame,
+            reply,
+        })
+        .await;
+    drop(h);
     let outcome = rx
         .await
         .map_err(|_| ApiError::new(ErrorCode::Unavailable, "room unavailable"))??;
@@ -1071,13 +1078,17 @@ async fn sse(
         })?),
     };
     let h = handle_for(&app, &a).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<SseItem>();
+    // Bounded: when the room finds it full it drops the listener, which ends this stream
+    // after what is queued (the client resumes with Last-Event-ID).
+    let (tx, mut rx) = mpsc::channel::<SseItem>(app.config.sse_queue.max(1));
     let (reply, current) = oneshot::channel();
-    h.send(RoomMsg::Sse { tx, reply });
+    let _ = h.send(RoomMsg::Sse { tx, reply }).await;
+    drop(h);
     let current = current
         .await
         .map_err(|_| ApiError::new(ErrorCode::Unavailable, "room unavailable"))?;
-    let (btx, brx) = mpsc::channel::<Bytes>(256);
+    // A short relay to the body: the listener's real bound is its room queue above.
+    let (btx, brx) = mpsc::channel::<Bytes>(32);
     let with_id = !app.faults.sse_no_id;
     let room = a.room.clone();
     let app2 = app.clone();
@@ -1191,7 +1202,8 @@ async fn poll(
     if bodies.is_empty() && timeout > 0 {
         let h = handle_for(&app, &a).await?;
         let (reply, woke) = oneshot::channel();
-        h.send(RoomMsg::Poll { after: pos, reply });
+        let _ = h.send(RoomMsg::Poll { after: pos, reply }).await;
+        drop(h);
         let mut stop = app.stop.clone();
         tokio::select! {
             _ = woke => {}

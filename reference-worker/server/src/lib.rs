@@ -65,6 +65,17 @@ pub struct ServerConfig {
     pub http_post_burst: u32,
     /// `POST /messages` token bucket per (tenant, user): refill per second.
     pub http_post_per_second: u32,
+    /// Unload a room (stop its task, drop its engine) after it has been idle this long, in
+    /// ms: no WebSocket connection, SSE listener, long-poll waiter, pending `POST /messages`
+    /// or uncommitted batch. The next request reloads it from storage. 0 never unloads.
+    pub room_idle_unload_ms: u64,
+    /// Bound of each room's inbound queue, in messages (at least 1). WebSocket readers and
+    /// HTTP handlers wait for space (backpressure); nothing is dropped.
+    pub room_inbox: usize,
+    /// Bound of each SSE listener's queue, in events (at least 1). A listener whose queue is
+    /// full is dropped: its stream ends after what is queued, and the client resumes with
+    /// `Last-Event-ID`.
+    pub sse_queue: usize,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +98,9 @@ impl Default for ServerConfig {
             http_token_per_second: 100,
             http_post_burst: 500,
             http_post_per_second: 100,
+            room_idle_unload_ms: 60_000,
+            room_inbox: 4096,
+            sse_queue: 4096,
         }
     }
 }
@@ -151,7 +165,7 @@ impl RunningServer {
             Err(p) => p.into_inner().values().cloned().collect(),
         };
         for r in rooms {
-            r.send(rooms::RoomMsg::Shutdown);
+            let _ = r.send(rooms::RoomMsg::Shutdown).await;
         }
         // Let the 1001 close handshakes finish (bounded).
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
@@ -171,6 +185,38 @@ impl RunningServer {
         {
             task.abort();
         }
+    }
+
+    /// Rooms currently loaded (entries of the room table; a room leaves it when it unloads
+    /// after [`ServerConfig::room_idle_unload_ms`] of idleness).
+    pub fn loaded_rooms(&self) -> usize {
+        match self.app.rooms.lock() {
+            Ok(g) => g.len(),
+            Err(p) => p.into_inner().len(),
+        }
+    }
+
+    /// Room tasks currently running (a task ends after it left the room table, or at
+    /// shutdown).
+    pub fn room_tasks(&self) -> usize {
+        self.app
+            .room_tasks
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Room loads so far (a room that unloads and is used again is loaded again).
+    pub fn room_loads(&self) -> u64 {
+        self.app
+            .room_loads
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// SSE listeners dropped so far because their queue was full
+    /// ([`ServerConfig::sse_queue`]).
+    pub fn sse_listeners_dropped(&self) -> u64 {
+        self.app
+            .sse_dropped
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Resolves when the server stopped by itself (it normally never does).
@@ -195,6 +241,14 @@ pub(crate) struct App {
     /// HTTP rate limit of `POST /messages`, per (tenant, user).
     pub(crate) post_limiter: limiter::Limiter,
     pub(crate) stop: watch::Receiver<bool>,
+    /// Room tasks running.
+    pub(crate) room_tasks: std::sync::atomic::AtomicUsize,
+    /// Room tasks started.
+    pub(crate) room_loads: std::sync::atomic::AtomicU64,
+    /// SSE listeners dropped for a full queue.
+    pub(crate) sse_dropped: std::sync::atomic::AtomicU64,
+    /// Identity of the next room task's inbox (see `rooms::RoomHandle`).
+    pub(crate) next_room: std::sync::atomic::AtomicU64,
 }
 
 /// Milliseconds since the Unix epoch (the shell's clock; the engine has none).
@@ -312,6 +366,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         token_limiter,
         post_limiter,
         stop: stop_rx.clone(),
+        room_tasks: std::sync::atomic::AtomicUsize::new(0),
+        room_loads: std::sync::atomic::AtomicU64::new(0),
+        sse_dropped: std::sync::atomic::AtomicU64::new(0),
+        next_room: std::sync::atomic::AtomicU64::new(1),
     });
     let router = http::router(app.clone());
     let mut stop = stop_rx;

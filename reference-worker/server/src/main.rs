@@ -59,6 +59,17 @@ struct Cli {
     /// POST /messages rate limit per user: refill per second.
     #[arg(long, default_value_t = 100)]
     http_post_per_second: u32,
+    /// Unload a room idle (no connection, listener, waiter or pending write) for this long, in
+    /// ms; the next request reloads it from the database (0 never unloads).
+    #[arg(long, default_value_t = 60_000)]
+    room_idle_unload_ms: u64,
+    /// Bound of each room's inbound queue, in messages (senders wait for space).
+    #[arg(long, default_value_t = 4096)]
+    room_inbox: usize,
+    /// Bound of each SSE listener's queue, in events; a listener that falls this far behind is
+    /// dropped (its stream ends; the client resumes with Last-Event-ID).
+    #[arg(long, default_value_t = 4096)]
+    sse_queue: usize,
     /// Enable a deliberate fault (test only; repeatable). `--list-faults` shows them.
     #[arg(long = "fault")]
     faults: Vec<String>,
@@ -94,6 +105,9 @@ async fn main() -> std::process::ExitCode {
         http_token_per_second: cli.http_token_per_second,
         http_post_burst: cli.http_post_burst,
         http_post_per_second: cli.http_post_per_second,
+        room_idle_unload_ms: cli.room_idle_unload_ms,
+        room_inbox: cli.room_inbox,
+        sse_queue: cli.sse_queue,
     };
     let server = match start(config).await {
         Ok(s) => s,

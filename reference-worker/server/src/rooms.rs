@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use fluxy_protocol::common::MemberRole;
 use fluxy_protocol::server::ErrorFrame;
 use fluxy_protocol::CloseCode;
@@ -166,8 +168,8 @@ pub enum RoomMsg {
     },
     /// Subscribe an SSE listener; replies with the committed seq at subscription time.
     Sse {
-        /// Listener.
-        tx: mpsc::UnboundedSender<SseItem>,
+        /// Listener (bounded: a full queue drops the listener, `ServerConfig::sse_queue`).
+        tx: mpsc::Sender<SseItem>,
         /// Reply.
         reply: oneshot::Sender<u64>,
     },
@@ -182,38 +184,77 @@ pub enum RoomMsg {
     Kick(String),
     /// A user's room role changed.
     SetRole(String, Option<MemberRole>),
-    /// A persist batch finished.
-    PersistDone {
-        /// Batch id.
-        batch: u64,
-        /// Success.
-        ok: bool,
-    },
     /// Server shutdown: close everything with 1001.
     Shutdown,
 }
 
-/// Handle to a room task.
+/// A persist batch finished (the room task's internal channel, apart from its inbox: the
+/// spawned persist task waits for space there, never the room task itself).
+struct PersistDone {
+    batch: u64,
+    ok: bool,
+}
+
+/// Capacity of a room's internal completion channel. The engine has at most one batch in
+/// flight, so one slot is enough; a few more absorb completions of batches from before a reset.
+const DONE_QUEUE: usize = 4;
+
+/// When only SSE listeners or long-poll waiters keep a room loaded, how often (at least) the
+/// room checks whether they went away (they do not tell it).
+const LISTENER_RECHECK_MS: u64 = 1_000;
+
+/// The room task is gone (stopped by shutdown); the message is returned.
+#[derive(Debug, thiserror::Error)]
+#[error("room task stopped")]
+pub struct RoomGone(pub RoomMsg);
+
+impl std::fmt::Debug for RoomMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RoomMsg::Open { .. } => "Open",
+            RoomMsg::Text(..) => "Text",
+            RoomMsg::Binary(_) => "Binary",
+            RoomMsg::Closed(_) => "Closed",
+            RoomMsg::Post { .. } => "Post",
+            RoomMsg::Sse { .. } => "Sse",
+            RoomMsg::Poll { .. } => "Poll",
+            RoomMsg::Kick(_) => "Kick",
+            RoomMsg::SetRole(..) => "SetRole",
+            RoomMsg::Shutdown => "Shutdown",
+        })
+    }
+}
+
+/// Handle to a room task: the sending side of its bounded inbox.
+///
+/// Every live `RoomHandle` is a strong sender of the inbox, and the only way to get one is
+/// [`room_handle`] or [`running_room`], both under the `app.rooms` lock. The room task
+/// relies on that to unload safely (see [`try_unload`]).
 #[derive(Clone)]
 pub struct RoomHandle {
-    /// Input channel.
-    pub tx: mpsc::UnboundedSender<RoomMsg>,
+    tx: mpsc::Sender<RoomMsg>,
+    /// Which inbox this is (unique per server), so a task recognises its own map entry.
+    id: u64,
 }
 
 impl RoomHandle {
-    /// Send a message (a stopped room is ignored).
-    pub fn send(&self, m: RoomMsg) {
-        let _ = self.tx.send(m);
+    /// Send a message, waiting while the inbox is full (backpressure: a WebSocket reader that
+    /// waits here stops reading its socket). Fails only when the task stopped (shutdown).
+    pub async fn send(&self, m: RoomMsg) -> Result<(), RoomGone> {
+        self.tx.send(m).await.map_err(|e| RoomGone(e.0))
+    }
+}
+
+fn lock_rooms(app: &App) -> std::sync::MutexGuard<'_, HashMap<(String, String), RoomHandle>> {
+    match app.rooms.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }
 
 /// The task of room (tenant, room) if it is running (no task is started).
 pub fn running_room(app: &Arc<App>, tenant: &str, room: &str) -> Option<RoomHandle> {
-    let rooms = match app.rooms.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    rooms
+    lock_rooms(app)
         .get(&(tenant.to_owned(), room.to_owned()))
         .filter(|h| !h.tx.is_closed())
         .cloned()
@@ -222,18 +263,14 @@ pub fn running_room(app: &Arc<App>, tenant: &str, room: &str) -> Option<RoomHand
 /// Get (or start) the task of room (tenant, room).
 pub fn room_handle(app: &Arc<App>, tenant: &str, room: &str, secret: Vec<u8>) -> RoomHandle {
     let key = (tenant.to_owned(), room.to_owned());
-    let mut rooms = match app.rooms.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
+    let mut rooms = lock_rooms(app);
     if let Some(h) = rooms.get(&key) {
         if !h.tx.is_closed() {
             return h.clone();
         }
     }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let h = RoomHandle { tx: tx.clone() };
-    rooms.insert(key, h.clone());
+    let (h, rx) = new_inbox(app);
+    rooms.insert(key.clone(), h.clone());
     let cfg = RoomConfig {
         tenant: Arc::from(tenant),
         room_id: Arc::from(room),
@@ -244,19 +281,121 @@ pub fn room_handle(app: &Arc<App>, tenant: &str, room: &str, secret: Vec<u8>) ->
         resume_window: app.config.resume_window,
         faults: app.faults,
     };
-    tokio::spawn(room_task(app.clone(), cfg, tx, rx));
+    // Counted here, under the lock, so that a task that is spawned but not yet polled counts.
+    app.room_tasks.fetch_add(1, Ordering::SeqCst);
+    app.room_loads.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(room_task(app.clone(), cfg, key, h.id, rx));
     h
+}
+
+/// A fresh bounded inbox with a new identity.
+fn new_inbox(app: &App) -> (RoomHandle, mpsc::Receiver<RoomMsg>) {
+    let (tx, rx) = mpsc::channel(app.config.room_inbox.max(1));
+    let id = app.next_room.fetch_add(1, Ordering::Relaxed);
+    (RoomHandle { tx, id }, rx)
+}
+
+/// What [`try_unload`] decided.
+enum Unload {
+    /// The room left the table and no message can reach it any more: stop the task.
+    Done,
+    /// Someone holds a handle, or messages are queued: stay, try again later.
+    Busy,
+    /// Messages were found after the last sender was dropped (impossible by the argument on
+    /// [`try_unload`], handled anyway): the room stays loaded under a fresh inbox, which
+    /// replaced the old one in the table, and must handle these first.
+    Revived(Vec<RoomMsg>),
+}
+
+/// Unload an idle room, losing no message to the race with concurrent requests.
+///
+/// The argument. Senders of the inbox exist only as [`RoomHandle`]s, which are cloned out of
+/// the `app.rooms` table under its lock ([`room_handle`], [`running_room`]); the room task
+/// itself holds none (its persist completions come over a separate channel). Under that
+/// lock, then:
+///
+/// 1. If `sender_strong_count() == 1`, the table's entry is the only sender: no request holds
+///    a handle it could still send on, and a new one can only be cloned from the table, which
+///    needs the lock we hold. A request that sent and then dropped its handle did so before
+///    the count fell (the push happens before the `AcqRel` decrement our `Acquire` load
+///    observes), so its message is visible to `is_empty()`.
+/// 2. If also the inbox is empty, no message exists and none can be sent: removing the entry
+///    drops the last sender and the channel is closed for good.
+/// 3. A request that arrives after we release the lock finds no entry and
+///    [`room_handle`] starts a fresh task, which loads the room from storage. Nothing of this
+///    room is uncommitted (unload needs no batch in flight and no pending reply), so the
+///    fresh task sees exactly the state this one had (seq, history, idempotency keys,
+///    reactions, agent runs). The old task does nothing more after removal, so the two never
+///    write concurrently.
+///
+/// Otherwise the room stays (`Busy`) and retries after another idle period. As a belt and
+/// braces check, the inbox is drained after the removal while still holding the lock; should
+/// anything be there, the room re-registers itself under a fresh inbox (nobody else can have
+/// inserted one: we hold the lock) and handles those messages before any sent later.
+fn try_unload(
+    app: &App,
+    key: &(String, String),
+    id: &mut u64,
+    rx: &mut mpsc::Receiver<RoomMsg>,
+) -> Unload {
+    let mut rooms = lock_rooms(app);
+    if rooms.get(key).map(|h| h.id) != Some(*id) {
+        // Not in the table (cannot happen: only this task removes its entry, and an entry is
+        // only replaced when its channel is closed). Nobody can find this room; stop when no
+        // one can send either.
+        return if rx.sender_strong_count() == 0 && rx.is_empty() {
+            Unload::Done
+        } else {
+            Unload::Busy
+        };
+    }
+    if rx.sender_strong_count() != 1 || !rx.is_empty() {
+        return Unload::Busy;
+    }
+    rooms.remove(key);
+    rx.close();
+    let mut left = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        left.push(m);
+    }
+    if left.is_empty() {
+        return Unload::Done;
+    }
+    eprintln!(
+        "fluxy-server: room {} received {} message(s) while unloading; staying loaded",
+        key.1,
+        left.len()
+    );
+    let (h, fresh) = new_inbox(app);
+    *id = h.id;
+    *rx = fresh;
+    rooms.insert(key.clone(), h);
+    Unload::Revived(left)
+}
+
+/// Why a room is (not) idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idleness {
+    /// Connections, pending replies, a batch in flight or a rebuild: not idle, and each of
+    /// these ends with a message to the room, which re-evaluates.
+    Active,
+    /// Only SSE listeners or long-poll waiters, which leave without telling the room.
+    Listening,
+    /// Nothing: may unload.
+    Idle,
 }
 
 struct Shell {
     app: Arc<App>,
-    self_tx: mpsc::UnboundedSender<RoomMsg>,
+    done_tx: mpsc::Sender<PersistDone>,
+    /// Persist batches spawned whose completion the engine has not been told yet.
+    persisting: usize,
     conns: HashMap<ConnId, ConnTx>,
     /// Connections dropped for a full queue, to report to the engine as closed.
     overflowed: Vec<ConnId>,
     /// Last time expired idempotency keys were pruned from storage.
     last_prune_ms: u64,
-    sse: Vec<mpsc::UnboundedSender<SseItem>>,
+    sse: Vec<mpsc::Sender<SseItem>>,
     waiters: Vec<(u64, oneshot::Sender<()>)>,
     posts: HashMap<u64, oneshot::Sender<Result<PostOutcome, ErrorFrame>>>,
     next_post: u64,
@@ -301,16 +440,33 @@ fn policy(c: &crate::ServerConfig) -> RoomPolicy {
     }
 }
 
+/// Decrements the running-task count when a room task ends (however it ends).
+struct TaskCount(Arc<App>);
+
+impl Drop for TaskCount {
+    fn drop(&mut self) {
+        self.0.room_tasks.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Most inbox messages handled in one go before effects are carried out (what lets commits
+/// group, without starving the rest).
+const DRAIN: usize = 1024;
+
 async fn room_task(
     app: Arc<App>,
     cfg: RoomConfig,
-    self_tx: mpsc::UnboundedSender<RoomMsg>,
-    mut rx: mpsc::UnboundedReceiver<RoomMsg>,
+    key: (String, String),
+    mut id: u64,
+    mut rx: mpsc::Receiver<RoomMsg>,
 ) {
+    let _count = TaskCount(app.clone());
+    let (done_tx, mut done_rx) = mpsc::channel::<PersistDone>(DONE_QUEUE);
     let mut room = load(&app, &cfg).await;
     let mut shell = Shell {
         app: app.clone(),
-        self_tx,
+        done_tx,
+        persisting: 0,
         conns: HashMap::new(),
         overflowed: Vec::new(),
         last_prune_ms: now_ms(),
@@ -320,32 +476,77 @@ async fn room_task(
         next_post: 1,
         reset: false,
     };
+    let idle_after = app.config.room_idle_unload_ms;
+    // Since when the room has been idle (reset by any inbox message).
+    let mut idle_since: Option<Instant> = None;
+    let far = || Instant::now() + Duration::from_secs(86_400);
     loop {
-        let deadline = room.poll_timeout();
-        let msg = match deadline {
-            Some(d) => {
-                let wait = d.saturating_sub(now_ms());
-                tokio::select! {
-                    m = rx.recv() => m,
-                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {
-                        room.handle_timeout(now_ms());
-                        shell.run_effects(&mut room);
-                        continue;
+        let engine_at = room
+            .poll_timeout()
+            .map(|d| Instant::now() + Duration::from_millis(d.saturating_sub(now_ms())));
+        let unload_at = if idle_after == 0 {
+            None
+        } else {
+            match shell.idleness(&room) {
+                Idleness::Active => {
+                    idle_since = None;
+                    None
+                }
+                Idleness::Listening => {
+                    idle_since = None;
+                    Some(
+                        Instant::now() + Duration::from_millis(idle_after.max(LISTENER_RECHECK_MS)),
+                    )
+                }
+                Idleness::Idle => Some(
+                    *idle_since.get_or_insert_with(Instant::now)
+                        + Duration::from_millis(idle_after),
+                ),
+            }
+        };
+        let mut stop = false;
+        tokio::select! {
+            // Completions first: they release acks and let the next batch start.
+            biased;
+            Some(d) = done_rx.recv() => shell.on_done(&mut room, d),
+            m = rx.recv() => {
+                let Some(m) = m else {
+                    // Every sender is gone, the table's included: nobody can reach this room.
+                    break;
+                };
+                idle_since = None;
+                stop = shell.on_msg(&mut room, m);
+                let mut n = 0;
+                while !stop && n < DRAIN {
+                    match rx.try_recv() {
+                        Ok(m) => stop = shell.on_msg(&mut room, m),
+                        Err(_) => break,
+                    }
+                    n += 1;
+                }
+            }
+            _ = tokio::time::sleep_until(engine_at.unwrap_or_else(far)), if engine_at.is_some() => {
+                room.handle_timeout(now_ms());
+            }
+            _ = tokio::time::sleep_until(unload_at.unwrap_or_else(far)), if unload_at.is_some() => {
+                if shell.idleness(&room) == Idleness::Idle {
+                    match try_unload(&app, &key, &mut id, &mut rx) {
+                        Unload::Done => break,
+                        Unload::Busy => idle_since = Some(Instant::now()),
+                        Unload::Revived(left) => {
+                            idle_since = None;
+                            for m in left {
+                                stop = shell.on_msg(&mut room, m) || stop;
+                            }
+                        }
                     }
                 }
             }
-            None => rx.recv().await,
-        };
-        let Some(msg) = msg else { break };
-        let mut stop = shell.on_msg(&mut room, msg);
-        // Drain what is already queued before yielding: this is what lets commits group.
-        let mut n = 0;
-        while !stop && n < 1024 {
-            match rx.try_recv() {
-                Ok(m) => stop = shell.on_msg(&mut room, m),
-                Err(_) => break,
-            }
-            n += 1;
+        }
+        // The select is biased towards the inbox: under a steady flood the timer branch may
+        // never be polled, so fire the engine's timeouts here when they are due.
+        if engine_at.is_some_and(|t| t <= Instant::now()) {
+            room.handle_timeout(now_ms());
         }
         shell.run_effects(&mut room);
         if shell.reset {
@@ -360,6 +561,37 @@ async fn room_task(
 }
 
 impl Shell {
+    /// Tell the engine a batch finished.
+    fn on_done(&mut self, room: &mut Room, d: PersistDone) {
+        self.persisting = self.persisting.saturating_sub(1);
+        let input = if d.ok {
+            Input::Committed { batch: d.batch }
+        } else {
+            Input::CommitFailed { batch: d.batch }
+        };
+        room.handle(now_ms(), input);
+    }
+
+    /// Whether the room may unload; forgets SSE listeners and long-poll waiters that left.
+    fn idleness(&mut self, room: &Room) -> Idleness {
+        if !self.conns.is_empty()
+            || room.connection_count() > 0
+            || !self.posts.is_empty()
+            || self.persisting > 0
+            || self.reset
+            || room.is_failed()
+        {
+            return Idleness::Active;
+        }
+        self.sse.retain(|s| !s.is_closed());
+        self.waiters.retain(|(_, w)| !w.is_closed());
+        if self.sse.is_empty() && self.waiters.is_empty() {
+            Idleness::Idle
+        } else {
+            Idleness::Listening
+        }
+    }
+
     /// Handle one message; true when the room must stop.
     fn on_msg(&mut self, room: &mut Room, msg: RoomMsg) -> bool {
         let now = now_ms();
@@ -429,14 +661,6 @@ impl Shell {
                 Input::SetRole {
                     user_id,
                     member_role,
-                },
-            ),
-            RoomMsg::PersistDone { batch, ok } => room.handle(
-                now,
-                if ok {
-                    Input::Committed { batch }
-                } else {
-                    Input::CommitFailed { batch }
                 },
             ),
             RoomMsg::Shutdown => {
@@ -520,7 +744,21 @@ impl Shell {
                     }
                     if !self.sse.is_empty() {
                         let item = SseItem { seq, kind, frame };
-                        self.sse.retain(|s| s.send(item.clone()).is_ok());
+                        let dropped = &self.app.sse_dropped;
+                        // Never wait for a listener: a full queue drops it. Dropping the
+                        // sender ends its stream after what is queued; the client resumes
+                        // with `Last-Event-ID` and loses nothing (`[FX-TRN]`).
+                        self.sse.retain(|s| match s.try_send(item.clone()) {
+                            Ok(()) => true,
+                            Err(TrySendError::Closed(_)) => false,
+                            Err(TrySendError::Full(_)) => {
+                                dropped.fetch_add(1, Ordering::SeqCst);
+                                eprintln!(
+                                    "fluxy-server: an SSE listener is not reading; ending its stream"
+                                );
+                                false
+                            }
+                        });
                     }
                     if let Some(s) = seq {
                         if !self.waiters.is_empty() {
@@ -552,7 +790,8 @@ impl Shell {
                         ));
                     }
                     let db = self.app.db.clone();
-                    let tx = self.self_tx.clone();
+                    let tx = self.done_tx.clone();
+                    self.persisting += 1;
                     tokio::spawn(async move {
                         let ok = match db.persist(statements).await {
                             Ok(()) => true,
@@ -561,7 +800,9 @@ impl Shell {
                                 false
                             }
                         };
-                        let _ = tx.send(RoomMsg::PersistDone { batch, ok });
+                        // This task waits for space, never the room task; the room task
+                        // always listens on this channel.
+                        let _ = tx.send(PersistDone { batch, ok }).await;
                     });
                 }
                 Effect::PostDone { request, result } => {

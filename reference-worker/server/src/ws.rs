@@ -142,20 +142,31 @@ async fn session(
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     app.live_sessions.fetch_add(1, Ordering::Relaxed);
     let (out_tx, out_rx) = out_queue(app.config.out_queue_frames);
-    h.send(RoomMsg::Open {
-        conn,
-        identity: identity(&claims, a.role),
-        options,
-        out: out_tx,
-    });
+    // A stopped room (shutdown) drops the message and with it the writer's queue: the writer
+    // then closes with 1001.
+    let _ = h
+        .send(RoomMsg::Open {
+            conn,
+            identity: identity(&claims, a.role),
+            options,
+            out: out_tx,
+        })
+        .await;
     let (sink, mut stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(sink, out_rx, batching));
     let mut writer_end = None;
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(Ok(Message::Text(t))) => h.send(RoomMsg::Text(conn, t.as_str().to_owned())),
-                Some(Ok(Message::Binary(_))) => h.send(RoomMsg::Binary(conn)),
+                // Waiting for room inbox space here stops reading the socket: TCP pushes back
+                // on a client that sends faster than the room handles. A stopped room
+                // (shutdown) ignores the frame; its writer closes the connection.
+                Some(Ok(Message::Text(t))) => {
+                    let _ = h.send(RoomMsg::Text(conn, t.as_str().to_owned())).await;
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let _ = h.send(RoomMsg::Binary(conn)).await;
+                }
                 Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                 Some(Ok(_)) => {}
             },
@@ -169,7 +180,9 @@ async fn session(
             }
         }
     }
-    h.send(RoomMsg::Closed(conn));
+    let _ = h.send(RoomMsg::Closed(conn)).await;
+    // Drop the handle at once: a room only unloads when no handle is held.
+    drop(h);
     if writer_end.is_none() {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     }

@@ -93,11 +93,11 @@ async fn sigkill_mid_burst_loses_no_acknowledged_event() {
             None => open -= 1,
         }
         if !killed && acked.len() >= 300 {
-            s.child.start_kill().unwrap(); // SIGKILL
+            s.child.as_mut().unwrap().start_kill().unwrap(); // SIGKILL
             killed = true;
         }
     }
-    let _ = s.child.wait().await;
+    let _ = s.child.as_mut().unwrap().wait().await;
     assert!(killed, "the burst was interrupted");
     // Restart on the same file.
     let s2 = Srv::start(&["--db", &db_arg]).await;

@@ -808,7 +808,7 @@ async fn sigterm_shuts_down_gracefully_with_1001() {
     let alice = s.token("alice", &[]).await;
     s.room(&alice, "bye", &[]).await;
     let mut ws = s.join("bye", &alice).await;
-    let pid = s.child.id().expect("pid");
+    let pid = s.child.as_ref().unwrap().id().expect("pid");
     let st = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -816,7 +816,7 @@ async fn sigterm_shuts_down_gracefully_with_1001() {
     assert!(st.success());
     let (code, _) = ws.close_code().await;
     assert_eq!(code, 1001);
-    let exit = tokio::time::timeout(common::WAIT, s.child.wait())
+    let exit = tokio::time::timeout(common::WAIT, s.child.as_mut().unwrap().wait())
         .await
         .unwrap()
         .unwrap();

@@ -31,7 +31,10 @@ pub struct Dev {
 }
 
 pub struct Srv {
-    pub child: Child,
+    /// The server process (`Srv::start`), or none for an embedded server.
+    pub child: Option<Child>,
+    /// The embedded server (`Srv::embedded`), or none for a process.
+    pub server: Option<fluxy_server::RunningServer>,
     pub dev: Dev,
     pub http: reqwest::Client,
 }
@@ -62,10 +65,34 @@ impl Srv {
             .expect("a line");
         let dev: Dev = serde_json::from_str(&line).expect("dev JSON line");
         Srv {
-            child,
+            child: Some(child),
+            server: None,
             dev,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Start the server in this process (for tests that observe its internals).
+    pub async fn embedded(config: fluxy_server::ServerConfig) -> Srv {
+        let server = fluxy_server::start(fluxy_server::ServerConfig {
+            dev: true,
+            ..config
+        })
+        .await
+        .expect("start embedded server");
+        let dev = server.dev.clone().expect("dev credentials");
+        let dev: Dev = serde_json::from_value(serde_json::to_value(dev).unwrap()).unwrap();
+        Srv {
+            child: None,
+            server: Some(server),
+            dev,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The embedded server (panics for a process).
+    pub fn embedded_server(&self) -> &fluxy_server::RunningServer {
+        self.server.as_ref().expect("an embedded server")
     }
 
     pub fn url(&self, path: &str) -> String {
