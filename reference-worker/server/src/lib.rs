@@ -374,6 +374,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let router = http::router(app.clone());
     let mut stop = stop_rx;
     let task = tokio::spawn(async move {
+        // No Nagle: a client waiting for an ack to send its next frame would otherwise stall
+        // on delayed ACKs (about 40 ms a round trip on Linux).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                eprintln!("fluxy-server: TCP_NODELAY: {e}");
+            }
+        });
         let r = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
