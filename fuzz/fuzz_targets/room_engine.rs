@@ -1,6 +1,7 @@
 //! The room engine driven by arbitrary sequences of connection events, frames, commits,
-//! storage failures, clock advances, POSTs and kicks; invariants I1–I7 are checked after every
-//! step by the model shell in `fuzz/src/room_harness.rs` (see docs/fuzzing.md).
+//! storage failures, clock advances, POSTs, kicks and evictions (hibernated connections
+//! restored); invariants I1–I7 are checked after every step by the model shell in
+//! `fuzz/src/room_harness.rs` (see docs/fuzzing.md).
 #![no_main]
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -178,6 +179,10 @@ fn op(u: &mut Unstructured) -> Result<Op> {
             content: u.arbitrary()?,
             cmid: opt(u)?,
             parent: opt(u)?,
+        },
+        14 => Op::Evict {
+            exact_rx: u.arbitrary()?,
+            probe: u.arbitrary()?,
         },
         _ => Op::Commit,
     })

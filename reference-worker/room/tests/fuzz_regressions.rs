@@ -286,6 +286,11 @@ fn random_op(r: &mut Rng, agents_only: bool) -> Op {
                 (r.next() % 8_000) as u32
             },
         },
+        // An eviction in one step of 40 (a few per sequence), a POST otherwise.
+        19 if r.flip() => Op::Evict {
+            exact_rx: r.flip(),
+            probe: r.u8(),
+        },
         _ => Op::Post {
             user: r.u8(),
             content: r.u8(),
@@ -301,7 +306,7 @@ fn random_op(r: &mut Rng, agents_only: bool) -> Op {
 #[test]
 fn model_sweep() {
     let mut types = std::collections::BTreeMap::new();
-    let mut resets = 0;
+    let (mut resets, mut evictions, mut restored, mut probes) = (0, 0, 0, 0);
     for seed in 1..=200u64 {
         let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let setup = Setup {
@@ -318,14 +323,22 @@ fn model_sweep() {
         }
         h.finish();
         resets += h.resets;
+        evictions += h.evictions;
+        restored += h.restored;
+        probes += h.probes;
         for (t, n) in h.committed_types() {
             *types.entry(t).or_insert(0u64) += n;
         }
     }
-    eprintln!("model sweep: committed {types:?}, {resets} resets");
-    // Not vacuous: every kind of event was committed, and storage failures happened.
+    eprintln!(
+        "model sweep: committed {types:?}, {resets} resets, {evictions} evictions \
+         ({restored} connections restored, {probes} probe requests compared)"
+    );
+    // Not vacuous: every kind of event was committed, storage failures happened, and the
+    // object was evicted and reloaded with open connections.
     assert_eq!(types.len(), 11, "{types:?}");
     assert!(resets > 10);
+    assert!(evictions > 200 && restored > 500 && probes > 1000);
 }
 
 /// Fuzzer finding (CI smoke run): under the tight abuse policy a connection closed with 4010
@@ -831,4 +844,109 @@ fn announcement_room_streams_are_for_moderators() {
             .any(|f| matches!(f, ServerFrame::Error(e) if e.code == ErrorCode::Forbidden)),
         "{got:?}"
     );
+}
+
+/// The eviction step by hand: two connections with state the reload must rebuild (an
+/// idempotency key, an open stream, an active agent run with a pending tool call, a refreshed
+/// token, a changed room role), then the object is evicted and reloaded with both restored from
+/// their attachments, and everything continues: a duplicate, a stream delta, a resume from the
+/// connection's own position, new connections (`member_joined` only for a new user), the tool
+/// result from the agent's second connection, and a heartbeat close of the restored agent
+/// connection from its attachment's idle clock, which lags its last frame by 2 s (the DO
+/// refreshes it every 3 s). The model checks every invariant after every step, and the probe
+/// compares the old and the rebuilt engine.
+#[test]
+fn eviction_restores_connections_model() {
+    let mut h = Harness::new(Setup::default());
+    let open = |user| Op::Open {
+        user,
+        opts: 0,
+        last_seq: None,
+        short_token: false,
+    };
+    let frame = |conn, frame| Op::Frame { conn, frame };
+    for op in [
+        open(0),
+        open(4),
+        frame(
+            0,
+            FrameOp::Message {
+                content: 3,
+                cmid: Some(1),
+                parent: None,
+                spoof: false,
+            },
+        ),
+        frame(1, FrameOp::AgentRun { run: 0, status: 0 }),
+        frame(
+            0,
+            FrameOp::Stream {
+                op: 0,
+                msg: None,
+                content: 0,
+                cmid: None,
+            },
+        ),
+        Op::Commit,
+        Op::Advance { ms: 2000 },
+        frame(1, FrameOp::ToolCall { run: 0, call: 0 }),
+        frame(
+            0,
+            FrameOp::Auth {
+                user: 0,
+                other_tenant: false,
+                defect: 0,
+                exp_s: 3600,
+                agent: false,
+            },
+        ),
+        Op::SetRole { user: 0, role: 4 },
+        Op::Evict {
+            exact_rx: false,
+            probe: 7,
+        },
+        frame(
+            0,
+            FrameOp::Message {
+                content: 3,
+                cmid: Some(1),
+                parent: None,
+                spoof: false,
+            },
+        ),
+        frame(
+            0,
+            FrameOp::Stream {
+                op: 1,
+                msg: Some(3),
+                content: 3,
+                cmid: None,
+            },
+        ),
+        frame(0, FrameOp::Resume { last: 255 }),
+        Op::Commit,
+        open(1),
+        open(4),
+        frame(
+            3,
+            FrameOp::ToolResult {
+                run: 0,
+                call: 0,
+                error: false,
+            },
+        ),
+        Op::Commit,
+    ] {
+        h.step(&op);
+    }
+    assert!(h.is_open(1));
+    // Restored with the attachment's clock (T0), 28 s after its last frame: closed 4000.
+    h.step(&Op::Advance { ms: 28_000 });
+    assert!(!h.is_open(1) && h.is_open(0) && h.is_open(3));
+    h.step(&Op::Close { conn: 0 });
+    h.step(&Op::Advance { ms: 40_000 });
+    h.finish();
+    assert_eq!((h.evictions, h.restored), (1, 2));
+    // message, agentRun, stream start, tool_call, then the stream delta and tool_result.
+    assert_eq!(h.committed(), 6, "{:?}", h.committed_types());
 }
