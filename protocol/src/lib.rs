@@ -10,6 +10,7 @@
 //! - [`codes`]: error codes and close codes.
 //! - [`cursor`]: opaque, tamper-evident pagination cursors.
 //! - [`jwt`]: token claims and the verification rules.
+//! - [`request`]: I/O-free request parsing and validation shared by the server shells.
 //! - [`spec`]: the clause index of the normative spec.
 //! - [`schema`]: JSON Schema 2020-12 export.
 //!
@@ -44,6 +45,7 @@ pub mod decode;
 pub mod events;
 pub mod http;
 pub mod jwt;
+pub mod request;
 pub mod schema;
 pub mod server;
 pub mod spec;

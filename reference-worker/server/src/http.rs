@@ -13,10 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use fluxy_protocol::common::{
-    format_timestamp, is_valid_id, parse_timestamp, MemberRole, RoomType, DEFAULT_PAGE_LIMIT,
-    MAX_BODY_BYTES, MAX_PAGE_LIMIT, PROTOCOL_VERSION,
+    format_timestamp, is_valid_id, parse_timestamp, MemberRole, MAX_BODY_BYTES, MAX_PAGE_LIMIT,
+    PROTOCOL_VERSION,
 };
-use fluxy_protocol::cursor::{Cursor, CursorError};
+use fluxy_protocol::cursor::Cursor;
 use fluxy_protocol::decode::decode_body;
 use fluxy_protocol::events::TimelineEvent;
 use fluxy_protocol::http::{
@@ -25,7 +25,8 @@ use fluxy_protocol::http::{
     PostMessageResponse, Room, RoomListResponse, RoomResponse, TokenClaimsSummary, TokenRequest,
     TokenResponse,
 };
-use fluxy_protocol::jwt::{self, Claims, JwtError, KNOWN_ROLES};
+use fluxy_protocol::jwt::{self, Claims, JwtError};
+use fluxy_protocol::request::{self, HistoryQuery, PollQuery, RequestError, TokenGrant};
 use fluxy_protocol::server::ErrorFrame;
 use fluxy_protocol::{ClientFrame, DecodeError, ErrorCode};
 use fluxy_room::sql;
@@ -63,21 +64,19 @@ impl From<ServerError> for ApiError {
 
 impl From<DecodeError> for ApiError {
     fn from(e: DecodeError) -> ApiError {
-        let mut b = ErrorBody::new(e.code(), e.to_string());
-        b.field = e.field().map(str::to_owned);
-        ApiError(b)
+        ApiError(e.into())
     }
 }
 
 impl From<ErrorFrame> for ApiError {
     fn from(e: ErrorFrame) -> ApiError {
-        ApiError(ErrorBody {
-            error: e.code,
-            message: e.message,
-            retryable: e.retryable,
-            retry_after_ms: e.retry_after_ms,
-            field: e.field,
-        })
+        ApiError(e.into())
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> ApiError {
+        ApiError(e.into())
     }
 }
 
@@ -194,17 +193,12 @@ pub(crate) async fn verify(app: &Arc<App>, token: &str) -> Result<Claims, JwtErr
     })
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, tok) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| tok.trim().to_owned())
-}
-
-/// The token of a request: `Authorization: Bearer` or `?token=`.
+/// The token of a request: `Authorization: Bearer` or `?token=` `[FX-AUTH-8]`.
 pub(crate) fn request_token(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<String> {
-    bearer(headers).or_else(|| q.get("token").cloned())
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    request::request_token(authorization, q)
 }
 
 async fn authenticate(
@@ -217,10 +211,6 @@ async fn authenticate(
     verify(app, &token)
         .await
         .map_err(|e| ApiError::new(e.code(), e.to_string()))
-}
-
-fn privileged(c: &Claims) -> bool {
-    c.has_role("owner") || c.has_role("admin")
 }
 
 async fn auth_token(
@@ -247,21 +237,10 @@ async fn auth_token(
         return Ok(rate_limited(wait));
     }
     let req: TokenRequest = decode_body(&body_text(&body)?, MAX_BODY_BYTES)?;
-    if !is_valid_id(&req.user_id) {
-        return Err(ApiError::new(ErrorCode::InvalidFrame, "invalid userId").field("userId"));
-    }
-    let mut roles = if req.roles.is_empty() {
-        vec!["member".to_owned()]
-    } else {
-        req.roles
-    };
-    if let Some(bad) = roles.iter().find(|r| !KNOWN_ROLES.contains(&r.as_str())) {
-        return Err(
-            ApiError::new(ErrorCode::InvalidFrame, format!("unknown role `{bad}`")).field("roles"),
-        );
-    }
-    roles.dedup();
-    let ttl = req.ttl_seconds.unwrap_or(3600).clamp(60, 86_400);
+    let TokenGrant {
+        roles,
+        ttl_seconds: ttl,
+    } = request::token_grant(&req)?;
     let secret = tenant_secret(&app, &tenant)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::InternalError, "tenant has no secret"))?;
@@ -351,12 +330,7 @@ pub(crate) async fn access(app: &Arc<App>, claims: &Claims, room_id: &str) -> Ap
         return Err(ApiError::new(ErrorCode::NotFound, "no such room"));
     };
     let role = role.as_deref().and_then(db::parse_role);
-    if role.is_none() && room.room_type != RoomType::Public && !privileged(claims) {
-        return Err(ApiError::new(
-            ErrorCode::NotMember,
-            "not a member of this room",
-        ));
-    }
+    request::check_room_access(claims, room.room_type, role)?;
     Ok(Access { room, role })
 }
 
@@ -386,26 +360,11 @@ async fn create_room(
 ) -> ApiResult<Response> {
     let claims = authenticate(&app, &headers, &q).await?;
     let req: CreateRoomRequest = decode_body(&body_text(&body)?, MAX_BODY_BYTES)?;
+    request::check_create_room(&req)?;
     let id = match req.id {
-        Some(id) if is_valid_id(&id) => id,
-        Some(_) => {
-            return Err(ApiError::new(ErrorCode::InvalidFrame, "invalid room id").field("id"))
-        }
+        Some(id) => id,
         None => format!("r_{}", random_hex(8)?),
     };
-    let n = req.name.chars().count();
-    if n == 0 || n > 256 {
-        return Err(
-            ApiError::new(ErrorCode::InvalidFrame, "name must be 1-256 characters").field("name"),
-        );
-    }
-    if let Some(m) = req.members.iter().find(|m| !is_valid_id(&m.user_id)) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidFrame,
-            format!("invalid member `{}`", m.user_id),
-        )
-        .field("members"));
-    }
     let now = now_ms();
     let room = RoomRow {
         id,
@@ -535,10 +494,6 @@ async fn list_members(
     }))
 }
 
-fn may_manage(claims: &Claims, role: Option<MemberRole>) -> bool {
-    privileged(claims) || matches!(role, Some(MemberRole::Owner | MemberRole::Admin))
-}
-
 async fn add_member(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -548,16 +503,9 @@ async fn add_member(
 ) -> ApiResult<Response> {
     let claims = authenticate(&app, &headers, &q).await?;
     let a = access(&app, &claims, &room_id).await?;
-    if !may_manage(&claims, a.role) {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only room owners and admins manage members",
-        ));
-    }
+    request::check_member_management(&claims, a.role, None)?;
     let spec: MemberSpec = decode_body(&body_text(&body)?, MAX_BODY_BYTES)?;
-    if !is_valid_id(&spec.user_id) {
-        return Err(ApiError::new(ErrorCode::InvalidFrame, "invalid userId").field("userId"));
-    }
+    request::check_user_id(&spec.user_id)?;
     let role = spec.role.unwrap_or_default();
     let (t, r, u) = (
         a.room.tenant.clone(),
@@ -601,12 +549,7 @@ async fn remove_member(
 ) -> ApiResult<Json<MemberResponse>> {
     let claims = authenticate(&app, &headers, &q).await?;
     let a = access(&app, &claims, &room_id).await?;
-    if !may_manage(&claims, a.role) && claims.sub != user_id {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only room owners and admins manage members",
-        ));
-    }
+    request::check_member_management(&claims, a.role, Some(&user_id))?;
     let (t, r, u) = (a.room.tenant.clone(), a.room.id.clone(), user_id.clone());
     let n = app
         .db
@@ -706,69 +649,16 @@ async fn post_message(
 
 // ----------------------------------------------------------------------------- history
 
-fn parse_limit(q: &HashMap<String, String>) -> ApiResult<u32> {
-    match q.get("limit") {
-        None => Ok(DEFAULT_PAGE_LIMIT),
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) if n >= 1 => {
-                Ok(u32::try_from(n.min(i64::from(MAX_PAGE_LIMIT))).unwrap_or(MAX_PAGE_LIMIT))
-            }
-            _ => Err(
-                ApiError::new(ErrorCode::InvalidFrame, "limit must be an integer >= 1")
-                    .field("limit"),
-            ),
-        },
-    }
-}
-
-fn parse_u64(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
-    match q.get(name) {
-        None => Ok(None),
-        Some(s) => s.parse::<u64>().map(Some).map_err(|_| {
-            ApiError::new(
-                ErrorCode::InvalidFrame,
-                format!("{name} must be a non-negative integer"),
-            )
-            .field(name)
-        }),
-    }
-}
-
 /// Decode a cursor for this room (the `cursor-unsigned` fault skips the signature).
 pub(crate) fn decode_cursor(app: &App, s: &str, room: &RoomRow) -> ApiResult<Cursor> {
-    let bad =
-        |e: CursorError| ApiError::new(ErrorCode::InvalidCursor, e.to_string()).field("cursor");
-    match Cursor::decode(s, &app.cursor_key, &room.tenant, &room.id) {
-        Ok(c) => Ok(c),
-        Err(CursorError::BadSignature) if app.faults.cursor_unsigned => {
-            unsigned_cursor(s).ok_or_else(|| bad(CursorError::Malformed))
-        }
-        Err(e) => Err(bad(e)),
-    }
-}
-
-fn unsigned_cursor(s: &str) -> Option<Cursor> {
-    use base64::Engine;
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()?;
-    let p = raw.get(..raw.len().checked_sub(16)?)?;
-    let direction = if *p.get(1)? == 1 {
-        Direction::Forward
-    } else {
-        Direction::Backward
-    };
-    let seq = u64::from_be_bytes(p.get(2..10)?.try_into().ok()?);
-    let tl = *p.get(10)? as usize;
-    let tenant = String::from_utf8(p.get(11..11 + tl)?.to_vec()).ok()?;
-    let rl = *p.get(11 + tl)? as usize;
-    let room = String::from_utf8(p.get(12 + tl..12 + tl + rl)?.to_vec()).ok()?;
-    Some(Cursor {
-        tenant,
-        room,
-        seq,
-        direction,
-    })
+    Ok(request::decode_cursor(
+        s,
+        &app.cursor_key,
+        &room.tenant,
+        &room.id,
+        "cursor",
+        app.faults.cursor_unsigned,
+    )?)
 }
 
 fn cursor_for(app: &App, room: &RoomRow, seq: u64, direction: Direction) -> String {
@@ -833,34 +723,16 @@ async fn history(
 ) -> ApiResult<Json<HistoryPage>> {
     let claims = authenticate(&app, &headers, &q).await?;
     let a = access(&app, &claims, &room_id).await?;
-    let limit = parse_limit(&q)?;
-    let mut direction = match q.get("direction").map(String::as_str) {
-        None | Some("backward") => Direction::Backward,
-        Some("forward") => Direction::Forward,
-        Some(_) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidFrame,
-                "direction must be backward or forward",
-            )
-            .field("direction"))
+    let hq = HistoryQuery::parse(&q)?;
+    let limit = hq.limit;
+    // Without a start, a backward page begins above every seq.
+    let (direction, bound) = match hq.cursor {
+        Some(c) => {
+            let c = decode_cursor(&app, c, &a.room)?;
+            (c.direction, c.seq)
         }
+        None => (hq.direction, hq.start.unwrap_or(u64::MAX >> 1)),
     };
-    let after = parse_u64(&q, "afterSeq")?;
-    let mut bound = match direction {
-        Direction::Backward => u64::MAX >> 1,
-        Direction::Forward => after.unwrap_or(0),
-    };
-    if let Some(after) = after {
-        if !q.contains_key("direction") {
-            direction = Direction::Forward;
-            bound = after;
-        }
-    }
-    if let Some(c) = q.get("cursor").filter(|c| !c.is_empty()) {
-        let c = decode_cursor(&app, c, &a.room)?;
-        direction = c.direction;
-        bound = c.seq;
-    }
     let (bodies, more, current) = read_page(&app, &a.room, direction, bound, limit).await?;
     let events = parse_events(bodies)?;
     let f = app.faults;
@@ -912,11 +784,9 @@ async fn legacy_messages(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<LegacyMessagesResponse>> {
     let claims = authenticate(&app, &headers, &q).await?;
-    let room_id = q.get("roomId").ok_or_else(|| {
-        ApiError::new(ErrorCode::InvalidFrame, "roomId is required").field("roomId")
-    })?;
+    let room_id = request::legacy_room_id(&q)?;
     let a = access(&app, &claims, room_id).await?;
-    let limit = parse_limit(&q)?;
+    let limit = request::parse_limit(&q)?;
     enum Before {
         Id(u64),
         Time(u64),
@@ -1022,21 +892,6 @@ pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 
 // -------------------------------------------------------------------------------- SSE
 
-fn accepts_sse(headers: &HeaderMap) -> bool {
-    let Some(a) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    a.split(',').any(|p| {
-        let m = p
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        m == "text/event-stream" || m == "*/*" || m == "text/*" || m.is_empty()
-    })
-}
-
 fn sse_event(seq: Option<u64>, kind: &str, data: &str, with_id: bool) -> Bytes {
     let mut s = String::with_capacity(data.len() + 48);
     if let (Some(seq), true) = (seq, with_id) {
@@ -1058,25 +913,15 @@ async fn sse(
 ) -> ApiResult<Response> {
     let claims = authenticate(&app, &headers, &q).await?;
     let a = access(&app, &claims, &room_id).await?;
-    if !accepts_sse(&headers) {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if !request::accepts_event_stream(accept) {
         return Err(ApiError::new(
             ErrorCode::NotAcceptable,
             "this route serves text/event-stream",
         ));
     }
-    let last = match headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| q.get("lastEventId").cloned())
-    {
-        None => None,
-        Some(s) if s.trim().is_empty() => None,
-        Some(s) => Some(s.trim().parse::<u64>().map_err(|_| {
-            ApiError::new(ErrorCode::InvalidCursor, "Last-Event-ID must be a seq")
-                .field("lastEventId")
-        })?),
-    };
+    let header = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let last = request::last_event_id(header, &q)?;
     let h = handle_for(&app, &a).await?;
     // Bounded: when the room finds it full it drops the listener, which ends this stream
     // after what is queued (the client resumes with Last-Event-ID).
@@ -1188,10 +1033,13 @@ async fn poll(
 ) -> ApiResult<Json<HistoryPage>> {
     let claims = authenticate(&app, &headers, &q).await?;
     let a = access(&app, &claims, &room_id).await?;
-    let limit = parse_limit(&q)?;
-    let timeout = parse_u64(&q, "timeoutMs")?.unwrap_or(25_000).min(30_000);
-    let mut pos = parse_u64(&q, "afterSeq")?.unwrap_or(0);
-    if let Some(c) = q.get("cursor").filter(|c| !c.is_empty()) {
+    let PollQuery {
+        limit,
+        timeout_ms: timeout,
+        after: mut pos,
+        cursor,
+    } = PollQuery::parse(&q)?;
+    if let Some(c) = cursor {
         pos = decode_cursor(&app, c, &a.room)?.seq;
     }
     if app.faults.poll_ignores_cursor {

@@ -9,7 +9,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use fluxy_protocol::common::{MAX_PAGE_LIMIT, SUBPROTOCOL};
+use fluxy_protocol::common::SUBPROTOCOL;
+use fluxy_protocol::request::{self, HandshakeQuery};
 use fluxy_protocol::server::{BatchFrame, ErrorFrame};
 use fluxy_protocol::{CloseCode, ErrorCode, ServerFrame};
 use fluxy_room::ConnectOptions;
@@ -72,16 +73,8 @@ async fn session(
     token: Option<String>,
     socket: WebSocket,
 ) {
-    if let Some(v) = q.get("v") {
-        if v != "1" {
-            return reject(
-                socket,
-                ErrorCode::UnsupportedVersion,
-                "only protocol version 1 is supported",
-                CloseCode::UnsupportedVersion,
-            )
-            .await;
-        }
+    if let Err(e) = request::check_version(&q) {
+        return reject(socket, e.code, &e.message, CloseCode::UnsupportedVersion).await;
     }
     let Some(token) = token else {
         return reject(
@@ -114,22 +107,15 @@ async fn session(
             return reject(socket, e.code(), &e.0.message, close).await;
         }
     };
+    let hq = HandshakeQuery::parse(&q);
     let options = ConnectOptions {
-        replay: !matches!(
-            q.get("replay").map(String::as_str),
-            Some("off" | "false" | "0")
-        ),
-        replay_limit: q
-            .get("replayLimit")
-            .or_else(|| q.get("historyLimit"))
-            .and_then(|s| s.parse::<u32>().ok())
-            .unwrap_or(50)
-            .min(MAX_PAGE_LIMIT),
-        last_seq: q.get("lastSeq").and_then(|s| s.parse::<u64>().ok()),
+        replay: hq.replay,
+        replay_limit: hq.replay_limit,
+        last_seq: hq.last_seq,
     };
     // `?batch=1`: consecutive queued timeline events may go out as one `batch` frame
     // `[FX-TRN-9]`.
-    let batching = q.get("batch").map(String::as_str) == Some("1");
+    let batching = hq.batch;
     let Ok(h) = handle_for(&app, &a).await else {
         return reject(
             socket,
