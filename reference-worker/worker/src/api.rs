@@ -6,17 +6,18 @@
 use std::collections::{BTreeMap, HashMap};
 
 use fluxy_protocol::common::{
-    format_timestamp, is_valid_id, parse_timestamp, MemberRole, RoomType, DEFAULT_PAGE_LIMIT,
-    MAX_BODY_BYTES, MAX_PAGE_LIMIT, PROTOCOL_VERSION, SUBPROTOCOL,
+    format_timestamp, is_valid_id, parse_timestamp, MemberRole, RoomType, MAX_BODY_BYTES,
+    PROTOCOL_VERSION, SUBPROTOCOL,
 };
-use fluxy_protocol::cursor::{Cursor, CursorError};
+use fluxy_protocol::cursor::Cursor;
 use fluxy_protocol::decode::decode_body;
 use fluxy_protocol::http::{
     CreateRoomRequest, Direction, HealthResponse, LegacyMessagesResponse, Member, MemberResponse,
     MemberSpec, MembersResponse, MessageRecord, PostMessageRequest, Room, RoomListResponse,
     RoomResponse, TokenClaimsSummary, TokenRequest, TokenResponse,
 };
-use fluxy_protocol::jwt::{self, Claims, JwtError, KNOWN_ROLES};
+use fluxy_protocol::jwt::{self, Claims, JwtError};
+use fluxy_protocol::request::{self, HandshakeQuery, HistoryQuery, PollQuery, TokenGrant};
 use fluxy_protocol::server::ErrorFrame;
 use fluxy_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
 use fluxy_room::sql::{self, SqlValue};
@@ -141,17 +142,10 @@ async fn body_text(req: &mut Request) -> ApiResult<String> {
         .map_err(|_| ApiError::new(ErrorCode::MalformedFrame, "body is not UTF-8"))
 }
 
-fn bearer(req: &Request) -> Option<String> {
-    let v = req.headers().get("authorization").ok()??;
-    let (scheme, tok) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| tok.trim().to_owned())
-}
-
 /// The token of a request: `Authorization: Bearer` or `?token=` `[FX-AUTH-8]`.
 fn request_token(req: &Request, q: &HashMap<String, String>) -> Option<String> {
-    bearer(req).or_else(|| q.get("token").cloned())
+    let authorization = req.headers().get("authorization").ok().flatten();
+    request::request_token(authorization.as_deref(), q)
 }
 
 async fn verify(cx: &Ctx, token: &str) -> Result<Claims, JwtError> {
@@ -172,10 +166,6 @@ async fn authenticate(cx: &Ctx, req: &Request) -> ApiResult<Claims> {
         .map_err(|e| ApiError::new(e.code(), e.to_string()))
 }
 
-fn privileged(c: &Claims) -> bool {
-    c.has_role("owner") || c.has_role("admin")
-}
-
 async fn auth_token(cx: &Ctx, req: &mut Request) -> ApiResult<Response> {
     let key = req
         .headers()
@@ -192,21 +182,10 @@ async fn auth_token(cx: &Ctx, req: &mut Request) -> ApiResult<Response> {
         .and_then(|row| text(&row, "tenant_id"))
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidApiKey, "unknown or revoked API key"))?;
     let body: TokenRequest = decode_body(&body_text(req).await?, MAX_BODY_BYTES)?;
-    if !is_valid_id(&body.user_id) {
-        return Err(ApiError::new(ErrorCode::InvalidFrame, "invalid userId").field("userId"));
-    }
-    let mut roles = if body.roles.is_empty() {
-        vec!["member".to_owned()]
-    } else {
-        body.roles
-    };
-    if let Some(bad) = roles.iter().find(|r| !KNOWN_ROLES.contains(&r.as_str())) {
-        return Err(
-            ApiError::new(ErrorCode::InvalidFrame, format!("unknown role `{bad}`")).field("roles"),
-        );
-    }
-    roles.dedup();
-    let ttl = body.ttl_seconds.unwrap_or(3600).clamp(60, 86_400);
+    let TokenGrant {
+        roles,
+        ttl_seconds: ttl,
+    } = request::token_grant(&body)?;
     let secret = db::tenant_secret(&cx.db, &tenant)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::InternalError, "tenant has no secret"))?;
@@ -341,12 +320,7 @@ async fn access(cx: &Ctx, claims: &Claims, room_id: &str) -> ApiResult<Access> {
         // Only with the cross-tenant-leak fault: membership was read in the caller's tenant.
         role = None;
     }
-    if role.is_none() && room.room_type != RoomType::Public && !privileged(claims) {
-        return Err(ApiError::new(
-            ErrorCode::NotMember,
-            "not a member of this room",
-        ));
-    }
+    request::check_room_access(claims, room.room_type, role)?;
     Ok(Access { room, role })
 }
 
@@ -362,26 +336,11 @@ fn identity(claims: &Claims, role: Option<MemberRole>) -> IdentityWire {
 async fn create_room(cx: &Ctx, req: &mut Request) -> ApiResult<Response> {
     let claims = authenticate(cx, req).await?;
     let body: CreateRoomRequest = decode_body(&body_text(req).await?, MAX_BODY_BYTES)?;
+    request::check_create_room(&body)?;
     let id = match body.id {
-        Some(id) if is_valid_id(&id) => id,
-        Some(_) => {
-            return Err(ApiError::new(ErrorCode::InvalidFrame, "invalid room id").field("id"))
-        }
+        Some(id) => id,
         None => format!("r_{}", hex::encode(db::random_bytes(8)?)),
     };
-    let n = body.name.chars().count();
-    if n == 0 || n > 256 {
-        return Err(
-            ApiError::new(ErrorCode::InvalidFrame, "name must be 1-256 characters").field("name"),
-        );
-    }
-    if let Some(m) = body.members.iter().find(|m| !is_valid_id(&m.user_id)) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidFrame,
-            format!("invalid member `{}`", m.user_id),
-        )
-        .field("members"));
-    }
     let room = RoomRow {
         tenant: claims.tid.clone(),
         id,
@@ -497,23 +456,12 @@ async fn list_members(cx: &Ctx, req: &Request, id: &str) -> ApiResult<Response> 
     ok_json(200, &MembersResponse { members })
 }
 
-fn may_manage(claims: &Claims, role: Option<MemberRole>) -> bool {
-    privileged(claims) || matches!(role, Some(MemberRole::Owner | MemberRole::Admin))
-}
-
 async fn add_member(cx: &Ctx, req: &mut Request, id: &str) -> ApiResult<Response> {
     let claims = authenticate(cx, req).await?;
     let a = access(cx, &claims, id).await?;
-    if !may_manage(&claims, a.role) {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only room owners and admins manage members",
-        ));
-    }
+    request::check_member_management(&claims, a.role, None)?;
     let spec: MemberSpec = decode_body(&body_text(req).await?, MAX_BODY_BYTES)?;
-    if !is_valid_id(&spec.user_id) {
-        return Err(ApiError::new(ErrorCode::InvalidFrame, "invalid userId").field("userId"));
-    }
+    request::check_user_id(&spec.user_id)?;
     let role = spec.role.unwrap_or_default();
     prepare(
         &cx.db,
@@ -552,12 +500,7 @@ async fn add_member(cx: &Ctx, req: &mut Request, id: &str) -> ApiResult<Response
 async fn remove_member(cx: &Ctx, req: &Request, id: &str, user: &str) -> ApiResult<Response> {
     let claims = authenticate(cx, req).await?;
     let a = access(cx, &claims, id).await?;
-    if !may_manage(&claims, a.role) && claims.sub != user {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only room owners and admins manage members",
-        ));
-    }
+    request::check_member_management(&claims, a.role, Some(user))?;
     let r = prepare(
         &cx.db,
         sql::DELETE_MEMBER,
@@ -620,90 +563,16 @@ async fn post_message(cx: &Ctx, req: &mut Request) -> ApiResult<Response> {
 
 // ----------------------------------------------------------------------------- history
 
-fn parse_limit(q: &HashMap<String, String>) -> ApiResult<u32> {
-    match q.get("limit") {
-        None => Ok(DEFAULT_PAGE_LIMIT),
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) if n >= 1 => {
-                Ok(u32::try_from(n.min(i64::from(MAX_PAGE_LIMIT))).unwrap_or(MAX_PAGE_LIMIT))
-            }
-            _ => Err(
-                ApiError::new(ErrorCode::InvalidFrame, "limit must be an integer >= 1")
-                    .field("limit"),
-            ),
-        },
-    }
-}
-
-fn parse_u64(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
-    match q.get(name) {
-        None => Ok(None),
-        Some(s) => s.parse::<u64>().map(Some).map_err(|_| {
-            ApiError::new(
-                ErrorCode::InvalidFrame,
-                format!("{name} must be a non-negative integer"),
-            )
-            .field(name)
-        }),
-    }
-}
-
 /// Decode a cursor for this room (the `cursor-unsigned` fault skips the signature).
 fn decode_cursor(cx: &Ctx, s: &str, room: &RoomRow, field: &str) -> ApiResult<Cursor> {
-    let bad = |e: CursorError| ApiError::new(ErrorCode::InvalidCursor, e.to_string()).field(field);
-    match Cursor::decode(s, &cx.cursor_key, &room.tenant, &room.id) {
-        Ok(c) => Ok(c),
-        Err(CursorError::BadSignature) if cx.faults.cursor_unsigned => {
-            unsigned_cursor(s).ok_or_else(|| bad(CursorError::Malformed))
-        }
-        Err(e) => Err(bad(e)),
-    }
-}
-
-fn unsigned_cursor(s: &str) -> Option<Cursor> {
-    let raw = base64_url_decode(s)?;
-    let p = raw.get(..raw.len().checked_sub(16)?)?;
-    let direction = if *p.get(1)? == 1 {
-        Direction::Forward
-    } else {
-        Direction::Backward
-    };
-    let seq = u64::from_be_bytes(p.get(2..10)?.try_into().ok()?);
-    let tl = *p.get(10)? as usize;
-    let tenant = String::from_utf8(p.get(11..11 + tl)?.to_vec()).ok()?;
-    let rl = *p.get(11 + tl)? as usize;
-    let room = String::from_utf8(p.get(12 + tl..12 + tl + rl)?.to_vec()).ok()?;
-    Some(Cursor {
-        tenant,
-        room,
-        seq,
-        direction,
-    })
-}
-
-fn base64_url_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        })
-    };
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        acc = (acc << 6) | val(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    Ok(request::decode_cursor(
+        s,
+        &cx.cursor_key,
+        &room.tenant,
+        &room.id,
+        field,
+        cx.faults.cursor_unsigned,
+    )?)
 }
 
 fn cursor_for(cx: &Ctx, room: &RoomRow, seq: u64, direction: Direction) -> String {
@@ -798,35 +667,16 @@ async fn read_page(
 async fn history(cx: &Ctx, req: &Request, id: &str) -> ApiResult<Response> {
     let claims = authenticate(cx, req).await?;
     let a = access(cx, &claims, id).await?;
-    let q = &cx.query;
-    let limit = parse_limit(q)?;
-    let mut direction = match q.get("direction").map(String::as_str) {
-        None | Some("backward") => Direction::Backward,
-        Some("forward") => Direction::Forward,
-        Some(_) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidFrame,
-                "direction must be backward or forward",
-            )
-            .field("direction"))
+    let hq = HistoryQuery::parse(&cx.query)?;
+    let limit = hq.limit;
+    // Without a start, a backward page begins above every seq.
+    let (direction, bound) = match hq.cursor {
+        Some(c) => {
+            let c = decode_cursor(cx, c, &a.room, "cursor")?;
+            (c.direction, c.seq)
         }
+        None => (hq.direction, hq.start.unwrap_or(u64::MAX >> 12)),
     };
-    let after = parse_u64(q, "afterSeq")?;
-    let mut bound = match direction {
-        Direction::Backward => u64::MAX >> 12,
-        Direction::Forward => after.unwrap_or(0),
-    };
-    if let Some(after) = after {
-        if q.get("direction").is_none() {
-            direction = Direction::Forward;
-            bound = after;
-        }
-    }
-    if let Some(c) = q.get("cursor").filter(|c| !c.is_empty()) {
-        let c = decode_cursor(cx, c, &a.room, "cursor")?;
-        direction = c.direction;
-        bound = c.seq;
-    }
     let (bodies, more, current) = read_page(cx, &a.room, direction, bound, limit).await?;
     let events = raw_events(&bodies)?;
     let seqs: Vec<u64> = bodies
@@ -872,11 +722,9 @@ async fn history(cx: &Ctx, req: &Request, id: &str) -> ApiResult<Response> {
 
 async fn legacy_messages(cx: &Ctx, req: &Request) -> ApiResult<Response> {
     let claims = authenticate(cx, req).await?;
-    let room_id = cx.query.get("roomId").ok_or_else(|| {
-        ApiError::new(ErrorCode::InvalidFrame, "roomId is required").field("roomId")
-    })?;
+    let room_id = request::legacy_room_id(&cx.query)?;
     let a = access(cx, &claims, room_id).await?;
-    let limit = parse_limit(&cx.query)?;
+    let limit = request::parse_limit(&cx.query)?;
     let (stmt, bound) = match cx.query.get("before").filter(|s| !s.is_empty()) {
         None => (sql::LEGACY_BEFORE_ID, u64::MAX >> 12),
         Some(s) => match decode_cursor(cx, s, &a.room, "before") {
@@ -988,42 +836,18 @@ fn parse_iso_lenient(s: &str) -> Option<u64> {
 
 // -------------------------------------------------------------------------- SSE, poll
 
-fn accepts_sse(req: &Request) -> bool {
-    let Ok(Some(a)) = req.headers().get("accept") else {
-        return true;
-    };
-    a.split(',').any(|p| {
-        let m = p
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        m == "text/event-stream" || m == "*/*" || m == "text/*" || m.is_empty()
-    })
-}
-
 async fn sse(cx: &Ctx, req: &Request, id: &str) -> ApiResult<Response> {
     let claims = authenticate(cx, req).await?;
     let a = access(cx, &claims, id).await?;
-    if !accepts_sse(req) {
+    let accept = req.headers().get("accept").ok().flatten();
+    if !request::accepts_event_stream(accept.as_deref()) {
         return Err(ApiError::new(
             ErrorCode::NotAcceptable,
             "this route serves text/event-stream",
         ));
     }
-    let last = match req
-        .headers()
-        .get("last-event-id")?
-        .or_else(|| cx.query.get("lastEventId").cloned())
-    {
-        None => None,
-        Some(s) if s.trim().is_empty() => None,
-        Some(s) => Some(s.trim().parse::<u64>().map_err(|_| {
-            ApiError::new(ErrorCode::InvalidCursor, "Last-Event-ID must be a seq")
-                .field("lastEventId")
-        })?),
-    };
+    let header = req.headers().get("last-event-id")?;
+    let last = request::last_event_id(header.as_deref(), &cx.query)?;
     let fwd = Forward {
         tenant: a.room.tenant.clone(),
         room: a.room.id.clone(),
@@ -1037,12 +861,13 @@ async fn sse(cx: &Ctx, req: &Request, id: &str) -> ApiResult<Response> {
 async fn poll(cx: &Ctx, req: &Request, id: &str) -> ApiResult<Response> {
     let claims = authenticate(cx, req).await?;
     let a = access(cx, &claims, id).await?;
-    let limit = parse_limit(&cx.query)?;
-    let timeout = parse_u64(&cx.query, "timeoutMs")?
-        .unwrap_or(25_000)
-        .min(30_000);
-    let mut pos = parse_u64(&cx.query, "afterSeq")?.unwrap_or(0);
-    if let Some(c) = cx.query.get("cursor").filter(|c| !c.is_empty()) {
+    let PollQuery {
+        limit,
+        timeout_ms: timeout,
+        after: mut pos,
+        cursor,
+    } = PollQuery::parse(&cx.query)?;
+    if let Some(c) = cursor {
         pos = decode_cursor(cx, c, &a.room, "cursor")?.seq;
     }
     if cx.faults.poll_ignores_cursor {
@@ -1097,10 +922,10 @@ async fn websocket(cx: &Ctx, req: &Request, room_id: &str) -> ApiResult<Response
         .get("sec-websocket-protocol")?
         .is_some_and(|p| p.split(',').any(|x| x.trim() == SUBPROTOCOL));
     let q = &cx.query;
-    if q.get("v").is_some_and(|v| v != "1") {
+    if let Err(e) = request::check_version(q) {
         return reject(
-            ErrorCode::UnsupportedVersion,
-            "only protocol version 1 is supported",
+            e.code,
+            &e.message,
             CloseCode::UnsupportedVersion,
             subprotocol,
         );
@@ -1135,24 +960,17 @@ async fn websocket(cx: &Ctx, req: &Request, room_id: &str) -> ApiResult<Response
             return reject(e.code(), &e.0.message, close, subprotocol);
         }
     };
+    let hq = HandshakeQuery::parse(q);
     let fwd = Forward {
         tenant: a.room.tenant.clone(),
         room: a.room.id.clone(),
         op: Op::Connect {
             identity: identity(&claims, a.role),
-            replay: !matches!(
-                q.get("replay").map(String::as_str),
-                Some("off" | "false" | "0")
-            ),
-            replay_limit: q
-                .get("replayLimit")
-                .or_else(|| q.get("historyLimit"))
-                .and_then(|s| s.parse::<u32>().ok())
-                .unwrap_or(DEFAULT_PAGE_LIMIT)
-                .min(MAX_PAGE_LIMIT),
-            last_seq: q.get("lastSeq").and_then(|s| s.parse::<u64>().ok()),
+            replay: hq.replay,
+            replay_limit: hq.replay_limit,
+            last_seq: hq.last_seq,
             subprotocol,
-            batch: q.get("batch").map(String::as_str) == Some("1"),
+            batch: hq.batch,
         },
     };
     let init_headers = Headers::new();

@@ -1,6 +1,7 @@
 //! HTTP errors: every failure becomes an `ErrorBody` with the status of its code `[FX-ERR-4]`.
 
 use fluxy_protocol::http::ErrorBody;
+use fluxy_protocol::request::RequestError;
 use fluxy_protocol::server::ErrorFrame;
 use fluxy_protocol::{DecodeError, ErrorCode};
 use worker::{Headers, Response};
@@ -50,21 +51,19 @@ impl From<worker::Error> for ApiError {
 
 impl From<DecodeError> for ApiError {
     fn from(e: DecodeError) -> ApiError {
-        let mut b = ErrorBody::new(e.code(), e.to_string());
-        b.field = e.field().map(str::to_owned);
-        ApiError(b)
+        ApiError(e.into())
     }
 }
 
 impl From<ErrorFrame> for ApiError {
     fn from(e: ErrorFrame) -> ApiError {
-        ApiError(ErrorBody {
-            error: e.code,
-            message: e.message,
-            retryable: e.retryable,
-            retry_after_ms: e.retry_after_ms,
-            field: e.field,
-        })
+        ApiError(e.into())
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> ApiError {
+        ApiError(e.into())
     }
 }
 
