@@ -12,12 +12,16 @@ use std::collections::HashMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use crate::codes::ErrorCode;
-use crate::common::{is_valid_id, MemberRole, RoomType, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use crate::codes::{CloseCode, ErrorCode};
+use crate::common::{
+    format_timestamp, is_valid_id, MemberRole, RoomType, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT,
+};
 use crate::cursor::{Cursor, CursorError};
 use crate::decode::DecodeError;
-use crate::http::{CreateRoomRequest, Direction, ErrorBody, TokenRequest};
-use crate::jwt::{Claims, KNOWN_ROLES};
+use crate::http::{
+    CreateRoomRequest, Direction, ErrorBody, TokenClaimsSummary, TokenRequest, TokenResponse,
+};
+use crate::jwt::{self, Claims, KNOWN_ROLES};
 use crate::server::ErrorFrame;
 
 /// A decoded query string: parameter name → value.
@@ -368,6 +372,32 @@ pub fn token_grant(req: &TokenRequest) -> Result<TokenGrant, RequestError> {
     })
 }
 
+impl TokenGrant {
+    /// Sign the token for `user_id` in `tenant`, issued at `now` (Unix seconds) and valid for
+    /// the granted lifetime `[FX-AUTH-1]`, and build the `TokenResponse`.
+    pub fn issue(self, user_id: String, tenant: String, now: u64, secret: &[u8]) -> TokenResponse {
+        let exp = now + self.ttl_seconds;
+        let claims = Claims {
+            sub: user_id,
+            tid: tenant,
+            roles: self.roles,
+            exp,
+            iat: Some(now),
+            nbf: None,
+        };
+        TokenResponse {
+            token: jwt::sign(&claims, secret),
+            expires_in: self.ttl_seconds,
+            expires_at: format_timestamp(exp * 1000),
+            claims: TokenClaimsSummary {
+                sub: claims.sub,
+                tid: claims.tid,
+                roles: claims.roles,
+            },
+        }
+    }
+}
+
 /// Validate a `CreateRoomRequest`, in this order: a given `id` must be a valid id (`id`), the
 /// `name` must have 1–256 characters (`name`), every member must have a valid user id
 /// (`members`). All are `invalid_frame`. An absent `id` is left for the server to generate.
@@ -439,6 +469,20 @@ pub fn check_member_management(
 }
 
 // -------------------------------------------------------------------------- WebSocket
+
+/// The close code of a WebSocket handshake that failed with `code` `[FX-HS-3]`: 4005 for
+/// `token_expired`, 4004 for `unauthorized`, 4404 for `not_found`, 4003 for `not_member` and
+/// `forbidden`, 4009 for `unsupported_version`, otherwise 1011 (internal error).
+pub fn handshake_close_code(code: ErrorCode) -> CloseCode {
+    match code {
+        ErrorCode::TokenExpired => CloseCode::TokenExpired,
+        ErrorCode::Unauthorized => CloseCode::Unauthorized,
+        ErrorCode::NotFound => CloseCode::RoomNotFound,
+        ErrorCode::NotMember | ErrorCode::Forbidden => CloseCode::Forbidden,
+        ErrorCode::UnsupportedVersion => CloseCode::UnsupportedVersion,
+        _ => CloseCode::InternalError,
+    }
+}
 
 /// Reject a WebSocket handshake that asks for another major version than 1 `[FX-VER-2]`
 /// (`unsupported_version`, close code 4009); `v=1` and an absent `v` pass.
@@ -710,6 +754,19 @@ mod tests {
         assert_eq!(e.message, "unknown role `root`");
         let e = token_grant(&req("bad id", &["root"], None)).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("userId"));
+
+        let grant = token_grant(&req("u1", &["admin"], Some(120))).unwrap();
+        let r = grant.issue("u1".into(), "t1".into(), 1_000, b"s");
+        assert_eq!(
+            (r.expires_in, r.expires_at.as_str()),
+            (120, "1970-01-01T00:18:40.000Z")
+        );
+        assert_eq!(
+            (r.claims.sub.as_str(), r.claims.tid.as_str(), r.claims.roles),
+            ("u1", "t1", vec!["admin".to_owned()])
+        );
+        let c = jwt::verify(&r.token, 1_000, |t| (t == "t1").then(|| b"s".to_vec())).unwrap();
+        assert_eq!((c.exp, c.iat, c.nbf), (1_120, Some(1_000), None));
     }
 
     #[test]
@@ -756,6 +813,18 @@ mod tests {
             check_member_management(&member, Some(MemberRole::Moderator), Some("u9")).unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);
         assert!(check_member_management(&member, Some(MemberRole::Member), None).is_err());
+    }
+
+    #[test]
+    fn handshake_close_codes() {
+        let close = |c| handshake_close_code(c).code();
+        assert_eq!(close(ErrorCode::TokenExpired), 4005);
+        assert_eq!(close(ErrorCode::Unauthorized), 4004);
+        assert_eq!(close(ErrorCode::NotFound), 4404);
+        assert_eq!(close(ErrorCode::NotMember), 4003);
+        assert_eq!(close(ErrorCode::Forbidden), 4003);
+        assert_eq!(close(ErrorCode::UnsupportedVersion), 4009);
+        assert_eq!(close(ErrorCode::InternalError), 1011);
     }
 
     #[test]

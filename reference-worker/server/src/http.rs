@@ -22,11 +22,10 @@ use fluxy_protocol::events::TimelineEvent;
 use fluxy_protocol::http::{
     CreateRoomRequest, Direction, ErrorBody, HealthResponse, HistoryPage, LegacyMessagesResponse,
     Member, MemberResponse, MemberSpec, MembersResponse, MessageRecord, PostMessageRequest,
-    PostMessageResponse, Room, RoomListResponse, RoomResponse, TokenClaimsSummary, TokenRequest,
-    TokenResponse,
+    PostMessageResponse, Room, RoomListResponse, RoomResponse, TokenRequest,
 };
 use fluxy_protocol::jwt::{self, Claims, JwtError};
-use fluxy_protocol::request::{self, HistoryQuery, PollQuery, RequestError, TokenGrant};
+use fluxy_protocol::request::{self, HistoryQuery, PollQuery, RequestError};
 use fluxy_protocol::server::ErrorFrame;
 use fluxy_protocol::{ClientFrame, DecodeError, ErrorCode};
 use fluxy_room::sql;
@@ -237,34 +236,11 @@ async fn auth_token(
         return Ok(rate_limited(wait));
     }
     let req: TokenRequest = decode_body(&body_text(&body)?, MAX_BODY_BYTES)?;
-    let TokenGrant {
-        roles,
-        ttl_seconds: ttl,
-    } = request::token_grant(&req)?;
+    let grant = request::token_grant(&req)?;
     let secret = tenant_secret(&app, &tenant)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::InternalError, "tenant has no secret"))?;
-    let now = now_ms() / 1000;
-    let claims = Claims {
-        sub: req.user_id.clone(),
-        tid: tenant.clone(),
-        roles: roles.clone(),
-        exp: now + ttl,
-        iat: Some(now),
-        nbf: None,
-    };
-    let token = jwt::sign(&claims, &secret);
-    Ok(Json(TokenResponse {
-        token,
-        expires_in: ttl,
-        expires_at: format_timestamp((now + ttl) * 1000),
-        claims: TokenClaimsSummary {
-            sub: req.user_id,
-            tid: tenant,
-            roles,
-        },
-    })
-    .into_response())
+    Ok(Json(grant.issue(req.user_id, tenant, now_ms() / 1000, &secret)).into_response())
 }
 
 fn body_text(b: &Result<Bytes, BytesRejection>) -> ApiResult<String> {

@@ -88,22 +88,14 @@ async fn session(
     let claims = match verify(&app, &token).await {
         Ok(c) => c,
         Err(e) => {
-            let close = if e.code() == ErrorCode::TokenExpired {
-                CloseCode::TokenExpired
-            } else {
-                CloseCode::Unauthorized
-            };
+            let close = request::handshake_close_code(e.code());
             return reject(socket, e.code(), &e.to_string(), close).await;
         }
     };
     let a = match access(&app, &claims, &room_id).await {
         Ok(a) => a,
         Err(e) => {
-            let close = match e.code() {
-                ErrorCode::NotFound => CloseCode::RoomNotFound,
-                ErrorCode::NotMember | ErrorCode::Forbidden => CloseCode::Forbidden,
-                _ => CloseCode::InternalError,
-            };
+            let close = request::handshake_close_code(e.code());
             return reject(socket, e.code(), &e.0.message, close).await;
         }
     };

@@ -14,10 +14,10 @@ use fluxy_protocol::decode::decode_body;
 use fluxy_protocol::http::{
     CreateRoomRequest, Direction, HealthResponse, LegacyMessagesResponse, Member, MemberResponse,
     MemberSpec, MembersResponse, MessageRecord, PostMessageRequest, Room, RoomListResponse,
-    RoomResponse, TokenClaimsSummary, TokenRequest, TokenResponse,
+    RoomResponse, TokenRequest,
 };
 use fluxy_protocol::jwt::{self, Claims, JwtError};
-use fluxy_protocol::request::{self, HandshakeQuery, HistoryQuery, PollQuery, TokenGrant};
+use fluxy_protocol::request::{self, HandshakeQuery, HistoryQuery, PollQuery};
 use fluxy_protocol::server::ErrorFrame;
 use fluxy_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
 use fluxy_room::sql::{self, SqlValue};
@@ -182,34 +182,13 @@ async fn auth_token(cx: &Ctx, req: &mut Request) -> ApiResult<Response> {
         .and_then(|row| text(&row, "tenant_id"))
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidApiKey, "unknown or revoked API key"))?;
     let body: TokenRequest = decode_body(&body_text(req).await?, MAX_BODY_BYTES)?;
-    let TokenGrant {
-        roles,
-        ttl_seconds: ttl,
-    } = request::token_grant(&body)?;
+    let grant = request::token_grant(&body)?;
     let secret = db::tenant_secret(&cx.db, &tenant)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::InternalError, "tenant has no secret"))?;
-    let now = now_ms() / 1000;
-    let claims = Claims {
-        sub: body.user_id.clone(),
-        tid: tenant.clone(),
-        roles: roles.clone(),
-        exp: now + ttl,
-        iat: Some(now),
-        nbf: None,
-    };
     ok_json(
         200,
-        &TokenResponse {
-            token: jwt::sign(&claims, &secret),
-            expires_in: ttl,
-            expires_at: format_timestamp((now + ttl) * 1000),
-            claims: TokenClaimsSummary {
-                sub: body.user_id,
-                tid: tenant,
-                roles,
-            },
-        },
+        &grant.issue(body.user_id, tenant, now_ms() / 1000, &secret),
     )
 }
 
@@ -941,22 +920,14 @@ async fn websocket(cx: &Ctx, req: &Request, room_id: &str) -> ApiResult<Response
     let claims = match verify(cx, &token).await {
         Ok(c) => c,
         Err(e) => {
-            let close = if e.code() == ErrorCode::TokenExpired {
-                CloseCode::TokenExpired
-            } else {
-                CloseCode::Unauthorized
-            };
+            let close = request::handshake_close_code(e.code());
             return reject(e.code(), &e.to_string(), close, subprotocol);
         }
     };
     let a = match access(cx, &claims, room_id).await {
         Ok(a) => a,
         Err(e) => {
-            let close = match e.code() {
-                ErrorCode::NotFound => CloseCode::RoomNotFound,
-                ErrorCode::NotMember | ErrorCode::Forbidden => CloseCode::Forbidden,
-                _ => CloseCode::InternalError,
-            };
+            let close = request::handshake_close_code(e.code());
             return reject(e.code(), &e.0.message, close, subprotocol);
         }
     };
