@@ -137,6 +137,27 @@ fn cursor_param(q: &Query) -> Option<&str> {
         .filter(|c| !c.is_empty())
 }
 
+/// The time in a legacy `before` parameter that is not a cursor `[FX-HIS-8]`: an ISO 8601
+/// UTC timestamp, as the canonical `YYYY-MM-DDTHH:MM:SS.mmmZ` or the forms older clients
+/// send (no fraction, or a fraction of another length, truncated to milliseconds). Epoch ms.
+pub fn legacy_before_time(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Some(ms) = crate::common::parse_timestamp(s) {
+        return Some(ms);
+    }
+    let body = s.strip_suffix('Z')?;
+    let (main, frac) = body.split_once('.').unwrap_or((body, ""));
+    if main.len() != 19 || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut ms = frac.to_owned();
+    ms.truncate(3);
+    while ms.len() < 3 {
+        ms.push('0');
+    }
+    crate::common::parse_timestamp(&format!("{main}.{ms}Z"))
+}
+
 /// Decode a pagination cursor for `tenant`/`room` `[FX-HIS-4]`; a bad one is rejected with
 /// `invalid_cursor` naming `field`.
 ///
@@ -887,5 +908,33 @@ mod tests {
         let b = ErrorBody::from(f);
         assert_eq!(b.retry_after_ms, Some(5));
         assert_eq!(b.retryable, ErrorCode::RateLimited.retryable());
+    }
+
+    #[test]
+    fn legacy_before_accepts_iso_forms_old_clients_send() {
+        let exact = legacy_before_time("2024-01-02T03:04:05.678Z");
+        assert_eq!(exact, Some(1_704_164_645_678));
+        assert_eq!(
+            legacy_before_time("2024-01-02T03:04:05Z"),
+            Some(1_704_164_645_000)
+        );
+        assert_eq!(
+            legacy_before_time("2024-01-02T03:04:05.6Z"),
+            Some(1_704_164_645_600)
+        );
+        assert_eq!(
+            legacy_before_time("2024-01-02T03:04:05.678901Z"),
+            Some(1_704_164_645_678)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2024-01-02",
+            "2024-01-02T03:04:05",
+            "2024-01-02T03:04:05.x Z",
+            "2024-01-02T03:04:05.1234567890Z",
+        ] {
+            assert_eq!(legacy_before_time(bad), None, "{bad}");
+        }
     }
 }

@@ -21,6 +21,7 @@ pub fn cases() -> Vec<Case> {
         case!("his/clamp-at-501", ["FX-HIS-5", "FX-HS-6"], "with 501 events, limit=501 and replayLimit=501 give exactly the newest 500 with hasMore", clamp_at_501),
         case!("his/cursor-tamper", ["FX-HIS-4", "FX-TEN-7"], "altered, truncated, forged and other-room cursors get 400 invalid_cursor", cursor_tamper),
         case!("his/legacy-route", ["FX-HIS-8"], "GET /api/messages: live messages newest first, current content, reactions, exact cursor paging", legacy),
+        case!("his/legacy-before-timestamp", ["FX-HIS-11"], "GET /api/messages reads a non-cursor before as an ISO timestamp with or without fractional seconds; garbage gets invalid_cursor naming before", legacy_before_timestamp),
         case!("his/append-only", ["FX-HIS-10"], "history keeps the original event followed by its edit and delete events", append_only),
     ]
 }
@@ -501,6 +502,74 @@ async fn legacy(ctx: &Ctx) -> Result<(), CaseError> {
         first,
         Some(json!("legacy 8 edited")),
     )
+}
+
+async fn legacy_before_timestamp(ctx: &Ctx) -> Result<(), CaseError> {
+    let (a, _, room, mut ca, _) = pair(ctx).await?;
+    let mut acks = Vec::new();
+    for i in 0..3 {
+        acks.push(send(ctx, &mut ca, &format!("dated {i}")).await?);
+    }
+    let ids = |v: &Value| -> Vec<u64> {
+        v.get("messages")
+            .and_then(Value::as_array)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|x| x.get("id").and_then(Value::as_u64))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let all: Vec<u64> = acks.iter().rev().filter_map(|x| x.id).collect();
+    for (before, want) in [
+        ("2999-01-01T00:00:00Z", all.clone()),
+        ("2999-01-01T00:00:00.5Z", all.clone()),
+        ("2999-01-01T00:00:00.000Z", all.clone()),
+        ("2999-01-01T00:00:00.123456Z", all.clone()),
+        ("2000-01-01T00:00:00Z", vec![]),
+    ] {
+        let r = ctx
+            .get(
+                &format!("/api/messages?roomId={room}&before={}", urlenc(before)),
+                &a.token,
+            )
+            .await?;
+        r.expect_status("FX-HIS-11", &format!("before={before}"), 200)?;
+        let v = r.json().unwrap_or_default();
+        ensure_eq(
+            "FX-HIS-11",
+            &format!("ids with before={before}"),
+            ids(&v),
+            want,
+        )?;
+    }
+    // Strictly before the newest message's own createdAt: it is not included.
+    if let Some(t) = acks.last().and_then(|x| x.created_at.clone()) {
+        let r = ctx
+            .get(
+                &format!("/api/messages?roomId={room}&before={}", urlenc(&t)),
+                &a.token,
+            )
+            .await?;
+        r.expect_status("FX-HIS-11", &format!("before={t}"), 200)?;
+        let v = r.json().unwrap_or_default();
+        let newest = acks.last().and_then(|x| x.id).unwrap_or(0);
+        ensure(
+            !ids(&v).contains(&newest),
+            "FX-HIS-11",
+            format!("before={t} (the newest message's createdAt) excludes that message"),
+            v.to_string(),
+        )?;
+    }
+    let r = ctx
+        .get(
+            &format!("/api/messages?roomId={room}&before=last-tuesday"),
+            &a.token,
+        )
+        .await?;
+    r.expect_error("FX-HIS-11", "before=last-tuesday", ErrorCode::InvalidCursor)?;
+    let field = r.json().and_then(|v| v.get("field").cloned());
+    ensure_eq("FX-HIS-11", "error field", field, Some(json!("before")))
 }
 
 async fn append_only(ctx: &Ctx) -> Result<(), CaseError> {

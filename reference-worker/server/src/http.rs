@@ -13,8 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use fluxy_protocol::common::{
-    format_timestamp, is_valid_id, parse_timestamp, MemberRole, MAX_BODY_BYTES, MAX_PAGE_LIMIT,
-    PROTOCOL_VERSION,
+    format_timestamp, is_valid_id, MemberRole, MAX_BODY_BYTES, MAX_PAGE_LIMIT, PROTOCOL_VERSION,
 };
 use fluxy_protocol::cursor::Cursor;
 use fluxy_protocol::decode::decode_body;
@@ -627,12 +626,17 @@ async fn post_message(
 
 /// Decode a cursor for this room (the `cursor-unsigned` fault skips the signature).
 pub(crate) fn decode_cursor(app: &App, s: &str, room: &RoomRow) -> ApiResult<Cursor> {
+    decode_cursor_field(app, s, room, "cursor")
+}
+
+/// [`decode_cursor`] for a parameter named `field` (the legacy route's `before`).
+fn decode_cursor_field(app: &App, s: &str, room: &RoomRow, field: &str) -> ApiResult<Cursor> {
     Ok(request::decode_cursor(
         s,
         &app.cursor_key,
         &room.tenant,
         &room.id,
-        "cursor",
+        field,
         app.faults.cursor_unsigned,
     )?)
 }
@@ -769,9 +773,9 @@ async fn legacy_messages(
     }
     let before = match q.get("before").filter(|s| !s.is_empty()) {
         None => Before::Id(u64::MAX >> 1),
-        Some(s) => match decode_cursor(&app, s, &a.room) {
+        Some(s) => match decode_cursor_field(&app, s, &a.room, "before") {
             Ok(c) => Before::Id(c.seq),
-            Err(e) => match parse_timestamp(s) {
+            Err(e) => match request::legacy_before_time(s) {
                 Some(ms) => Before::Time(ms),
                 None => return Err(e),
             },

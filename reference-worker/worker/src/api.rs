@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use fluxy_protocol::common::{
-    format_timestamp, is_valid_id, parse_timestamp, MemberRole, RoomType, MAX_BODY_BYTES,
+    format_timestamp, is_valid_id, MemberRole, RoomType, MAX_BODY_BYTES,
     PROTOCOL_VERSION, SUBPROTOCOL,
 };
 use fluxy_protocol::cursor::Cursor;
@@ -708,7 +708,7 @@ async fn legacy_messages(cx: &Ctx, req: &Request) -> ApiResult<Response> {
         None => (sql::LEGACY_BEFORE_ID, u64::MAX >> 12),
         Some(s) => match decode_cursor(cx, s, &a.room, "before") {
             Ok(c) => (sql::LEGACY_BEFORE_ID, c.seq),
-            Err(e) => match parse_timestamp(s).or_else(|| parse_iso_lenient(s)) {
+            Err(e) => match request::legacy_before_time(s) {
                 Some(ms) => (sql::LEGACY_BEFORE_TIME, ms),
                 None => return Err(e),
             },
@@ -792,25 +792,6 @@ async fn legacy_messages(cx: &Ctx, req: &Request) -> ApiResult<Response> {
             next_cursor,
         },
     )
-}
-
-/// ISO 8601 forms older clients send: without milliseconds, or with other fraction lengths.
-fn parse_iso_lenient(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let body = s.strip_suffix('Z')?;
-    let (main, frac) = match body.split_once('.') {
-        Some((m, f)) => (m, f),
-        None => (body, ""),
-    };
-    if main.len() != 19 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let mut ms = frac.to_owned();
-    ms.truncate(3);
-    while ms.len() < 3 {
-        ms.push('0');
-    }
-    parse_timestamp(&format!("{main}.{ms}Z"))
 }
 
 // -------------------------------------------------------------------------- SSE, poll
