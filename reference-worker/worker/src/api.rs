@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use fluxy_protocol::common::{
-    format_timestamp, is_valid_id, MemberRole, RoomType, MAX_BODY_BYTES,
-    PROTOCOL_VERSION, SUBPROTOCOL,
+    format_timestamp, is_valid_id, MemberRole, RoomType, MAX_BODY_BYTES, PROTOCOL_VERSION,
+    SUBPROTOCOL,
 };
 use fluxy_protocol::cursor::Cursor;
 use fluxy_protocol::decode::decode_body;
