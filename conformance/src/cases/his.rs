@@ -6,7 +6,7 @@ use fluxy_protocol::http::HistoryPage;
 use fluxy_protocol::ErrorCode;
 use serde_json::{json, Value};
 
-use super::{msg, pair, req, send};
+use super::{fill_many, msg, pair, req, send};
 use crate::case;
 use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{urlenc, Ctx, User};
@@ -172,100 +172,6 @@ async fn limit_bounds(ctx: &Ctx) -> Result<(), CaseError> {
             .get(&format!("/rooms/{room}/history?limit={bad}"), &a.token)
             .await?;
         r.expect_error("FX-HIS-5", &format!("limit={bad}"), ErrorCode::InvalidFrame)?;
-    }
-    Ok(())
-}
-
-/// Write `n` messages into `room` as `u` quickly on any rate-limit policy: buckets are per
-/// connection (FX-LIM-3), so the work is spread over enough connections (at most 8) that
-/// each stays within 80 % of the announced `rateBurst`, and each paces itself.
-async fn fill_many(ctx: &Ctx, u: &User, room: &str, n: usize, tag: &str) -> Result<(), CaseError> {
-    let first = ctx.connect_q(u, room, "replay=off").await?;
-    let burst = first
-        .welcome
-        .as_ref()
-        .map(|w| w.limits.rate_burst.max(1))
-        .unwrap_or(10) as usize;
-    let per = (burst * 4 / 5).max(1);
-    let m = n.div_ceil(per).clamp(1, 8);
-    let mut conns = vec![first];
-    while conns.len() < m {
-        conns.push(ctx.connect_q(u, room, "replay=off").await?);
-    }
-    let share = n.div_ceil(m);
-    let jobs = conns.iter_mut().enumerate().map(|(k, c)| {
-        let lo = (k * share).min(n);
-        let hi = ((k + 1) * share).min(n);
-        let tag = format!("{tag}{k}-");
-        async move { fill_paced(c, lo..hi, &tag).await }
-    });
-    for r in futures_util::future::join_all(jobs).await {
-        r?;
-    }
-    Ok(())
-}
-
-/// Write the messages `range` at the rate the server announced in `welcome.limits` (a
-/// client-side token bucket, so the abuse policy never trips), resending any `rate_limited`
-/// after its `retryAfterMs`.
-async fn fill_paced(
-    c: &mut crate::ctx::Conn,
-    range: std::ops::Range<usize>,
-    tag: &str,
-) -> Result<(), CaseError> {
-    let n = range.len();
-    use std::time::{Duration, Instant};
-    let (burst, rate) = c
-        .welcome
-        .as_ref()
-        .map(|w| (w.limits.rate_burst.max(1), w.limits.rate_per_second.max(1)))
-        .unwrap_or((10, 10));
-    // Stay within 80 % of the announced budget: the server's clock and ours differ.
-    let (burst, rate) = ((burst as f64 * 0.8).max(1.0), (rate as f64 * 0.8).max(0.5));
-    let mut tokens = burst;
-    let mut last = Instant::now();
-    let mut pending: std::collections::VecDeque<usize> = range.collect();
-    let mut attempt = 0u32;
-    while !pending.is_empty() {
-        let now = Instant::now();
-        tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(burst);
-        last = now;
-        if tokens < 1.0 {
-            // Rate shaping as announced by the server, not synchronisation.
-            tokio::time::sleep(Duration::from_secs_f64((1.0 - tokens) / rate)).await;
-            continue;
-        }
-        let k = (tokens as usize).min(pending.len()).min(50);
-        tokens -= k as f64;
-        attempt += 1;
-        let chunk: Vec<usize> = pending.drain(..k).collect();
-        for &i in &chunk {
-            c.send_json(&msg(&format!("{tag}{i}"), &format!("{tag}{i}-{attempt}")))?;
-        }
-        for &i in &chunk {
-            match c.answer("FX-HIS-1", &format!("{tag}{i}-{attempt}")).await? {
-                fluxy_protocol::ServerFrame::Ack(_) => {}
-                fluxy_protocol::ServerFrame::Error(e) if e.code == ErrorCode::RateLimited => {
-                    let wait = e.retry_after_ms.unwrap_or(100).min(5_000);
-                    tokens = 0.0;
-                    last = Instant::now() + Duration::from_millis(wait);
-                    pending.push_back(i);
-                }
-                other => {
-                    return Err(fail(
-                        "FX-MSG-1",
-                        "an ack (or rate_limited) for each message",
-                        other.encode(),
-                    ))
-                }
-            }
-        }
-        if attempt > 10 * n as u32 {
-            return Err(CaseError::Error(format!(
-                "set-up: could not write {n} messages ({} left)",
-                pending.len()
-            )));
-        }
     }
     Ok(())
 }

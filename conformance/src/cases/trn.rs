@@ -6,7 +6,7 @@ use fluxy_protocol::http::HistoryPage;
 use fluxy_protocol::ErrorCode;
 use serde_json::Value;
 
-use super::{msg, pair, send};
+use super::{fill_many, msg, pair, send};
 use crate::case;
 use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{urlenc, Conn, Ctx, Incoming};
@@ -17,6 +17,7 @@ pub fn cases() -> Vec<Case> {
         case!("trn/sse-ready-and-headers", ["FX-TRN-1", "FX-TRN-4"], "SSE answers text/event-stream, no-cache, then ready {currentSeq} without id, then live events", sse_ready),
         case!("trn/sse-same-events", ["FX-TRN-2", "FX-TRN-8"], "each SSE event has id: seq, event: type and the WebSocket JSON", sse_same),
         case!("trn/sse-last-event-id", ["FX-TRN-3"], "Last-Event-ID (header or lastEventId) replays every later event, then live, no gap or repeat", sse_resume),
+        case!("trn/far-behind", ["FX-TRN-3", "FX-TRN-7"], "SSE Last-Event-ID and long-poll afterSeq from before a long history (more events than a server keeps in memory) get every event, gap-free", far_behind),
         case!("trn/sse-resync", ["FX-TRN-3"], "an impossible Last-Event-ID gets event: error resync_required and the stream ends", sse_resync),
         case!("trn/sse-not-acceptable", ["FX-TRN-1"], "Accept excluding text/event-stream gets 406; membership is required", sse_406),
         case!("trn/sse-ephemeral-no-id", ["FX-TRN-5"], "ephemeral events on the stream carry no id", sse_ephemeral),
@@ -158,6 +159,51 @@ async fn sse_resume(ctx: &Ctx) -> Result<(), CaseError> {
         seqs,
         vec![9, 10, 11],
     )
+}
+
+async fn far_behind(ctx: &Ctx) -> Result<(), CaseError> {
+    let (a, _, room, ca, _) = pair(ctx).await?;
+    let window = ca
+        .welcome
+        .as_ref()
+        .map(|w| w.limits.resume_window)
+        .unwrap_or(200);
+    // Past the reference's in-memory window (max(resumeWindow, 500) events), so that a server
+    // like it must read the start from storage and then join the live stream.
+    let n = window.max(500) + 100;
+    if n > 2_000 {
+        return Err(CaseError::Skip(format!(
+            "resumeWindow {window}: filling past it would take too long"
+        )));
+    }
+    drop(ca);
+    fill_many(ctx, &a, &room, n as usize, "fb").await?;
+    let mut s = ctx.sse(&a, &room, "", &[("Last-Event-ID", "1")]).await?;
+    s.wait_seq("FX-TRN-3", n).await?;
+    let seqs: Vec<u64> = s.timeline().iter().map(|(_, e, _)| e.seq()).collect();
+    ensure_eq(
+        "FX-TRN-3",
+        "seqs after Last-Event-ID 1",
+        seqs,
+        (2..=n).collect(),
+    )?;
+    for after in [0u64, 1] {
+        let r = ctx
+            .get(
+                &format!("/rooms/{room}/poll?afterSeq={after}&limit=500&timeoutMs=1000"),
+                &a.token,
+            )
+            .await?;
+        r.expect_status("FX-TRN-7", &format!("poll afterSeq={after}"), 200)?;
+        let p: HistoryPage = r.parse("FX-TRN-7", "HistoryPage")?;
+        ensure_eq(
+            "FX-TRN-7",
+            &format!("poll afterSeq={after} limit=500"),
+            p.events.iter().map(|e| e.seq()).collect::<Vec<_>>(),
+            (after + 1..=after + 500).collect(),
+        )?;
+    }
+    Ok(())
 }
 
 async fn sse_resync(ctx: &Ctx) -> Result<(), CaseError> {
