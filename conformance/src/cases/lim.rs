@@ -414,7 +414,9 @@ async fn retry_after_honoured(ctx: &Ctx) -> Result<(), CaseError> {
     ensure(
         late.is_empty(),
         "FX-LIM-3",
-        format!("a typing frame sent {wait} ms (retryAfterMs) after the refusal was read is accepted"),
+        format!(
+            "a typing frame sent {wait} ms (retryAfterMs) after the refusal was read is accepted"
+        ),
         late.join(" | "),
     )
 }
