@@ -21,7 +21,7 @@ pub fn cases() -> Vec<Case> {
         case!("lim/rate-abuse-close", ["FX-LIM-6", "FX-ERR-5"], "a connection that keeps sending far over its limit may be closed, and then only with 4008 rate_limited after rate_limited answers", rate_abuse_close),
         case!("lim/http-rate-limit", ["FX-LIM-7"], "where HTTP is rate-limited, 429 rate_limited carries retryAfterMs and Retry-After", http_rate_limit),
         case!("lim/invalid-frame-flood", ["FX-FRM-11", "FX-ERR-5"], "a flood of invalid frames is answered frame by frame; a close, if any, is 4010 protocol_violation", invalid_flood),
-        case!("lim/idle-timeout", ["FX-LIM-8", "FX-ERR-5"], "a silent connection is closed with 4000 after idleTimeoutMs", idle_timeout),
+        case!("lim/idle-timeout", ["FX-LIM-8", "FX-ERR-5"], "a silent connection is closed with 4000 after idleTimeoutMs; one that keeps its heartbeat in the same room is not", idle_timeout),
     ]
 }
 
@@ -139,6 +139,8 @@ async fn ping_not_limited(ctx: &Ctx) -> Result<(), CaseError> {
 async fn idle_timeout(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
+    // A second connection that keeps its heartbeat: closing the silent one must not touch it.
+    let mut live = ctx.connect(&a, &room).await?;
     let mut c = ctx.connect(&a, &room).await?;
     c.stop_keepalive();
     let idle = c
@@ -171,6 +173,15 @@ async fn idle_timeout(ctx: &Ctx) -> Result<(), CaseError> {
         "close reason",
         reason.as_str(),
         "heartbeat_timeout",
+    )?;
+    live.sync("FX-LIM-8")
+        .await
+        .map_err(|e| e.context("a connection that kept its heartbeat stays open"))?;
+    ensure(
+        !live.log.iter().any(crate::ctx::Incoming::is_end),
+        "FX-LIM-8",
+        "the connection that kept its heartbeat is still open",
+        "closed",
     )?;
     ensure(
         hb * 2 <= idle,
