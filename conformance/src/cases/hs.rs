@@ -239,6 +239,17 @@ async fn replay_limit(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let mut c0 = ctx.connect(&a, &room).await?;
+    // An empty room: an empty snapshot without hasMore.
+    let h0 = c0
+        .snapshot
+        .clone()
+        .ok_or_else(|| fail("FX-HS-6", "a history frame", "none"))?;
+    ensure_eq(
+        "FX-HS-6",
+        "snapshot (events, hasMore) of an empty room",
+        (h0.events.len(), h0.has_more),
+        (0, false),
+    )?;
     for i in 0..5 {
         send(ctx, &mut c0, &format!("m{i}")).await?;
     }
@@ -257,6 +268,18 @@ async fn replay_limit(ctx: &Ctx) -> Result<(), CaseError> {
         )?;
         ensure_eq("FX-HS-6", &format!("hasMore with {q}"), h.has_more, true)?;
     }
+    // replayLimit=0: no events, but hasMore says older ones exist.
+    let c = ctx.connect_q(&a, &room, "replayLimit=0").await?;
+    let h = c
+        .snapshot
+        .clone()
+        .ok_or_else(|| fail("FX-HS-6", "a history frame with replayLimit=0", "none"))?;
+    ensure_eq(
+        "FX-HS-6",
+        "snapshot (events, hasMore, currentSeq) with replayLimit=0",
+        (h.events.len(), h.has_more, h.current_seq),
+        (0, true, 5),
+    )?;
     let c = ctx.connect_q(&a, &room, "replayLimit=100000").await?;
     let n = c.snapshot.as_ref().map(|h| h.events.len()).unwrap_or(0);
     ensure_eq(
