@@ -28,6 +28,9 @@ ap.add_argument("--out", required=True, help="JSON-lines results (appended; reru
 ap.add_argument("--worker", default="0/1", help="i/n: take every n-th mutant starting at i")
 ap.add_argument("--only", help="file with mutant names to (re)test, one per line")
 ap.add_argument("--timeout", type=float, default=180)
+ap.add_argument("--strict", action="store_true",
+                help="run the suite with --strict: a SHOULD violation fails the run too (the "
+                     "reference implements every SHOULD)")
 ap.add_argument("--also-faults", action="store_true",
                 help="when the run passes, also run `fluxy-conformance faults --verify` (the suite's "
                      "self-test: every deliberate fault must still be caught)")
@@ -59,12 +62,13 @@ for i, m in enumerate(mutants):
     else:
         try:
             r = subprocess.run(["target/debug/fluxy-conformance", "run", "--format", "json",
-                                "--out", report], capture_output=True, text=True,
-                               timeout=a.timeout)
+                                "--out", report] + (["--strict"] if a.strict else []),
+                               capture_output=True, text=True, timeout=a.timeout)
             verdict = {0: "MISSED", 1: "caught"}.get(r.returncode, f"error(rc{r.returncode})")
             try:
                 rep = json.load(open(os.path.join(report, "report.json")))
-                failed = [c["id"] for c in rep.get("cases", []) if c.get("verdict") == "fail"]
+                failed = [c["id"] for c in rep.get("cases", [])
+                          if c.get("verdict") in ("fail", "non-strict")]
             except (OSError, ValueError, KeyError):
                 pass
             if verdict == "MISSED" and a.also_faults:
