@@ -4,7 +4,7 @@ use fluxy_protocol::http::{MembersResponse, RoomListResponse, RoomResponse};
 use fluxy_protocol::ErrorCode;
 use serde_json::json;
 
-use super::{expect_rejected, send};
+use super::{expect_rejected, req, req_err, send};
 use crate::case;
 use crate::case::{ensure, ensure_eq, Case, CaseError};
 use crate::ctx::{urlenc, Ctx};
@@ -18,6 +18,7 @@ pub fn cases() -> Vec<Case> {
         case!("ten/create-room", ["FX-TEN-4"], "POST /rooms creates a room owned by the caller with its members; a taken id gets 409", create_room),
         case!("ten/members-management", ["FX-TEN-5"], "only room or token owners/admins manage members; users may leave; listing needs membership", members),
         case!("ten/removed-member-closed", ["FX-AUTH-14"], "a user removed from a room has its connections closed with 4003", removed_closed),
+        case!("ten/role-change-live", ["FX-AUTH-15", "FX-EDT-3"], "a room role change applies at once to that user's open connections and to no one else's", role_change_live),
         case!("ten/list-rooms", ["FX-TEN-6"], "GET /rooms lists the caller's rooms of its tenant; GET /rooms/{id} returns one", list_rooms),
         case!("ten/keys-scoped-to-tenant", ["FX-TEN-7"], "idempotency keys and tokens of one tenant have no effect in another", keys_scoped),
     ]
@@ -380,8 +381,10 @@ async fn keys_scoped(ctx: &Ctx) -> Result<(), CaseError> {
 async fn removed_closed(ctx: &Ctx) -> Result<(), CaseError> {
     let o = ctx.user("owner").await?;
     let m = ctx.user("member").await?;
-    let room = ctx.room(&o, &[&m]).await?;
+    let k = ctx.user("keeps").await?;
+    let room = ctx.room(&o, &[&m, &k]).await?;
     let mut cm = ctx.connect(&m, &room).await?;
+    let mut ck = ctx.connect(&k, &room).await?;
     let r = ctx
         .http(
             reqwest::Method::DELETE,
@@ -397,5 +400,73 @@ async fn removed_closed(ctx: &Ctx) -> Result<(), CaseError> {
         format!("{} {}", r.status, r.text),
     )?;
     let code = cm.wait_close("FX-AUTH-14", ctx.wait()).await?;
-    ensure_eq("FX-AUTH-14", "close code after removal", code, Some(4003))
+    ensure_eq("FX-AUTH-14", "close code after removal", code, Some(4003))?;
+    // Another member's connection is untouched.
+    ck.sync("FX-AUTH-14")
+        .await
+        .map_err(|e| e.context("another member stays connected"))
+}
+
+async fn role_change_live(ctx: &Ctx) -> Result<(), CaseError> {
+    let o = ctx.user("owner").await?;
+    let b = ctx.user("b").await?;
+    let c = ctx.user("c").await?;
+    let room = ctx.room(&o, &[&b, &c]).await?;
+    let mut cb = ctx.connect(&b, &room).await?;
+    let mut cc = ctx.connect(&c, &room).await?;
+    let set_role = |user: String, role: &'static str| {
+        let (o, room) = (o.clone(), room.clone());
+        async move {
+            let r = ctx
+                .post(
+                    &format!("/rooms/{room}/members"),
+                    &o.token,
+                    &json!({"userId": user, "role": role}),
+                )
+                .await?;
+            ensure(
+                r.status == 200 || r.status == 201,
+                "FX-TEN-5",
+                format!("the owner sets a member's role to {role}"),
+                format!("{} {}", r.status, r.text),
+            )
+        }
+    };
+    let c1 = send(ctx, &mut cc, "c one").await?;
+    let c2 = send(ctx, &mut cc, "c two").await?;
+    let b1 = send(ctx, &mut cb, "b one").await?;
+    set_role(b.id.clone(), "moderator").await?;
+    // The role change is an HTTP call: the connection may learn it just after the answer, so
+    // the first attempt is checked through a ping/pong round trip first.
+    cb.sync("FX-AUTH-15").await?;
+    req(
+        ctx,
+        &mut cb,
+        "FX-AUTH-15",
+        json!({"type":"delete","messageId":c1.id}),
+    )
+    .await
+    .map_err(|e| e.context("b, promoted to moderator while connected, deletes c's message"))?;
+    req_err(
+        ctx,
+        &mut cc,
+        "FX-AUTH-15",
+        json!({"type":"delete","messageId":b1.id}),
+        ErrorCode::Forbidden,
+    )
+    .await
+    .map_err(|e| e.context("c, whose role did not change, still cannot delete b's message"))?;
+    set_role(b.id.clone(), "member").await?;
+    cb.sync("FX-AUTH-15").await?;
+    req_err(
+        ctx,
+        &mut cb,
+        "FX-AUTH-15",
+        json!({"type":"delete","messageId":c2.id}),
+        ErrorCode::Forbidden,
+    )
+    .await
+    .map_err(|e| {
+        e.context("b, demoted to member while connected, can no longer delete c's message")
+    })
 }
