@@ -17,6 +17,7 @@ pub fn cases() -> Vec<Case> {
         case!("ack/client-message-id-validated", ["FX-ACK-2"], "an invalid clientMessageId is rejected with invalid_frame", cmid_validated),
         case!("ack/duplicate-returns-original", ["FX-ACK-4"], "a repeated clientMessageId gets the original ack with duplicate:true; nothing stored or broadcast", duplicate),
         case!("ack/idempotent-across-transports", ["FX-ACK-5"], "idempotency holds across connections, reconnects and WebSocket/HTTP", across),
+        case!("ack/duplicate-edit-delete-stream", ["FX-ACK-4"], "repeats of an edit, a delete and a stream start with a used clientMessageId get the original ack marked duplicate and change nothing", duplicate_other_requests),
         case!("ack/key-survives-pause", ["FX-ACK-5"], "a key is still honoured seconds later (a sample of the 24 h rule that catches unit mix-ups), on WebSocket and HTTP", key_survives_pause),
         case!("ack/keys-per-user", ["FX-ACK-6"], "the same clientMessageId from two users makes two messages", per_user),
         case!("ack/no-op-without-seq", ["FX-ACK-7"], "no-op reactions and reads get an ack without seq and produce no event", no_op),
@@ -176,6 +177,56 @@ async fn duplicate(ctx: &Ctx) -> Result<(), CaseError> {
         "events stored",
         current_seq(ctx, &a, &room).await?,
         2,
+    )
+}
+
+async fn duplicate_other_requests(ctx: &Ctx) -> Result<(), CaseError> {
+    let (a, _, room, mut ca, _) = pair(ctx).await?;
+    let m1 = send(ctx, &mut ca, "to edit").await?;
+    let m2 = send(ctx, &mut ca, "to delete").await?;
+    let (k1, k2, k3) = (ctx.cmid(), ctx.cmid(), ctx.cmid());
+    let frames = [
+        json!({"type":"edit","messageId":m1.id,"content":"edited once","clientMessageId":k1}),
+        json!({"type":"delete","messageId":m2.id,"clientMessageId":k2}),
+        json!({"type":"stream","op":"start","content":"","clientMessageId":k3}),
+    ];
+    for f in frames {
+        let kind = f["type"].as_str().unwrap_or("?").to_owned();
+        let mut first_frame = f.clone();
+        first_frame["ref"] = json!(format!("{kind}-1"));
+        ca.send_json(&first_frame)?;
+        let first = ca.ack("FX-ACK-4", &format!("{kind}-1")).await?;
+        let mut again = f.clone();
+        again["ref"] = json!(format!("{kind}-2"));
+        if kind == "edit" {
+            again["content"] = json!("edited twice");
+        }
+        ca.send_json(&again)?;
+        let second = ca
+            .ack("FX-ACK-4", &format!("{kind}-2"))
+            .await
+            .map_err(|e| e.context(format!("the repeated {kind}")))?;
+        ensure(
+            second.duplicate && (second.id, second.seq) == (first.id, first.seq),
+            "FX-ACK-4",
+            format!("the original ack of the {kind} ({first:?}) marked duplicate"),
+            format!("{second:?}"),
+        )?;
+    }
+    // Nothing changed twice: the edit is version 2, and 2 messages + 3 events were stored.
+    req(
+        ctx,
+        &mut ca,
+        "FX-ACK-4",
+        json!({"type":"edit","messageId":m1.id,"content":"edited again","expectedVersion":2}),
+    )
+    .await
+    .map_err(|e| e.context("the message is at version 2 (the repeated edit changed nothing)"))?;
+    ensure_eq(
+        "FX-ACK-4",
+        "events stored (2 messages, edit, delete, stream start, edit)",
+        current_seq(ctx, &a, &room).await?,
+        6,
     )
 }
 

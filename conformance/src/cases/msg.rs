@@ -204,7 +204,7 @@ async fn parent_id(ctx: &Ctx) -> Result<(), CaseError> {
 }
 
 async fn attachments(ctx: &Ctx) -> Result<(), CaseError> {
-    let (_, _, _, mut ca, _) = pair(ctx).await?;
+    let (a, _, room, mut ca, _) = pair(ctx).await?;
     let att = |u: &str| json!({"url": u, "name": "f.png"});
     let ok: Vec<Value> = (0..10)
         .map(|i| att(&format!("https://example.com/{i}.png")))
@@ -216,6 +216,39 @@ async fn attachments(ctx: &Ctx) -> Result<(), CaseError> {
         json!({"type":"message","content":"ten","attachments":ok}),
     )
     .await?;
+    // Read back on both history routes: the event and the legacy message record.
+    let urls = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|xs| {
+                xs.iter()
+                    .filter_map(|x| x.get("url").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let want: Vec<String> = (0..10)
+        .map(|i| format!("https://example.com/{i}.png"))
+        .collect();
+    let r = ctx
+        .get(&format!("/rooms/{room}/history?limit=1"), &a.token)
+        .await?;
+    let v = r.json().unwrap_or_default();
+    ensure_eq(
+        "FX-MSG-5",
+        "attachment urls of the message in history",
+        urls(v.pointer("/events/0/attachments")),
+        want.clone(),
+    )?;
+    let r = ctx
+        .get(&format!("/api/messages?roomId={room}&limit=1"), &a.token)
+        .await?;
+    let v = r.json().unwrap_or_default();
+    ensure_eq(
+        "FX-HIS-8",
+        "attachment urls of the message on GET /api/messages",
+        urls(v.pointer("/messages/0/attachments")),
+        want,
+    )?;
     let eleven: Vec<Value> = (0..11)
         .map(|i| att(&format!("https://example.com/{i}.png")))
         .collect();
