@@ -162,21 +162,66 @@ async fn duplicate(ctx: &Ctx) -> Result<(), CaseError> {
         (second.id, second.seq, second.created_at.clone()),
         (first.id, first.seq, first.created_at.clone()),
     )?;
+    // Pipelined: the repeat arrives while the original may still be uncommitted. Its ack
+    // claims the event is stored (FX-ACK-1), so it MUST NOT come before the original's.
+    let k2 = ctx.cmid();
+    ca.send_json(&msg_c("pipelined", &k2, "d3"))?;
+    ca.send_json(&msg_c("pipelined again", &k2, "d4"))?;
+    let third = ca.ack("FX-ACK-4", "d3").await?;
+    let acks_of = |c: &crate::ctx::Conn| -> Vec<fluxy_protocol::server::AckFrame> {
+        c.frames()
+            .into_iter()
+            .filter_map(|f| match f {
+                ServerFrame::Ack(x) if matches!(x.reference.as_deref(), Some("d3" | "d4")) => {
+                    Some(x)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    // The repeat's ack may already have arrived (before or after the original's).
+    let fourth = match acks_of(&ca)
+        .into_iter()
+        .find(|x| x.reference.as_deref() == Some("d4"))
+    {
+        Some(x) => x,
+        None => ca.ack("FX-ACK-4", "d4").await?,
+    };
+    let order: Vec<String> = acks_of(&ca)
+        .into_iter()
+        .filter_map(|x| x.reference)
+        .collect();
+    ensure_eq(
+        "FX-ACK-1",
+        "order of the acks of a message and its pipelined repeat",
+        order,
+        vec!["d3".to_string(), "d4".to_string()],
+    )?;
+    ensure(
+        fourth.duplicate && fourth.seq == third.seq,
+        "FX-ACK-4",
+        "the pipelined repeat gets the original ack marked duplicate",
+        format!("{fourth:?}"),
+    )?;
     // Barrier: a later message; nothing may come between.
     let after = send(ctx, &mut ca, "after").await?;
     cb.wait_seq("FX-ACK-4", after.seq.unwrap_or(0)).await?;
     let seqs: Vec<u64> = cb.timeline().iter().map(|(e, _)| e.seq()).collect();
     ensure_eq(
         "FX-ACK-4",
-        "events broadcast (original, after)",
+        "events broadcast (original, pipelined, after)",
         seqs,
-        vec![first.seq.unwrap_or(0), after.seq.unwrap_or(0)],
+        vec![
+            first.seq.unwrap_or(0),
+            third.seq.unwrap_or(0),
+            after.seq.unwrap_or(0),
+        ],
     )?;
     ensure_eq(
         "FX-ACK-4",
         "events stored",
         current_seq(ctx, &a, &room).await?,
-        2,
+        3,
     )
 }
 
