@@ -218,6 +218,15 @@ async fn tool_pairing(ctx: &Ctx) -> Result<(), CaseError> {
         json!({"type":"tool_error","runId":"r","toolCallId":"t2","error":"timeout"}),
     )
     .await?;
+    // The error was the call's one answer: a later result is refused too.
+    req_err(
+        ctx,
+        &mut cg,
+        "FX-AGT-5",
+        json!({"type":"tool_result","runId":"r","toolCallId":"t2","result":"late"}),
+        ErrorCode::InvalidState,
+    )
+    .await?;
     req(
         ctx,
         &mut cg,

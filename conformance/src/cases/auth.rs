@@ -617,6 +617,28 @@ async fn refresh_in_band(ctx: &Ctx) -> Result<(), CaseError> {
             ))
         }
     }
+    // An expired token of the same user is verified like a handshake token: refused.
+    if let Ok(secret) = ctx.secret() {
+        let a_id = c
+            .welcome
+            .as_ref()
+            .map(|w| w.user_id.clone())
+            .unwrap_or_default();
+        let expired = sign_raw(
+            &hs256(),
+            &json!({"sub": a_id, "tid": ctx.env.tenant, "roles":["member"], "exp": now() - 120}),
+            &secret,
+        );
+        req_err(
+            ctx,
+            &mut c,
+            "FX-AUTH-9",
+            json!({"type":"auth","token":expired}),
+            ErrorCode::TokenExpired,
+        )
+        .await
+        .map_err(|e| e.context("an in-band auth with an expired token of the same user"))?;
+    }
     // Still open and usable with the previous token.
     send(ctx, &mut c, "still here").await.map(|_| ())
 }

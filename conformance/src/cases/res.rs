@@ -17,6 +17,7 @@ pub fn cases() -> Vec<Case> {
         case!("res/proxy-slow-link", ["FX-ORD-2", "FX-RES-3"], "a delayed link (proxy) still gets every event in order", proxy_slow),
         case!("res/resync-too-far-back", ["FX-RES-4"], "lastSeq older than the resume window gets resync_required, no partial replay", too_far_back),
         case!("res/resync-future", ["FX-RES-4"], "lastSeq beyond currentSeq gets resync_required and the connection stays open", future),
+        case!("res/resume-edges", ["FX-RES-1", "FX-RES-4"], "resume at exactly currentSeq, in an empty room, and exactly resumeWindow events back all get a replay, not resync_required", resume_edges),
         case!("res/replay-bounded", ["FX-RES-1", "FX-RES-5"], "a replay holds at most maxPageLimit events with hasMore, and continues from the last one", bounded),
         case!("res/many-resume-at-once", ["FX-RES-7"], "many connections resuming at once each get their own complete replay", many),
     ]
@@ -256,6 +257,48 @@ async fn too_far_back(ctx: &Ctx) -> Result<(), CaseError> {
         "replay within the window",
         seqs(&rep.events),
         vec![cur - 2, cur - 1, cur],
+    )
+}
+
+async fn resume_edges(ctx: &Ctx) -> Result<(), CaseError> {
+    let (a, _, room, mut ca, _) = pair(ctx).await?;
+    // An empty room: resume from 0.
+    let (x, _) = resume(&mut ca, ctx, 0, "FX-RES-1").await?;
+    ensure_eq(
+        "FX-RES-1",
+        "replay (events, fromSeq, currentSeq) resuming from 0 in an empty room",
+        (x.events.len(), x.from_seq, x.current_seq),
+        (0, 0, 0),
+    )?;
+    let window = ca
+        .welcome
+        .as_ref()
+        .map(|w| w.limits.resume_window)
+        .unwrap_or(100);
+    if window > 1_000 {
+        return Err(CaseError::Skip(format!(
+            "resumeWindow {window}: filling it would take too long"
+        )));
+    }
+    super::fill_many(ctx, &a, &room, window as usize + 1, "re").await?;
+    let current = window + 1;
+    // Exactly at currentSeq: an empty replay.
+    let (x, _) = resume(&mut ca, ctx, current, "FX-RES-1").await?;
+    ensure_eq(
+        "FX-RES-1",
+        "replay (events, fromSeq, currentSeq) resuming at currentSeq",
+        (x.events.len(), x.from_seq, x.current_seq),
+        (0, current, current),
+    )?;
+    // Exactly resumeWindow events back: still replayable.
+    let (x, _) = resume(&mut ca, ctx, current - window, "FX-RES-4").await?;
+    let seqs: Vec<u64> = x.events.iter().map(|e| e.seq()).collect();
+    let want: Vec<u64> = (current - window + 1..=current).take(500).collect();
+    ensure_eq(
+        "FX-RES-4",
+        "replay resuming exactly resumeWindow events back",
+        seqs,
+        want,
     )
 }
 
