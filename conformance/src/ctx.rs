@@ -373,6 +373,33 @@ impl Ctx {
         self.room_req(owner, req).await
     }
 
+    /// As `owner`, add `user_id` to `room` (or change its room role) with
+    /// `POST /rooms/{roomId}/members`; fails FX-TEN-5 unless answered 200 or 201.
+    pub async fn set_member(
+        &self,
+        owner: &User,
+        room: &str,
+        user_id: &str,
+        role: Option<&str>,
+    ) -> Result<(), CaseError> {
+        let mut body = serde_json::json!({ "userId": user_id });
+        if let Some(role) = role {
+            body["role"] = Value::from(role);
+        }
+        let r = self
+            .post(&format!("/rooms/{room}/members"), &owner.token, &body)
+            .await?;
+        if r.status == 200 || r.status == 201 {
+            Ok(())
+        } else {
+            Err(crate::case::fail(
+                "FX-TEN-5",
+                format!("the owner sets member {user_id} (role {role:?}): 200 or 201"),
+                format!("{} {}", r.status, short(&r.text, 300)),
+            ))
+        }
+    }
+
     /// Create a room from a full request; returns its id.
     pub async fn room_req(
         &self,

@@ -174,19 +174,7 @@ async fn delete_auth(ctx: &Ctx) -> Result<(), CaseError> {
     let m6 = send(ctx, &mut cb, "six").await?;
     for (role, msg) in [("moderator", &m3), ("admin", &m5), ("owner", &m6)] {
         let u = ctx.user_roles(&format!("tok-{role}"), &[role]).await?;
-        let r = ctx
-            .post(
-                &format!("/rooms/{room}/members"),
-                &a.token,
-                &json!({"userId": u.id}),
-            )
-            .await?;
-        ensure(
-            r.status == 200 || r.status == 201,
-            "FX-TEN-5",
-            "owner adds a member",
-            format!("{} {}", r.status, r.text),
-        )?;
+        ctx.set_member(&a, &room, &u.id, None).await?;
         let mut cu = ctx.connect(&u, &room).await?;
         let d = req(
             ctx,

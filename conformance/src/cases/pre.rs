@@ -88,15 +88,7 @@ async fn lists_live(ctx: &Ctx) -> Result<(), CaseError> {
 async fn no_ghost(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, b, room, mut ca, mut cb) = pair(ctx).await?;
     let c = ctx.user("c").await?;
-    let r = ctx
-        .post(
-            &format!("/rooms/{room}/members"),
-            &a.token,
-            &json!({"userId": c.id}),
-        )
-        .await?;
-    r.expect_status("FX-TEN-5", "owner adds a member", 201)
-        .or_else(|_| r.expect_status("FX-TEN-5", "owner adds a member", 200))?;
+    ctx.set_member(&a, &room, &c.id, None).await?;
     let m = super::send(ctx, &mut ca, "read me").await?;
     req(
         ctx,

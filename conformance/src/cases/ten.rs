@@ -414,28 +414,10 @@ async fn role_change_live(ctx: &Ctx) -> Result<(), CaseError> {
     let room = ctx.room(&o, &[&b, &c]).await?;
     let mut cb = ctx.connect(&b, &room).await?;
     let mut cc = ctx.connect(&c, &room).await?;
-    let set_role = |user: String, role: &'static str| {
-        let (o, room) = (o.clone(), room.clone());
-        async move {
-            let r = ctx
-                .post(
-                    &format!("/rooms/{room}/members"),
-                    &o.token,
-                    &json!({"userId": user, "role": role}),
-                )
-                .await?;
-            ensure(
-                r.status == 200 || r.status == 201,
-                "FX-TEN-5",
-                format!("the owner sets a member's role to {role}"),
-                format!("{} {}", r.status, r.text),
-            )
-        }
-    };
     let c1 = send(ctx, &mut cc, "c one").await?;
     let c2 = send(ctx, &mut cc, "c two").await?;
     let b1 = send(ctx, &mut cb, "b one").await?;
-    set_role(b.id.clone(), "moderator").await?;
+    ctx.set_member(&o, &room, &b.id, Some("moderator")).await?;
     // The role change is an HTTP call: the connection may learn it just after the answer, so
     // the first attempt is checked through a ping/pong round trip first.
     cb.sync("FX-AUTH-15").await?;
@@ -456,7 +438,7 @@ async fn role_change_live(ctx: &Ctx) -> Result<(), CaseError> {
     )
     .await
     .map_err(|e| e.context("c, whose role did not change, still cannot delete b's message"))?;
-    set_role(b.id.clone(), "member").await?;
+    ctx.set_member(&o, &room, &b.id, Some("member")).await?;
     cb.sync("FX-AUTH-15").await?;
     req_err(
         ctx,
