@@ -183,8 +183,10 @@ def err_obj(e, ref=None, frame=True):
     if ref is not None:
         out["ref"] = ref
     field = e.field
-    if CFG.alternatives and e.code != "invalid_frame":
-        field = None  # FX-ERR-1: `field` is optional except where FX-FRM-3 asks to name it
+    if CFG.alternatives and e.code not in ("invalid_frame", "invalid_cursor"):
+        # FX-ERR-1: `field` is optional, except where FX-FRM-3 (invalid_frame) and FX-HIS-11
+        # (invalid_cursor naming `before`) ask to name it.
+        field = None
     if field is not None:
         out["field"] = field
     return out
