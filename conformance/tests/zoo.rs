@@ -129,6 +129,14 @@ fn not_passed(rep: &Report) -> String {
     out
 }
 
+/// The verdict per profile, one line each.
+fn profiles(rep: &Report) -> String {
+    rep.profiles
+        .iter()
+        .map(|(name, p)| format!("  {name}: {} ({})\n", p.status, p.summary))
+        .collect()
+}
+
 fn failing(rep: &Report) -> Vec<&str> {
     rep.cases
         .iter()
@@ -138,7 +146,7 @@ fn failing(rep: &Report) -> Vec<&str> {
 }
 
 fn assert_no_failure(what: &str, rep: &Report) {
-    let report = not_passed(rep);
+    let report = format!("{}profiles:\n{}", not_passed(rep), profiles(rep));
     eprintln!("{what}: cases that did not pass:\n{report}");
     let bad = failing(rep);
     assert!(
@@ -148,11 +156,34 @@ fn assert_no_failure(what: &str, rep: &Report) {
     );
 }
 
+/// A correct server that implements every profile blocks no case and is conformant in each.
+fn assert_all_profiles_conformant(what: &str, rep: &Report) {
+    assert_no_failure(what, rep);
+    let blocked: Vec<&str> = rep
+        .cases
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Blocked))
+        .map(|c| c.id.as_str())
+        .collect();
+    assert!(
+        blocked.is_empty(),
+        "{what}: cases blocked on a server implementing every profile {blocked:?}\n{}",
+        not_passed(rep)
+    );
+    for (name, p) in &rep.profiles {
+        assert_eq!(
+            p.status, "conformant",
+            "{what}: profile {name}: {}",
+            p.summary
+        );
+    }
+}
+
 /// (b) of issue 10: every section of the spec, in memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn zoo_full_profile_has_no_failure() {
     let rep = run_against(&["--memory"]).await;
-    assert_no_failure("zoo --profile full", &rep);
+    assert_all_profiles_conformant("zoo --profile full", &rep);
     assert!(rep.cases.len() > 100);
 }
 
@@ -162,6 +193,16 @@ async fn zoo_full_profile_has_no_failure() {
 async fn zoo_core_profile_has_no_failure() {
     let rep = run_against(&["--memory", "--profile", "core"]).await;
     assert_no_failure("zoo --profile core", &rep);
+    let status = |name: &str| rep.profiles.get(name).map(|p| p.status.as_str());
+    assert_eq!(status("core"), Some("conformant"), "{}", profiles(&rep));
+    for name in ["history", "presence", "edits", "agents", "fallback"] {
+        assert_eq!(
+            status(name),
+            Some("not-implemented"),
+            "profile {name}\n{}",
+            profiles(&rep)
+        );
+    }
 }
 
 /// (c) of issue 10: a correct server taking every alternative the spec permits
@@ -170,5 +211,5 @@ async fn zoo_core_profile_has_no_failure() {
 #[ignore = "runner false positives: see conformance/zoo/FINDINGS.md"]
 async fn zoo_alternatives_have_no_failure() {
     let rep = run_against(&["--memory", "--alternatives"]).await;
-    assert_no_failure("zoo --alternatives", &rep);
+    assert_all_profiles_conformant("zoo --alternatives", &rep);
 }
