@@ -546,7 +546,7 @@ class Store:
         idem = None
         if cmid is not None:
             idem = {"id": ev.get("id", ev.get("messageId")), "seq": ev["seq"],
-                    "createdAt": event_time(ev), "event": ev}
+                    "createdAt": event_time(ev, room), "event": ev}
             if idem["id"] is None:
                 del idem["id"]
         stored = dict(ev, **stored_extra) if stored_extra else ev
@@ -567,7 +567,15 @@ class Store:
 STORE = None
 
 
-def event_time(ev):
+def event_time(ev, room=None):
+    """The `createdAt` of an event's ack (FX-ACK-1: "the event's `seq` and `createdAt`").
+
+    An `edit` or `delete` event has no `createdAt`: the obvious reading is its own time
+    (`editedAt`/`deletedAt`); the alternatives server reads it as the affected message's
+    `createdAt`."""
+    if CFG.alternatives and ev["type"] in ("edit", "delete") and room is not None:
+        if ev["id"] in room.msgs:
+            return room.msgs[ev["id"]]["createdAt"]
     for k in ("createdAt", "editedAt", "deletedAt"):
         if k in ev:
             return ev[k]
@@ -606,7 +614,7 @@ def deliver(room, ev, sender=None, ack=None):
     room.waiters = []
 
 
-def make_ack(ref, cmid, ev, msg_id=None, duplicate=False, record=None):
+def make_ack(ref, cmid, ev, msg_id=None, duplicate=False, record=None, room=None):
     a = {"type": "ack"}
     if ref is not None:
         a["ref"] = ref
@@ -621,7 +629,7 @@ def make_ack(ref, cmid, ev, msg_id=None, duplicate=False, record=None):
         if msg_id is not None:
             a["id"] = msg_id
         a["seq"] = ev["seq"]
-        a["createdAt"] = event_time(ev)
+        a["createdAt"] = event_time(ev, room)
     if duplicate:
         a["duplicate"] = True
     return a
@@ -712,7 +720,7 @@ def timeline(room, ev_fields, conn, ref, cmid=None, msg_id=None, extra=None):
     ev = {"type": ev_fields[0][1], "seq": seq}
     ev.update(dict(ev_fields[1:]))
     STORE.commit(room, ev, conn.ident["sub"], cmid, extra)
-    deliver(room, ev, conn, make_ack(ref, cmid, ev, msg_id))
+    deliver(room, ev, conn, make_ack(ref, cmid, ev, msg_id, room=room))
     return ev
 
 
