@@ -213,3 +213,95 @@ async fn zoo_alternatives_have_no_failure() {
     let rep = run_against(&["--memory", "--alternatives"]).await;
     assert_all_profiles_conformant("zoo --alternatives", &rep);
 }
+
+/// POST /auth/token for `user`, then the request's bearer token.
+async fn mint(http: &reqwest::Client, dev: &DevJson, user: &str) -> String {
+    let res = http
+        .post(format!("{}/auth/token", dev.endpoint))
+        .header("X-Fluxy-Api-Key", &dev.api_key)
+        .json(&serde_json::json!({ "userId": user }))
+        .send()
+        .await
+        .expect("POST /auth/token");
+    assert!(res.status().is_success(), "token: {}", res.status());
+    let body: serde_json::Value = res.json().await.expect("TokenResponse");
+    body["token"].as_str().expect("token").to_string()
+}
+
+/// POST /messages; (status, the event's seq).
+async fn post(
+    http: &reqwest::Client,
+    dev: &DevJson,
+    token: &str,
+    content: &str,
+    key: &str,
+) -> (u16, Option<u64>) {
+    let res = http
+        .post(format!("{}/messages", dev.endpoint))
+        .bearer_auth(token)
+        .json(
+            &serde_json::json!({ "roomId": "durable", "content": content, "clientMessageId": key }),
+        )
+        .send()
+        .await
+        .expect("POST /messages");
+    let status = res.status().as_u16();
+    let body: serde_json::Value = res.json().await.unwrap_or_default();
+    (status, body["message"]["seq"].as_u64())
+}
+
+/// The zoo's storage modes, which the durability group (issue 10, item 10) will rely on: with
+/// `--db` a room, its `seq` and its idempotency keys survive a `kill -9`; with `--memory`
+/// everything is lost, so a durability check must catch it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zoo_db_survives_a_kill_and_memory_does_not() {
+    let http = reqwest::Client::new();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let db = std::env::temp_dir().join(format!("fluxy-zoo-{}-{nanos}.db", std::process::id()));
+    let db_arg = db.to_string_lossy().to_string();
+    let seed = format!("seed-{nanos}");
+    for (mode, durable) in [
+        (vec!["--db", db_arg.as_str()], true),
+        (vec!["--memory"], false),
+    ] {
+        let args: Vec<&str> = mode.iter().copied().chain(["--seed", &seed]).collect();
+        let zoo = start_zoo(&args);
+        let token = mint(&http, &zoo.dev, "writer").await;
+        let res = http
+            .post(format!("{}/rooms", zoo.dev.endpoint))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "id": "durable", "name": "durable" }))
+            .send()
+            .await
+            .expect("POST /rooms");
+        assert_eq!(res.status().as_u16(), 201, "{mode:?}");
+        for i in 0..3 {
+            let (status, seq) =
+                post(&http, &zoo.dev, &token, "before", &format!("key-{i:05}")).await;
+            assert_eq!((status, seq), (201, Some(i + 1)), "{mode:?}");
+        }
+        drop(zoo); // SIGKILL: no chance to flush anything
+        let zoo = start_zoo(&args);
+        let token = mint(&http, &zoo.dev, "writer").await;
+        let repeat = post(&http, &zoo.dev, &token, "again", "key-00001").await;
+        let fresh = post(&http, &zoo.dev, &token, "after", "key-00099").await;
+        if durable {
+            assert_eq!(
+                repeat,
+                (200, Some(2)),
+                "the key is honoured after a restart"
+            );
+            assert_eq!(fresh, (201, Some(4)), "seq continues without a gap");
+        } else {
+            assert_eq!(repeat.0, 404, "--memory forgets the room");
+            assert_eq!(fresh.0, 404, "--memory forgets the room");
+        }
+        drop(zoo);
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{db_arg}{suffix}"));
+    }
+}
