@@ -1904,6 +1904,8 @@ async def read_request(reader):
                 size = int(size_line.split(b";")[0].strip(), 16)
             except ValueError:
                 return "bad"
+            if size < 0:
+                return "bad"
             if size == 0:
                 while (await reader.readuntil(b"\r\n")) != b"\r\n":
                     pass
@@ -1917,10 +1919,9 @@ async def read_request(reader):
             return "body_too_large"
         body = b"".join(chunks)
     elif "content-length" in headers:
-        try:
-            n = int(headers["content-length"])
-        except ValueError:
+        if not re.fullmatch(r"[0-9]{1,18}", headers["content-length"]):
             return "bad"
+        n = int(headers["content-length"])
         if n > HTTP_BODY_LIMIT:
             left = n
             while left > 0 and n <= 64 * HTTP_BODY_LIMIT:
