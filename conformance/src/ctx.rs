@@ -548,6 +548,8 @@ impl Ctx {
 #[derive(Debug)]
 struct Pacer {
     enabled: bool,
+    /// Data frames handed to the writer and not yet sent.
+    queued: usize,
     burst: f64,
     rate: f64,
     tokens: f64,
@@ -558,6 +560,7 @@ impl Pacer {
     fn new(burst: u64, rate: u64) -> Pacer {
         let mut p = Pacer {
             enabled: true,
+            queued: 0,
             burst: 1.0,
             rate: 1.0,
             tokens: 0.0,
@@ -575,6 +578,22 @@ impl Pacer {
         self.tokens += new_burst - self.burst;
         self.burst = new_burst;
         self.rate = ((rate as f64) * 0.85).max(0.5);
+    }
+
+    /// How long until the frames already taken have been sent.
+    fn backlog(&self) -> Duration {
+        if !self.enabled {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        let owed = self.queued as f64 - tokens;
+        if owed <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(owed / self.rate)
+        }
     }
 
     /// Take one token; how long to wait before sending (zero when paced off).
@@ -845,14 +864,21 @@ impl Conn {
         let pacer = conn.pacer.clone();
         let writer = tokio::spawn(async move {
             while let Some(m) = rx_out.recv().await {
-                if matches!(m, Message::Text(_) | Message::Binary(_)) {
+                let data = matches!(m, Message::Text(_) | Message::Binary(_));
+                if data {
                     let wait = pacer.lock().map(|mut p| p.take()).unwrap_or_default();
                     if !wait.is_zero() {
                         // Rate shaping to the server's advertised limits, not synchronisation.
                         tokio::time::sleep(wait).await;
                     }
                 }
-                if sink.send(m).await.is_err() {
+                let sent = sink.send(m).await;
+                if data {
+                    if let Ok(mut p) = pacer.lock() {
+                        p.queued = p.queued.saturating_sub(1);
+                    }
+                }
+                if sent.is_err() {
                     break;
                 }
             }
@@ -1108,6 +1134,11 @@ impl Conn {
         }));
     }
 
+    /// How long until every frame sent so far has passed the pacer.
+    pub fn backlog(&self) -> Duration {
+        self.pacer.lock().map(|p| p.backlog()).unwrap_or_default()
+    }
+
     /// Send frames as fast as the caller sends them, ignoring the advertised rate limit: for
     /// the cases that test the rate limit itself (FX-LIM-3, FX-LIM-4, FX-LIM-6).
     pub fn unpaced(&self) {
@@ -1178,6 +1209,11 @@ impl Conn {
     }
 
     fn raw(&self, m: Message) -> Result<(), CaseError> {
+        if matches!(m, Message::Text(_) | Message::Binary(_)) {
+            if let Ok(mut p) = self.pacer.lock() {
+                p.queued += 1;
+            }
+        }
         match &self.out {
             Some(o) => o
                 .send(m)
@@ -1242,7 +1278,9 @@ impl Conn {
                 ));
             }
         }
-        let deadline = Instant::now() + dur;
+        // Frames still queued behind the pacer have not reached the server yet: the deadline
+        // starts when they will have.
+        let deadline = Instant::now() + dur + self.backlog();
         loop {
             match self.next_item_until(deadline).await {
                 Some(it) => {
