@@ -180,7 +180,8 @@ fn has_type(schema: &Value, t: &str) -> bool {
 /// - id properties get [`ID_PATTERN`](crate::common::ID_PATTERN) and `clientMessageId` gets
 ///   [`CLIENT_MESSAGE_ID_PATTERN`](crate::common::CLIENT_MESSAGE_ID_PATTERN);
 /// - every optional (not `required`) property also accepts `null`, which decoders treat like an
-///   absent field `[FX-FRM-12]`.
+///   absent field `[FX-FRM-12]`;
+/// - a property that references a definition loses its `default` (kept in the description).
 fn refine(defs: &mut Map<String, Value>) {
     use crate::common::{CLIENT_MESSAGE_ID_PATTERN, ID_PATTERN};
     for def in defs.values_mut() {
@@ -223,6 +224,15 @@ fn refine(defs: &mut Map<String, Value>) {
             }
             if !required.contains(name) && name != "type" {
                 make_nullable(p);
+            }
+            // A `default` beside a reference (`op: "add"` of a `ReactionOp`) is copied by
+            // generators as a raw value of the wrong type (pydantic: a `str` assigned to a
+            // `RootModel` field, which `mypy --strict` rejects). The description says it.
+            if p.contains_key("$ref")
+                || p.get("anyOf")
+                    .is_some_and(|a| a.to_string().contains("$ref"))
+            {
+                p.remove("default");
             }
         }
     }
