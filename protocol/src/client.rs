@@ -158,7 +158,7 @@ pub struct ResumeFrame {
         "if": { "properties": { "op": { "enum": ["delta", "end"] } } },
         "then": {
             "required": ["content"],
-            "properties": { "content": { "minLength": 1 } }
+            "properties": { "content": { "type": "string", "minLength": 1 } }
         }
     }
 ))]
@@ -343,7 +343,7 @@ pub struct AuthFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 #[schemars(title = "ClientFrame")]
-#[schemars(extend("discriminator" = {"propertyName": "type"}))]
+#[schemars(extend("type" = "object", "discriminator" = {"propertyName": "type"}))]
 pub enum ClientFrame {
     /// `ping`
     #[serde(rename = "ping")]

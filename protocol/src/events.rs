@@ -300,7 +300,7 @@ pub struct ApprovalDecisionEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 #[schemars(title = "TimelineEvent")]
-#[schemars(extend("discriminator" = {"propertyName": "type"}))]
+#[schemars(extend("type" = "object", "discriminator" = {"propertyName": "type"}))]
 pub enum TimelineEvent {
     /// `message`
     #[serde(rename = "message")]

@@ -291,7 +291,7 @@ impl BatchFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 #[schemars(title = "ServerFrame")]
-#[schemars(extend("discriminator" = {"propertyName": "type"}))]
+#[schemars(extend("type" = "object", "discriminator" = {"propertyName": "type"}))]
 pub enum ServerFrame {
     /// `welcome`
     #[serde(rename = "welcome")]
