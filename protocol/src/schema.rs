@@ -385,6 +385,12 @@ fn all_defs() -> (Map<String, Value>, Vec<String>) {
     (defs, roots)
 }
 
+/// Every definition of the bundle (`$defs` of [`BUNDLE_FILE`]), by name, with references in
+/// the form `#/$defs/<Name>`.
+pub fn definitions() -> Map<String, Value> {
+    all_defs().0
+}
+
 /// Names of the exported root types, in export order: `ClientFrame`, `ServerFrame`,
 /// `TimelineEvent`, `ErrorCode`, then every HTTP body ([`HTTP_BODY_TYPES`]). Each root, and each
 /// definition it references, has its own `<Name>.schema.json`.

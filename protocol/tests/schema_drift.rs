@@ -351,3 +351,16 @@ fn timestamps_unions_and_refs_are_generator_friendly() {
         assert!(req.iter().any(|r| r == f), "MessageRecord.{f} not required");
     }
 }
+
+/// `spec/asyncapi.yaml` and `spec/openapi.yaml` must be exactly what the Rust types generate.
+#[test]
+fn committed_api_documents_match_the_rust_types() {
+    let spec = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec");
+    for (name, text) in fluxy_protocol::api::generate() {
+        let committed = std::fs::read_to_string(spec.join(name)).unwrap_or_default();
+        assert!(
+            committed == text,
+            "spec/{name} is out of date with the fluxy-protocol types; regenerate with `{REGENERATE}`"
+        );
+    }
+}
