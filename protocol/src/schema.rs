@@ -177,6 +177,7 @@ fn has_type(schema: &Value, t: &str) -> bool {
 /// Tighten each property of each object definition so the schema says what the decoder checks:
 ///
 /// - integer formats `uint8`..`uint64` get their full `minimum`/`maximum` range;
+/// - lists of user ids (`users`) reference a named `UserId` definition;
 /// - id properties get [`ID_PATTERN`](crate::common::ID_PATTERN) and `clientMessageId` gets
 ///   [`CLIENT_MESSAGE_ID_PATTERN`](crate::common::CLIENT_MESSAGE_ID_PATTERN);
 /// - every optional (not `required`) property also accepts `null`, which decoders treat like an
@@ -184,6 +185,7 @@ fn has_type(schema: &Value, t: &str) -> bool {
 /// - a property that references a definition loses its `default` (kept in the description).
 fn refine(defs: &mut Map<String, Value>) {
     use crate::common::{CLIENT_MESSAGE_ID_PATTERN, ID_PATTERN};
+    let mut uses_user_id = false;
     for def in defs.values_mut() {
         let Some(obj) = def.as_object_mut() else {
             continue;
@@ -217,10 +219,11 @@ fn refine(defs: &mut Map<String, Value>) {
                     p.insert("pattern".into(), json!(CLIENT_MESSAGE_ID_PATTERN));
                 }
             }
-            if ID_LIST_PROPERTIES.contains(&name.as_str()) {
-                if let Some(Value::Object(items)) = p.get_mut("items") {
-                    items.entry("pattern").or_insert_with(|| json!(ID_PATTERN));
-                }
+            if ID_LIST_PROPERTIES.contains(&name.as_str()) && p.contains_key("items") {
+                // A named item type: generators name an inline constrained item after the
+                // property (pydantic got a `User` class for a user id).
+                p.insert("items".into(), json!({ "$ref": "#/$defs/UserId" }));
+                uses_user_id = true;
             }
             if !required.contains(name) && name != "type" {
                 make_nullable(p);
@@ -235,6 +238,16 @@ fn refine(defs: &mut Map<String, Value>) {
                 p.remove("default");
             }
         }
+    }
+    if uses_user_id {
+        defs.insert(
+            "UserId".into(),
+            json!({
+                "type": "string",
+                "pattern": ID_PATTERN,
+                "description": "A user id `[FX-FRM-6]`.",
+            }),
+        );
     }
 }
 

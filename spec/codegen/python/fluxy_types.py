@@ -1118,7 +1118,7 @@ class PresenceFrame(BaseModel):
     """
     Total live connections.
     """
-    users: list[User]
+    users: list[UserId]
     """
     Distinct connected user ids, sorted.
     """
@@ -1932,8 +1932,11 @@ class TypingIntent(RootModel[Literal["composing", "viewing_thread", "away", "idl
     """
 
 
-class User(RootModel[StrictStr]):
-    root: Annotated[StrictStr, Field(pattern="^[A-Za-z0-9_-]{1,128}$")]
+class UserId(RootModel[StrictStr]):
+    root: Annotated[StrictStr, Field(pattern="^[A-Za-z0-9_-]{1,128}$", title="UserId")]
+    """
+    A user id `[FX-FRM-6]`.
+    """
 
 
 class WelcomeFrame(BaseModel):

@@ -130,6 +130,13 @@ export type ErrorCode =
   | "internal_error"
   | "unavailable";
 /**
+ * A user id `[FX-FRM-6]`.
+ *
+ * This interface was referenced by `FluxyProtocolV1`'s JSON-Schema
+ * via the `definition` "UserId".
+ */
+export type UserId = string;
+/**
  * Every server → client frame, tagged by `type` `[FX-FRM-2]`.
  *
  * This interface was referenced by `FluxyProtocolV1`'s JSON-Schema
@@ -1664,7 +1671,7 @@ export interface PresenceFrame {
   /**
    * Distinct connected user ids, sorted.
    */
-  users: string[];
+  users: UserId[];
   /**
    * Per-user connection counts, sorted by user id.
    */
