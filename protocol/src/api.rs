@@ -555,6 +555,11 @@ pub fn openapi() -> Value {
             "license": { "name": "MIT OR Apache-2.0", "identifier": "MIT OR Apache-2.0" },
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "servers": [ {
+            "url": "{origin}",
+            "description": "A Fluxy server; the same origin serves the WebSocket (`ws:`/`wss:`).",
+            "variables": { "origin": { "default": "http://127.0.0.1:8787", "description": "Scheme, host and port of the server." } }
+        } ],
         "security": [ { "bearer": [] }, { "tokenQuery": [] } ],
         "paths": paths,
         "components": {
