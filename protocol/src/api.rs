@@ -557,8 +557,8 @@ pub fn openapi() -> Value {
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "servers": [ {
             "url": "{origin}",
-            "description": "A Fluxy server; the same origin serves the WebSocket (`ws:`/`wss:`).",
-            "variables": { "origin": { "default": "http://127.0.0.1:8787", "description": "Scheme, host and port of the server." } }
+            "description": "A Fluxy server: `origin` is its scheme, host and port; the same origin serves the WebSocket (`ws:`/`wss:`).",
+            "variables": { "origin": { "default": "http://127.0.0.1:8787" } }
         } ],
         "security": [ { "bearer": [] }, { "tokenQuery": [] } ],
         "paths": paths,
