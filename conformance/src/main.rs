@@ -68,6 +68,10 @@ struct RunArgs {
     /// Glob on case ids or clause ids (repeatable), e.g. 'ord/*' or 'FX-RES-*'.
     #[arg(long)]
     filter: Vec<String>,
+    /// Profiles to run, comma-separated or repeated: core, history, presence, edits, agents,
+    /// fallback, batching, compat (default: all). A core-only server runs `--profile core`.
+    #[arg(long = "profile", value_delimiter = ',')]
+    profiles: Vec<String>,
     /// SHOULD violations fail the run.
     #[arg(long)]
     strict: bool,
@@ -147,6 +151,7 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
             filters: a.filter.clone(),
             strict: a.strict,
             jobs: a.jobs.max(1),
+            profiles: a.profiles.clone(),
         },
         timeout_scale: a.timeout_scale,
         seed: a.seed,
@@ -161,7 +166,13 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
             "--fault applies to the embedded server only".into(),
         ));
     }
-    let rep = fluxy_conformance::run(&config).await?;
+    let rep = match fluxy_conformance::run(&config).await {
+        Ok(r) => r,
+        Err(e) => {
+            write_aborted(&a, &e);
+            return Err(e);
+        }
+    };
     let mut files = Vec::new();
     for f in &a.format {
         let (name, body) = match f {
@@ -183,6 +194,29 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
         eprintln!("wrote {}", p.display());
     }
     Ok(rep.exit_code())
+}
+
+/// A run that could not proceed still leaves report.json and junit.xml (when asked for),
+/// saying why, so CI dashboards show the reason instead of a missing file.
+fn write_aborted(a: &RunArgs, e: &RunError) {
+    let reason = e.to_string();
+    let mut out = Vec::new();
+    for f in &a.format {
+        match f {
+            Format::Json => out.push(("report.json", report::aborted_json(&reason))),
+            Format::Junit => out.push(("junit.xml", report::aborted_junit(&reason))),
+            Format::Html | Format::Console => {}
+        }
+    }
+    if out.is_empty() || std::fs::create_dir_all(&a.out).is_err() {
+        return;
+    }
+    for (name, body) in out {
+        let p = a.out.join(name);
+        if std::fs::write(&p, body).is_ok() {
+            eprintln!("wrote {}", p.display());
+        }
+    }
 }
 
 fn main() -> ExitCode {
