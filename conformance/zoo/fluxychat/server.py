@@ -99,6 +99,11 @@ def js_truthy(v):
     return True
 
 
+def log(msg):
+    if CFG.verbose:
+        print(msg, file=sys.stderr, flush=True)
+
+
 async def d1():
     """One D1 round trip. The room DO's handlers are not serialised around these awaits
     (§2.8, §10 item 4), which is what reorders ids, broadcasts and seq allocation."""
@@ -508,14 +513,14 @@ async def handle_client(reader, writer):
             try:
                 resp = await route(req)
             except Exception as e:  # noqa: BLE001  500 like the worker's top-level catch
-                print(f"unhandled: {e!r}", file=sys.stderr)
+                log(f"unhandled: {e!r}")
                 resp = jres(req, 500, {"error": "Internal server error"})
             write_response(writer, trace, resp)
             await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     except Exception as e:  # noqa: BLE001
-        print(f"connection error: {e!r}", file=sys.stderr)
+        log(f"connection error: {e!r}")
     finally:
         try:
             writer.close()
@@ -1116,7 +1121,8 @@ class WSConn:
         return head + payload
 
     def _write(self, data):
-        if self.closed:
+        if self.closed or self.writer.is_closing():
+            self.closed = True
             return
         try:
             self.writer.write(data)
@@ -1369,7 +1375,7 @@ async def handle_text(conn, raw):
             return
         await HANDLERS[ftype](conn, f)
     except Exception as e:  # noqa: BLE001
-        print(f"handler error: {e!r}", file=sys.stderr)
+        log(f"handler error: {e!r}")
         conn.error("Invalid message format or internal error")
 
 
@@ -1707,6 +1713,7 @@ async def main():
                     help="RATE_LIMIT_AUTH_TOKEN_PER_MINUTE (FluxyChat: 30; 0 = off)")
     ap.add_argument("--d1-ms", type=float, default=6.0, help="upper bound of one simulated D1 round trip")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--verbose", action="store_true", help="log handler errors on stderr")
     ap.parse_args(namespace=CFG)
     if CFG.seed is not None:
         random.seed(CFG.seed)
