@@ -237,7 +237,7 @@ fn misjudgement(case: &Value, clause: &str) -> Option<&'static str> {
     if expected.starts_with("an answer with ref") && !ref_clauses.contains(&clause) {
         return Some("rests on the missing ref/ack (FX-FRM-7, FX-ACK-1), which it does not cite");
     }
-    if expected.contains("pong echoing") && clause != "FX-FRM-8" {
+    if expected.contains("echoing the ping") && clause != "FX-FRM-8" {
         return Some("rests on the pong without echo (FX-FRM-8), which it does not cite");
     }
     if observed.contains("type must be one of dm, group, public, announcement")
