@@ -543,6 +543,77 @@ impl Ctx {
     }
 }
 
+/// A token bucket a little inside the server's advertised `rateBurst` / `ratePerSecond`, so
+/// that no burst of a case that does not test the rate limit is refused (FX-LIM-3).
+#[derive(Debug)]
+struct Pacer {
+    enabled: bool,
+    /// Data frames handed to the writer and not yet sent.
+    queued: usize,
+    burst: f64,
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pacer {
+    fn new(burst: u64, rate: u64) -> Pacer {
+        let mut p = Pacer {
+            enabled: true,
+            queued: 0,
+            burst: 1.0,
+            rate: 1.0,
+            tokens: 0.0,
+            last: Instant::now(),
+        };
+        p.set_limits(burst, rate);
+        p.tokens = p.burst;
+        p
+    }
+
+    /// Adopt advertised limits, keeping a margin for frames that the network bunches and for
+    /// clock differences.
+    fn set_limits(&mut self, burst: u64, rate: u64) {
+        let new_burst = ((burst as f64) * 0.9 - 1.0).max(1.0);
+        self.tokens += new_burst - self.burst;
+        self.burst = new_burst;
+        self.rate = ((rate as f64) * 0.85).max(0.5);
+    }
+
+    /// How long until the frames already taken have been sent.
+    fn backlog(&self) -> Duration {
+        if !self.enabled {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        let owed = self.queued as f64 - tokens;
+        if owed <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(owed / self.rate)
+        }
+    }
+
+    /// Take one token; how long to wait before sending (zero when paced off).
+    fn take(&mut self) -> Duration {
+        if !self.enabled {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
 /// The `welcome` a tolerant client assumes when a server sends none (FX-HS-5 observed):
 /// identity and roles from the token, the limits of the golden `welcome.json`.
 fn synthetic_welcome(user: Option<&User>) -> WelcomeFrame {
@@ -673,6 +744,9 @@ pub struct Conn {
     /// True when the server sent no `welcome` and [`Conn::welcome`] is the runner's stand-in
     /// (identity from the token, `currentSeq` from the snapshot).
     pub welcome_synthesized: bool,
+    /// The client-side token bucket that keeps this connection within the server's advertised
+    /// rate limit (FX-LIM-9's floor until `welcome` says more).
+    pacer: Arc<std::sync::Mutex<Pacer>>,
     /// Negotiated subprotocol.
     pub subprotocol: Option<String>,
     /// Sizes of the `batch` frames received `[FX-TRN-10]`, in order. Their events are unpacked
@@ -748,6 +822,7 @@ impl Conn {
             keepalive: None,
             pre_welcome: Vec::new(),
             welcome_synthesized: false,
+            pacer: Arc::new(std::sync::Mutex::new(Pacer::new(20, 10))),
             subprotocol: None,
             batches: Arc::default(),
         };
@@ -786,9 +861,24 @@ impl Conn {
             .map(str::to_owned);
         let (mut sink, mut stream) = ws.split();
         let (tx_out, mut rx_out) = mpsc::unbounded_channel::<Message>();
+        let pacer = conn.pacer.clone();
         let writer = tokio::spawn(async move {
             while let Some(m) = rx_out.recv().await {
-                if sink.send(m).await.is_err() {
+                let data = matches!(m, Message::Text(_) | Message::Binary(_));
+                if data {
+                    let wait = pacer.lock().map(|mut p| p.take()).unwrap_or_default();
+                    if !wait.is_zero() {
+                        // Rate shaping to the server's advertised limits, not synchronisation.
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                let sent = sink.send(m).await;
+                if data {
+                    if let Ok(mut p) = pacer.lock() {
+                        p.queued = p.queued.saturating_sub(1);
+                    }
+                }
+                if sent.is_err() {
                     break;
                 }
             }
@@ -937,6 +1027,9 @@ impl Conn {
         let synthesized = w.is_none();
         let w = w.unwrap_or_else(|| synthetic_welcome(user));
         let hb = w.heartbeat_interval_ms.clamp(200, 30_000);
+        if let Ok(mut p) = self.pacer.lock() {
+            p.set_limits(w.limits.rate_burst, w.limits.rate_per_second);
+        }
         self.welcome = Some(w);
         self.welcome_synthesized = synthesized;
         self.pos = self.log.len();
@@ -1041,6 +1134,19 @@ impl Conn {
         }));
     }
 
+    /// How long until every frame sent so far has passed the pacer.
+    pub fn backlog(&self) -> Duration {
+        self.pacer.lock().map(|p| p.backlog()).unwrap_or_default()
+    }
+
+    /// Send frames as fast as the caller sends them, ignoring the advertised rate limit: for
+    /// the cases that test the rate limit itself (FX-LIM-3, FX-LIM-4, FX-LIM-6).
+    pub fn unpaced(&self) {
+        if let Ok(mut p) = self.pacer.lock() {
+            p.enabled = false;
+        }
+    }
+
     /// Stop the keepalive pings (to test the idle timeout).
     pub fn stop_keepalive(&mut self) {
         if let Some(k) = self.keepalive.take() {
@@ -1103,6 +1209,11 @@ impl Conn {
     }
 
     fn raw(&self, m: Message) -> Result<(), CaseError> {
+        if matches!(m, Message::Text(_) | Message::Binary(_)) {
+            if let Ok(mut p) = self.pacer.lock() {
+                p.queued += 1;
+            }
+        }
         match &self.out {
             Some(o) => o
                 .send(m)
@@ -1167,7 +1278,9 @@ impl Conn {
                 ));
             }
         }
-        let deadline = Instant::now() + dur;
+        // Frames still queued behind the pacer have not reached the server yet: the deadline
+        // starts when they will have.
+        let deadline = Instant::now() + dur + self.backlog();
         loop {
             match self.next_item_until(deadline).await {
                 Some(it) => {

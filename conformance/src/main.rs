@@ -97,6 +97,27 @@ struct RunArgs {
     /// `fluxy-conformance faults` lists them), to see the suite fail.
     #[arg(long = "fault")]
     faults: Vec<String>,
+    /// Embedded mode only: run the reference server with this frame rate limit, as
+    /// BURST/PER_SECOND (e.g. 20/10, the floor of FX-LIM-9).
+    #[arg(long, value_parser = parse_rate)]
+    embedded_rate: Option<(u32, u32)>,
+    /// Embedded mode only: the reference server's resumeWindow (at least 100, FX-RES-5).
+    #[arg(long, default_value_t = 200)]
+    embedded_resume_window: u32,
+}
+
+fn parse_rate(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s
+        .split_once('/')
+        .ok_or_else(|| format!("expected BURST/PER_SECOND, got {s:?}"))?;
+    let n = |x: &str| {
+        x.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| format!("{x:?} is not a positive integer"))
+    };
+    Ok((n(a)?, n(b)?))
 }
 
 fn target_from(a: &RunArgs) -> Result<Option<Target>, RunError> {
@@ -158,6 +179,8 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
         schedules: a.schedules,
         embedded: fluxy_conformance::embedded::EmbeddedOptions {
             faults: a.faults.clone(),
+            rate: a.embedded_rate,
+            resume_window: a.embedded_resume_window,
             ..Default::default()
         },
     };

@@ -113,9 +113,15 @@ async fn fluxychat_setup_shapes_do_not_stop_the_run() {
         .map(|(c, w)| format!("{c} {w}"))
         .collect();
     let all = devs.join("\n");
-    assert!(all.contains("FX-AUTH-1") && all.contains("expiresAt"), "{all}");
+    assert!(
+        all.contains("FX-AUTH-1") && all.contains("expiresAt"),
+        "{all}"
+    );
     assert!(all.contains("claims.roles"), "{all}");
-    assert!(all.contains("FX-TEN-4") && all.contains("HTTP 200, not 201"), "{all}");
+    assert!(
+        all.contains("FX-TEN-4") && all.contains("HTTP 200, not 201"),
+        "{all}"
+    );
 }
 
 #[tokio::test]
