@@ -115,6 +115,8 @@ f("FX-LIM-2", "maxContentChars not advertised (no welcome)", "there is no welcom
 f("FX-LIM-3", "FluxyChat WS rate limit (§7, §2.5)", "only message frames count, 60/min per (room, frame userId); the error is 'rate_limit_exceeded: retry in Ns' with retryAfterSeconds: no code, no retryAfterMs")
 f("FX-LIM-5", "no limits advertised (no welcome)", "no welcome, so no limits (the same evidence as FX-HS-5)", alt=["FX-HS-5"])
 f("FX-LIM-7", "REST 429 shape (§1.1, §7)", "POST /messages over 60/min answers 429 {error:rate_limit_exceeded, retryAfterSeconds} + Retry-After: wrong code, no retryAfterMs")
+f("FX-LIM-9", "WS rate limit 60/min (§7 RATE_LIMIT_WS_MESSAGES_PER_MINUTE; REST the same)", "sustained 1 message/s per user and room, below the 10 frames/s floor: the 61st message within a minute is refused")
+f("FX-LIM-10", "no heartbeat/idle values advertised (no welcome)", "nothing to check without a welcome", observable=False)
 f("FX-LIM-8", "no server idle timeout (§5: the heartbeat is client-side)", "the server never closes idle sockets, but advertises no idleTimeoutMs, so a runner cannot tell it from a long timeout", observable=False)
 # --- tenancy
 f("FX-TEN-2", "global room ids (§0, §8, §10.12)", "creating an id another tenant uses answers 409 room_id_already_exists")
@@ -122,6 +124,8 @@ f("FX-TEN-3", "cross-tenant paths (§7 membership, §10.12)", "room_members has 
 f("FX-TEN-4", "FluxyChat room creation (§1.3 POST /rooms; Appendix A.23)", "type is required (400 without it), success is 200 not 201, re-creating an id of the same tenant merges members (200) instead of 409")
 f("FX-TEN-5", "member changes need a token role (§1.3 members)", "POST/DELETE /rooms/{id}/members require token role owner/admin; the room's owner (room role) gets 403")
 f("FX-TEN-6", "GET /rooms cached 30 s (§1.3)", "rows are FluxyChat's {id,type,name,created_at,pinned_*,unreadCount} (no RoomListResponse), and a membership change within 30 s of a listing is not reflected in the next one")
+# --- profiles
+f("FX-PRF-2", "unimplemented history profile answered with text 404 (§1.1 fall-through)", "GET /rooms/{id}/history answers 404 with text 'Not found', not an ErrorBody not_found; unimplemented agent frames get 'unknown_event_type' in message, not error unknown_type", alt=["FX-ERR-9"])
 # --- section-10 defects with no Fluxy clause a runner can reach
 def na(defect, why):
     F.append({"defect": defect, "clause": None, "level": None, "observable": False, "why": why})
@@ -136,6 +140,7 @@ na("§10.11 guest writes over WS", "Fluxy has no guest role (the announcement pa
 na("§10.12 agent-invoke/admin-announcement without project check; general seeding collision", "not Fluxy routes (the rest of §10.12 is FX-TEN-2/FX-TEN-3)")
 na("§10.15 user channel ignores ping", "/ws/user is not a Fluxy endpoint")
 na("§10.16 self-host keys mint owner/admin; moderator unmintable", "Fluxy lets an API key mint owner/admin too (FX-AUTH-2); the dropped moderator role is under FX-AUTH-2")
+na("§1.2 POST /dev/provision and /platform/bootstrap return API keys (FX-AUTH-17)", "provisioning routes, not chat core and not Fluxy routes; this zoo does not serve them")
 na("§10.19 nextRetryAt null in useChat", "client-side (SDK)")
 na("§10.20 doc and code drift", "documentation, not wire behaviour")
 doc = {
