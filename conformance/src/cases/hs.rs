@@ -220,7 +220,7 @@ async fn token_in_header(ctx: &Ctx) -> Result<(), CaseError> {
             &[("Authorization", &auth)],
         )
         .await?;
-    c.handshake().await.map_err(|e| match e {
+    c.handshake_as(Some(&a)).await.map_err(|e| match e {
         CaseError::Fail(f) => fail(
             "FX-HS-1",
             "a connection authenticated by the Authorization header",
@@ -388,7 +388,7 @@ async fn early_frames(ctx: &Ctx) -> Result<(), CaseError> {
     for i in 0..5 {
         c.send_json(&msg(&format!("early{i}"), &format!("e{i}")))?;
     }
-    c.handshake().await?;
+    c.handshake_as(Some(&a)).await?;
     let mut seqs = Vec::new();
     for i in 0..5 {
         let a = c.ack("FX-HS-10", &format!("e{i}")).await?;
@@ -418,7 +418,7 @@ async fn identity_hints(ctx: &Ctx) -> Result<(), CaseError> {
             &[("X-User-Id", &v.id), ("X-Fluxy-User-Id", &v.id)],
         )
         .await?;
-    c.handshake().await?;
+    c.handshake_as(Some(&a)).await?;
     ensure_eq(
         "FX-HS-11",
         "welcome.userId",
@@ -485,7 +485,7 @@ async fn subprotocol(ctx: &Ctx) -> Result<(), CaseError> {
         c.subprotocol.clone(),
         Some("fluxy.v1".to_string()),
     )?;
-    c.handshake().await
+    c.handshake_as(Some(&a)).await
 }
 
 async fn plain_http(ctx: &Ctx) -> Result<(), CaseError> {
