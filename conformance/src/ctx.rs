@@ -742,8 +742,14 @@ impl Incoming {
 }
 
 /// A frame sent on a [`Conn`]: its `ref`, the length of the log when it was sent, and its
-/// `content` (to recognise its broadcast copy).
-type SentFrame = (Option<String>, usize, Option<String>);
+/// `type` and `content` (to recognise its broadcast copy).
+#[derive(Debug)]
+struct SentFrame {
+    reference: Option<String>,
+    at: usize,
+    ty: Option<String>,
+    content: Option<String>,
+}
 
 /// A recorded WebSocket connection.
 #[derive(Debug)]
@@ -1237,7 +1243,12 @@ impl Conn {
                 .and_then(|v| v.get(k).and_then(Value::as_str).map(str::to_owned))
         };
         if let Ok(mut s) = self.sent_refs.lock() {
-            s.push((field("ref"), self.log.len(), field("content")));
+            s.push(SentFrame {
+                reference: field("ref"),
+                at: self.log.len(),
+                ty: field("type"),
+                content: field("content"),
+            });
         }
         self.raw(Message::text(t.to_string()))
     }
@@ -1417,14 +1428,19 @@ impl Conn {
     /// no `ack` at all, the sender's own broadcast copy (FX-ACK-1). Then the failure is that
     /// clause's, and a case that does not cite it is blocked rather than failed.
     fn missing_ref_evidence(&self, reference: &str) -> Option<CaseError> {
-        let (start, refless_sent, content) = {
+        let (start, refless_sent, sent_ty, content) = {
             let sent = self.sent_refs.lock().ok()?;
             let k = sent
                 .iter()
-                .rposition(|(r, _, _)| r.as_deref() == Some(reference))?;
+                .rposition(|f| f.reference.as_deref() == Some(reference))?;
             // Frames sent without a ref since then may legitimately get ref-less answers.
-            let refless = sent[k..].iter().filter(|(r, _, _)| r.is_none()).count();
-            (sent[k].1, refless, sent[k].2.clone())
+            let refless = sent[k..].iter().filter(|f| f.reference.is_none()).count();
+            (
+                sent[k].at,
+                refless,
+                sent[k].ty.clone(),
+                sent[k].content.clone(),
+            )
         };
         // Raw JSON, so that answers which do not decode (no `code`, no `seq`) count too.
         let later: Vec<(&Value, &str)> = self
@@ -1482,10 +1498,12 @@ impl Conn {
                     .any(|k| v.get(*k).and_then(Value::as_str) == Some(me.as_str()));
             let same_content =
                 content.is_some() && v.get("content").and_then(Value::as_str) == content.as_deref();
+            // A request without content (read, reaction, delete): its broadcast is of its type.
+            let same_kind = content.is_none() && sent_ty.as_deref() == Some(t.as_str());
             matches!(
                 t.as_str(),
                 "message" | "edit" | "delete" | "reaction" | "read" | "stream"
-            ) && (by_me || same_content)
+            ) && (by_me || same_content || same_kind)
         });
         own.map(|(_, t)| {
             fail(
