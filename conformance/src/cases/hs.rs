@@ -440,15 +440,21 @@ async fn identity_hints(ctx: &Ctx) -> Result<(), CaseError> {
     let ack = send(ctx, &mut c, "who am i").await?;
     // Matched on the raw JSON: the identity is at stake here, not the event's exact shape.
     let seq = ack.seq;
-    let ev = c
-        .wait_item("FX-HS-11", "the broadcast of the message", |i| match i {
-            Incoming::Text { value: Some(v), .. } => {
-                v.get("type").and_then(Value::as_str) == Some("message")
-                    && v.get("seq").and_then(Value::as_u64) == seq
-            }
-            _ => false,
-        })
-        .await?;
+    let is_it = move |i: &Incoming| match i {
+        Incoming::Text { value: Some(v), .. } => {
+            v.get("type").and_then(Value::as_str) == Some("message")
+                && v.get("seq").and_then(Value::as_u64) == seq
+        }
+        _ => false,
+    };
+    // It may have arrived already (while the helper waited for the ack).
+    let ev = match c.log.iter().find(|i| is_it(i)).cloned() {
+        Some(ev) => ev,
+        None => {
+            c.wait_item("FX-HS-11", "the broadcast of the message", is_it)
+                .await?
+        }
+    };
     if let Incoming::Text { value: Some(v), .. } = ev {
         ensure_eq(
             "FX-HS-11",
