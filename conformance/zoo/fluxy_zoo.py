@@ -1051,18 +1051,19 @@ def user_count(room, user):
 
 
 def broadcast_presence(room, joined=None, left=None, skip=None):
-    if full():
-        if joined is not None and user_count(room, joined) == 1:
-            for c in list(room.conns):
-                if c is not skip:
-                    c.send({"type": "member_joined", "roomId": room.id, "userId": joined})
-        if left is not None and user_count(room, left) == 0:
-            for c in list(room.conns):
-                c.send({"type": "member_left", "roomId": room.id, "userId": left})
+    if not full():
+        return  # FX-PRF-2: only servers implementing `presence` send presence frames
+    if joined is not None and user_count(room, joined) == 1:
+        for c in list(room.conns):
+            if c is not skip:
+                c.send({"type": "member_joined", "roomId": room.id, "userId": joined})
+    if left is not None and user_count(room, left) == 0:
+        for c in list(room.conns):
+            c.send({"type": "member_left", "roomId": room.id, "userId": left})
     p = presence_frame(room)
     for c in list(room.conns):
         c.send(p)
-    if CFG.alternatives and full():
+    if CFG.alternatives:
         data = b"event: presence\ndata: " + dumps(p) + b"\n\n"
         for s in list(room.sse):
             s.write(data)
@@ -1690,10 +1691,9 @@ def h_legacy(req, m):
         ev = s["event"]
         rec = {"id": i, "roomId": room.id, "userId": ev["userId"], "senderId": ev["senderId"],
                "content": s["content"], "createdAt": s["createdAt"]}
-        if "parentId" in ev:
-            rec["parentId"] = ev["parentId"]
-        if s["editedAt"]:
-            rec["editedAt"] = s["editedAt"]
+        # Required, null when absent (MessageRecord schema; the golden LegacyMessagesResponse).
+        rec["parentId"] = ev.get("parentId")
+        rec["editedAt"] = s["editedAt"]
         rec["seq"] = i
         rec["version"] = s["version"]
         if "clientMessageId" in ev:
@@ -2121,7 +2121,7 @@ def main():
         CFG.rate_burst, CFG.rate_per_second = 20, 10  # golden welcome.json; the spec sets no floor
         CFG.resume_window = 100  # FX-RES-5 floor
         CFG.replay_page = 100
-        CFG.idle_timeout_ms, CFG.heartbeat_ms = 6000, 3000  # heartbeat exactly half (FX-LIM-8)
+        CFG.idle_timeout_ms, CFG.heartbeat_ms = 2000, 1000  # the floors of FX-LIM-10 (half: FX-LIM-8)
         CFG.skew_s = 5  # FX-AUTH-4: at most 5 s
         CFG.invalid_close_after = 100  # FX-FRM-11
         CFG.ratelimit_close_after = 100  # FX-LIM-6
