@@ -1064,7 +1064,7 @@ def broadcast_presence(room, joined=None, left=None, skip=None):
     for c in list(room.conns):
         c.send(p)
     if CFG.alternatives:
-        data = b"event: presence\ndata: " + dumps(p) + b"\n\n"
+        data = sse(b"event: presence\ndata: " + dumps(p) + b"\n\n")
         for s in list(room.sse):
             s.write(data)
 
@@ -1073,15 +1073,26 @@ def broadcast_presence(room, joined=None, left=None, skip=None):
 # WebSocket connection
 
 
-def ws_frame(opcode, payload):
+def _frame(fin, opcode, payload):
     n = len(payload)
+    b0 = (0x80 if fin else 0) | opcode
     if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, n)
+        head = struct.pack("!BB", b0, n)
     elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+        head = struct.pack("!BBH", b0, 126, n)
     else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+        head = struct.pack("!BBQ", b0, 127, n)
     return head + payload
+
+
+def ws_frame(opcode, payload):
+    """One WebSocket message. The alternatives server sends every text message of more than 16
+    bytes as three frames (text + continuations): FX-FRM-1 asks for one message, RFC 6455 5.4
+    lets a message span frames."""
+    if CFG.alternatives and opcode == 1 and len(payload) > 16:
+        a, b = len(payload) // 3, 2 * len(payload) // 3
+        return _frame(False, 1, payload[:a]) + _frame(False, 0, payload[a:b]) + _frame(True, 0, payload[b:])
+    return _frame(True, opcode, payload)
 
 
 def unmask(data, mask):
@@ -1365,7 +1376,7 @@ def http_error(e, headers=None):
 def write_response(writer, status, body, headers=None, close=False):
     data = dumps(body) if body is not None else b""
     lines = ["HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase)]
-    hs = {"Content-Type": JSON_CT, "Content-Length": str(len(data)), "Cache-Control": "no-store"}
+    hs = {"Content-Type": JSON_CT + ("; charset=utf-8" if CFG.alternatives else ""), "Content-Length": str(len(data)), "Cache-Control": "no-store"}
     hs.update(headers or {})
     if close:
         hs["Connection"] = "close"
@@ -1735,7 +1746,12 @@ async def h_poll(req, m):
 
 
 def sse_event(ev):
-    return ("id: %d\nevent: %s\ndata: " % (ev["seq"], ev["type"])).encode() + dumps(ev) + b"\n\n"
+    return sse(("id: %d\nevent: %s\ndata: " % (ev["seq"], ev["type"])).encode() + dumps(ev) + b"\n\n")
+
+
+def sse(block):
+    """The alternatives server ends SSE lines with CRLF (allowed by the SSE format)."""
+    return block.replace(b"\n", b"\r\n") if CFG.alternatives else block
 
 
 class Sse:
@@ -1794,17 +1810,20 @@ async def h_stream(req, m, reader, writer):
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                  b"Connection: close\r\nX-Accel-Buffering: no\r\n\r\n")
     s = Sse(writer, ident["sub"])
+    if CFG.alternatives:
+        # A comment and a reconnection delay before anything else: neither is an event.
+        writer.write(sse(b": fluxy zoo stream\nretry: 2000\n\n"))
     if last is not None:
         cur = room.seq
         if last > cur or (CFG.alternatives and cur - last > CFG.resume_window):
             e = FxError("resync_required", "cannot resume the stream from %d" % last)
-            writer.write(b"event: error\ndata: " + dumps(err_obj(e)) + b"\n\n")
+            writer.write(sse(b"event: error\ndata: " + dumps(err_obj(e)) + b"\n\n"))
             await writer.drain()
             return
         for ev in room.events[last:]:
             s.write(sse_event(ev))
     else:
-        writer.write(b"event: ready\ndata: " + dumps({"currentSeq": room.seq}) + b"\n\n")
+        writer.write(sse(b"event: ready\ndata: " + dumps({"currentSeq": room.seq}) + b"\n\n"))
     room.sse.append(s)
     if CFG.alternatives:
         broadcast_presence(room)
@@ -1823,7 +1842,7 @@ async def h_stream(req, m, reader, writer):
             try:
                 await asyncio.wait_for(asyncio.shield(s.done), 15.0)
             except asyncio.TimeoutError:
-                s.write(b": keepalive\n\n")
+                s.write(sse(b": keepalive\n\n"))
     finally:
         w.cancel()
         if s in room.sse:
