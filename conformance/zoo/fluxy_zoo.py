@@ -570,12 +570,9 @@ STORE = None
 def event_time(ev, room=None):
     """The `createdAt` of an event's ack (FX-ACK-1: "the event's `seq` and `createdAt`").
 
-    An `edit` or `delete` event has no `createdAt`: the obvious reading is its own time
-    (`editedAt`/`deletedAt`); the alternatives server reads it as the affected message's
-    `createdAt`."""
-    if CFG.alternatives and ev["type"] in ("edit", "delete") and room is not None:
-        if ev["id"] in room.msgs:
-            return room.msgs[ev["id"]]["createdAt"]
+    An `edit` or `delete` event has no `createdAt`: its own time (`editedAt`/`deletedAt`) is used,
+    as FX-ACK-9 asks."""
+    # (The alternatives server once used the message's createdAt; FX-ACK-9 now says SHOULD NOT.)
     for k in ("createdAt", "editedAt", "deletedAt"):
         if k in ev:
             return ev[k]
@@ -1734,7 +1731,7 @@ async def h_poll(req, m):
     elif "afterSeq" in req.query:
         pos = int_param(req, "afterSeq", 0, lo=0)
     else:
-        pos = room.seq if CFG.alternatives else 0
+        pos = 0  # FX-TRN-14
     if room.seq <= pos and timeout > 0:
         fut = asyncio.get_running_loop().create_future()
         room.waiters.append(fut)
@@ -2131,6 +2128,7 @@ def main():
     ap.add_argument("--seed", help="derive the dev tenants, keys and secrets from this string "
                     "(use the same seed to restart on the same --db)")
     ap.add_argument("--idle-timeout-ms", type=int)
+    ap.add_argument("--pidfile", help="write this process's pid here (for zoo_restart.py)")
     args = ap.parse_args()
 
     CFG.profile = args.profile
@@ -2172,6 +2170,9 @@ def main():
         dev["endpoint"] = "http://%s:%d" % (args.host, port)
         out = {k: dev[k] for k in ("endpoint", "apiKey", "apiKey2", "tenant", "tenant2", "jwtSecret",
                                    "jwtSecret2")}
+        if args.pidfile:
+            with open(args.pidfile, "w") as f:
+                f.write("%d\n" % os.getpid())
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
         stop = asyncio.get_running_loop().create_future()
