@@ -858,6 +858,8 @@ def fr_stream(conn, room, d, ref):
     if op not in ("start", "delta", "end", "abort"):
         raise bad("op", "must be start, delta, end or abort")
     raw = d.get("content")
+    if raw is None and CFG.alternatives and op in ("delta", "end"):
+        raise bad("content", "is required for %s" % op)  # FX-FRM-13: either answer
     if raw is None:
         raw = ""  # the schema's default
     elif not isinstance(raw, str) or not good_str(raw):
@@ -906,6 +908,8 @@ def require_agent(conn):
 
 
 def fr_agent_run(conn, room, d, ref):
+    if CFG.alternatives:
+        require_agent(conn)  # FX-FRM-13: forbidden before invalid_frame is also correct
     run_id = req_str(d, "runId", 1, 128)
     status = d.get("status")
     if status not in ("started", "completed", "failed", "cancelled"):
@@ -934,6 +938,8 @@ def active_run(conn, room, run_id):
 
 
 def fr_tool_call(conn, room, d, ref):
+    if CFG.alternatives:
+        require_agent(conn)  # FX-FRM-13: forbidden before invalid_frame is also correct
     run_id = req_str(d, "runId", 1, 128)
     call_id = req_str(d, "toolCallId", 1, 128)
     name = req_str(d, "name", 1, 128)
@@ -948,6 +954,8 @@ def fr_tool_call(conn, room, d, ref):
 
 
 def fr_tool_answer(conn, room, d, ref, kind):
+    if CFG.alternatives:
+        require_agent(conn)  # FX-FRM-13: forbidden before invalid_frame is also correct
     run_id = req_str(d, "runId", 1, 128)
     call_id = req_str(d, "toolCallId", 1, 128)
     if kind == "tool_result":
@@ -964,6 +972,8 @@ def fr_tool_answer(conn, room, d, ref, kind):
 
 
 def fr_approval_request(conn, room, d, ref):
+    if CFG.alternatives:
+        require_agent(conn)  # FX-FRM-13: forbidden before invalid_frame is also correct
     run_id = req_str(d, "runId", 1, 128)
     appr = req_str(d, "approvalId", 1, 128)
     call_id = opt_str(d, "toolCallId", 1, 128)
@@ -1005,6 +1015,8 @@ def fr_approval_decision(conn, room, d, ref):
 
 
 def fr_agent_typing(conn, room, d, ref):
+    if CFG.alternatives:
+        require_agent(conn)  # FX-FRM-13: forbidden before invalid_frame is also correct
     typing = req_bool(d, "isTyping")
     require_agent(conn)
     ev = {"type": "agentTyping", "roomId": room.id, "agentId": conn.ident["sub"], "isTyping": typing}
