@@ -433,9 +433,8 @@ async fn zoo_durability_group_never_passes_a_memory_server() {
 }
 
 /// Issue 10, item 10: a zoo that keeps everything in memory must *fail* the durability group
-/// (today its cases are blocked on the room being gone: FINDINGS.md, D1).
+/// (a room gone after the restart is FX-ORD-7's failure itself: FINDINGS.md, D1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "runner false positives: see conformance/zoo/FINDINGS.md"]
 async fn zoo_durability_group_fails_a_memory_server() {
     let rep = run_durability("memory", &["--memory"]).await;
     assert!(!rep.cases.is_empty());
