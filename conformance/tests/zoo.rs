@@ -207,7 +207,6 @@ async fn zoo_core_profile_has_no_failure() {
 /// (c) of issue 10: a correct server taking every alternative the spec permits
 /// (listed with their clauses in conformance/zoo/README.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "trn/far-behind (FINDINGS.md A4) waits for the spec to say whether SSE has a resume window"]
 async fn zoo_alternatives_have_no_failure() {
     let rep = run_against(&["--memory", "--alternatives"]).await;
     assert_all_profiles_conformant("zoo --alternatives", &rep);
@@ -303,4 +302,150 @@ async fn zoo_db_survives_a_kill_and_memory_does_not() {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{db_arg}{suffix}"));
     }
+}
+
+/// A zoo started (and restarted) by `zoo/zoo_restart.py`, on a fixed port; killed on drop.
+struct RestartableZoo {
+    dir: PathBuf,
+    restart_cmd: String,
+    dev: DevJson,
+}
+
+impl Drop for RestartableZoo {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
+            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Start a zoo with `args` through the restart helper, which `--restart-cmd` then calls again.
+fn start_restartable(name: &str, args: &[&str]) -> RestartableZoo {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("fluxy-zoo-{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let helper = zoo_script().with_file_name("zoo_restart.py");
+    let (pid, out, db) = (dir.join("pid"), dir.join("out"), dir.join("zoo.db"));
+    let mut words: Vec<String> = vec![
+        python,
+        helper.to_string_lossy().into(),
+        pid.to_string_lossy().into(),
+        out.to_string_lossy().into(),
+        "--".into(),
+        "--port".into(),
+        port,
+        "--seed".into(),
+        format!("seed-{nanos}"),
+    ];
+    for a in args {
+        words.push(if *a == "DB" {
+            db.to_string_lossy().into()
+        } else {
+            a.to_string()
+        });
+    }
+    let restart_cmd = words
+        .iter()
+        .map(|w| sh_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut zoo = RestartableZoo {
+        dir,
+        restart_cmd,
+        dev: DevJson::parse("{\"endpoint\":\"\",\"apiKey\":\"\"}").expect("placeholder"),
+    };
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(&zoo.restart_cmd)
+        .status()
+        .expect("sh");
+    assert!(ok.success(), "starting the zoo: {}", zoo.restart_cmd);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    zoo.dev = DevJson::parse(&text).expect("the zoo server's dev line");
+    zoo
+}
+
+async fn run_durability(name: &str, args: &[&str]) -> Report {
+    let _one = ONE_RUN.lock().await;
+    let zoo = start_restartable(name, args);
+    let config = RunConfig {
+        target: Some(zoo.dev.target()),
+        timeout_scale: 2.0,
+        options: RunOptions {
+            filters: vec!["dur/*".into()],
+            ..RunOptions::default()
+        },
+        restart_cmd: Some(zoo.restart_cmd.clone()),
+        ..RunConfig::default()
+    };
+    let rep = run(&config).await.expect("the run proceeds");
+    drop(zoo);
+    eprintln!("zoo durability {args:?}:\n{}", not_passed(&rep));
+    rep
+}
+
+/// Issue 10, item 10: the durability group passes against the zoo on SQLite, restarted by
+/// `kill -9` (full and alternatives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zoo_durability_group_passes_on_sqlite() {
+    for args in [vec!["--db", "DB"], vec!["--db", "DB", "--alternatives"]] {
+        let rep = run_durability("db", &args).await;
+        assert!(!rep.cases.is_empty());
+        assert!(
+            rep.cases.iter().all(|c| matches!(c.verdict, Verdict::Pass)),
+            "{args:?}\n{}",
+            not_passed(&rep)
+        );
+    }
+}
+
+/// Issue 10, item 10: no durability case may pass against a zoo that keeps everything in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zoo_durability_group_never_passes_a_memory_server() {
+    let rep = run_durability("memory", &["--memory"]).await;
+    assert!(!rep.cases.is_empty());
+    let passed: Vec<&str> = rep
+        .cases
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Pass | Verdict::Skipped))
+        .map(|c| c.id.as_str())
+        .collect();
+    assert!(
+        passed.is_empty(),
+        "durability cases passed against a server that forgets everything on restart: {passed:?}\n{}",
+        not_passed(&rep)
+    );
+}
+
+/// Issue 10, item 10: a zoo that keeps everything in memory must *fail* the durability group
+/// (a room gone after the restart is FX-ORD-7's failure itself: FINDINGS.md, D1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zoo_durability_group_fails_a_memory_server() {
+    let rep = run_durability("memory", &["--memory"]).await;
+    assert!(!rep.cases.is_empty());
+    let not_failed: Vec<&str> = rep
+        .cases
+        .iter()
+        .filter(|c| !matches!(c.verdict, Verdict::Fail))
+        .map(|c| c.id.as_str())
+        .collect();
+    assert!(
+        not_failed.is_empty(),
+        "durability cases that did not fail a server that forgets everything on restart: {not_failed:?}\n{}",
+        not_passed(&rep)
+    );
 }

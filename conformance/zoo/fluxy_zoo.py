@@ -570,12 +570,9 @@ STORE = None
 def event_time(ev, room=None):
     """The `createdAt` of an event's ack (FX-ACK-1: "the event's `seq` and `createdAt`").
 
-    An `edit` or `delete` event has no `createdAt`: the obvious reading is its own time
-    (`editedAt`/`deletedAt`); the alternatives server reads it as the affected message's
-    `createdAt`."""
-    if CFG.alternatives and ev["type"] in ("edit", "delete") and room is not None:
-        if ev["id"] in room.msgs:
-            return room.msgs[ev["id"]]["createdAt"]
+    An `edit` or `delete` event has no `createdAt`: its own time (`editedAt`/`deletedAt`) is used,
+    as FX-ACK-9 asks."""
+    # (The alternatives server once used the message's createdAt; FX-ACK-9 now says SHOULD NOT.)
     for k in ("createdAt", "editedAt", "deletedAt"):
         if k in ev:
             return ev[k]
@@ -861,6 +858,8 @@ def fr_stream(conn, room, d, ref):
     if op not in ("start", "delta", "end", "abort"):
         raise bad("op", "must be start, delta, end or abort")
     raw = d.get("content")
+    if raw is None and CFG.alternatives and op in ("delta", "end"):
+        raise bad("content", "is required for %s" % op)  # FX-FRM-13: either answer
     if raw is None:
         raw = ""  # the schema's default
     elif not isinstance(raw, str) or not good_str(raw):
@@ -909,6 +908,8 @@ def require_agent(conn):
 
 
 def fr_agent_run(conn, room, d, ref):
+    if CFG.alternatives:
+        require_agent(conn)  # FX-FRM-13: forbidden before invalid_frame is also correct
     run_id = req_str(d, "runId", 1, 128)
     status = d.get("status")
     if status not in ("started", "completed", "failed", "cancelled"):
@@ -937,6 +938,8 @@ def active_run(conn, room, run_id):
 
 
 def fr_tool_call(conn, room, d, ref):
+    if CFG.alternatives:
+        require_agent(conn)  # FX-FRM-13: forbidden before invalid_frame is also correct
     run_id = req_str(d, "runId", 1, 128)
     call_id = req_str(d, "toolCallId", 1, 128)
     name = req_str(d, "name", 1, 128)
@@ -951,6 +954,8 @@ def fr_tool_call(conn, room, d, ref):
 
 
 def fr_tool_answer(conn, room, d, ref, kind):
+    if CFG.alternatives:
+        require_agent(conn)  # FX-FRM-13: forbidden before invalid_frame is also correct
     run_id = req_str(d, "runId", 1, 128)
     call_id = req_str(d, "toolCallId", 1, 128)
     if kind == "tool_result":
@@ -967,6 +972,8 @@ def fr_tool_answer(conn, room, d, ref, kind):
 
 
 def fr_approval_request(conn, room, d, ref):
+    if CFG.alternatives:
+        require_agent(conn)  # FX-FRM-13: forbidden before invalid_frame is also correct
     run_id = req_str(d, "runId", 1, 128)
     appr = req_str(d, "approvalId", 1, 128)
     call_id = opt_str(d, "toolCallId", 1, 128)
@@ -1008,6 +1015,8 @@ def fr_approval_decision(conn, room, d, ref):
 
 
 def fr_agent_typing(conn, room, d, ref):
+    if CFG.alternatives:
+        require_agent(conn)  # FX-FRM-13: forbidden before invalid_frame is also correct
     typing = req_bool(d, "isTyping")
     require_agent(conn)
     ev = {"type": "agentTyping", "roomId": room.id, "agentId": conn.ident["sub"], "isTyping": typing}
@@ -1051,19 +1060,20 @@ def user_count(room, user):
 
 
 def broadcast_presence(room, joined=None, left=None, skip=None):
-    if full():
-        if joined is not None and user_count(room, joined) == 1:
-            for c in list(room.conns):
-                if c is not skip:
-                    c.send({"type": "member_joined", "roomId": room.id, "userId": joined})
-        if left is not None and user_count(room, left) == 0:
-            for c in list(room.conns):
-                c.send({"type": "member_left", "roomId": room.id, "userId": left})
+    if not full():
+        return  # FX-PRF-2: only servers implementing `presence` send presence frames
+    if joined is not None and user_count(room, joined) == 1:
+        for c in list(room.conns):
+            if c is not skip:
+                c.send({"type": "member_joined", "roomId": room.id, "userId": joined})
+    if left is not None and user_count(room, left) == 0:
+        for c in list(room.conns):
+            c.send({"type": "member_left", "roomId": room.id, "userId": left})
     p = presence_frame(room)
     for c in list(room.conns):
         c.send(p)
-    if CFG.alternatives and full():
-        data = b"event: presence\ndata: " + dumps(p) + b"\n\n"
+    if CFG.alternatives:
+        data = sse(b"event: presence\ndata: " + dumps(p) + b"\n\n")
         for s in list(room.sse):
             s.write(data)
 
@@ -1072,15 +1082,26 @@ def broadcast_presence(room, joined=None, left=None, skip=None):
 # WebSocket connection
 
 
-def ws_frame(opcode, payload):
+def _frame(fin, opcode, payload):
     n = len(payload)
+    b0 = (0x80 if fin else 0) | opcode
     if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, n)
+        head = struct.pack("!BB", b0, n)
     elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+        head = struct.pack("!BBH", b0, 126, n)
     else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+        head = struct.pack("!BBQ", b0, 127, n)
     return head + payload
+
+
+def ws_frame(opcode, payload):
+    """One WebSocket message. The alternatives server sends every text message of more than 16
+    bytes as three frames (text + continuations): FX-FRM-1 asks for one message, RFC 6455 5.4
+    lets a message span frames."""
+    if CFG.alternatives and opcode == 1 and len(payload) > 16:
+        a, b = len(payload) // 3, 2 * len(payload) // 3
+        return _frame(False, 1, payload[:a]) + _frame(False, 0, payload[a:b]) + _frame(True, 0, payload[b:])
+    return _frame(True, opcode, payload)
 
 
 def unmask(data, mask):
@@ -1364,7 +1385,7 @@ def http_error(e, headers=None):
 def write_response(writer, status, body, headers=None, close=False):
     data = dumps(body) if body is not None else b""
     lines = ["HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase)]
-    hs = {"Content-Type": JSON_CT, "Content-Length": str(len(data)), "Cache-Control": "no-store"}
+    hs = {"Content-Type": JSON_CT + ("; charset=utf-8" if CFG.alternatives else ""), "Content-Length": str(len(data)), "Cache-Control": "no-store"}
     hs.update(headers or {})
     if close:
         hs["Connection"] = "close"
@@ -1690,10 +1711,9 @@ def h_legacy(req, m):
         ev = s["event"]
         rec = {"id": i, "roomId": room.id, "userId": ev["userId"], "senderId": ev["senderId"],
                "content": s["content"], "createdAt": s["createdAt"]}
-        if "parentId" in ev:
-            rec["parentId"] = ev["parentId"]
-        if s["editedAt"]:
-            rec["editedAt"] = s["editedAt"]
+        # Required, null when absent (MessageRecord schema; the golden LegacyMessagesResponse).
+        rec["parentId"] = ev.get("parentId")
+        rec["editedAt"] = s["editedAt"]
         rec["seq"] = i
         rec["version"] = s["version"]
         if "clientMessageId" in ev:
@@ -1723,7 +1743,7 @@ async def h_poll(req, m):
     elif "afterSeq" in req.query:
         pos = int_param(req, "afterSeq", 0, lo=0)
     else:
-        pos = room.seq if CFG.alternatives else 0
+        pos = 0  # FX-TRN-14
     if room.seq <= pos and timeout > 0:
         fut = asyncio.get_running_loop().create_future()
         room.waiters.append(fut)
@@ -1735,7 +1755,12 @@ async def h_poll(req, m):
 
 
 def sse_event(ev):
-    return ("id: %d\nevent: %s\ndata: " % (ev["seq"], ev["type"])).encode() + dumps(ev) + b"\n\n"
+    return sse(("id: %d\nevent: %s\ndata: " % (ev["seq"], ev["type"])).encode() + dumps(ev) + b"\n\n")
+
+
+def sse(block):
+    """The alternatives server ends SSE lines with CRLF (allowed by the SSE format)."""
+    return block.replace(b"\n", b"\r\n") if CFG.alternatives else block
 
 
 class Sse:
@@ -1794,17 +1819,20 @@ async def h_stream(req, m, reader, writer):
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                  b"Connection: close\r\nX-Accel-Buffering: no\r\n\r\n")
     s = Sse(writer, ident["sub"])
+    if CFG.alternatives:
+        # A comment and a reconnection delay before anything else: neither is an event.
+        writer.write(sse(b": fluxy zoo stream\nretry: 2000\n\n"))
     if last is not None:
         cur = room.seq
         if last > cur or (CFG.alternatives and cur - last > CFG.resume_window):
             e = FxError("resync_required", "cannot resume the stream from %d" % last)
-            writer.write(b"event: error\ndata: " + dumps(err_obj(e)) + b"\n\n")
+            writer.write(sse(b"event: error\ndata: " + dumps(err_obj(e)) + b"\n\n"))
             await writer.drain()
             return
         for ev in room.events[last:]:
             s.write(sse_event(ev))
     else:
-        writer.write(b"event: ready\ndata: " + dumps({"currentSeq": room.seq}) + b"\n\n")
+        writer.write(sse(b"event: ready\ndata: " + dumps({"currentSeq": room.seq}) + b"\n\n"))
     room.sse.append(s)
     if CFG.alternatives:
         broadcast_presence(room)
@@ -1823,7 +1851,7 @@ async def h_stream(req, m, reader, writer):
             try:
                 await asyncio.wait_for(asyncio.shield(s.done), 15.0)
             except asyncio.TimeoutError:
-                s.write(b": keepalive\n\n")
+                s.write(sse(b": keepalive\n\n"))
     finally:
         w.cancel()
         if s in room.sse:
@@ -2112,6 +2140,7 @@ def main():
     ap.add_argument("--seed", help="derive the dev tenants, keys and secrets from this string "
                     "(use the same seed to restart on the same --db)")
     ap.add_argument("--idle-timeout-ms", type=int)
+    ap.add_argument("--pidfile", help="write this process's pid here (for zoo_restart.py)")
     args = ap.parse_args()
 
     CFG.profile = args.profile
@@ -2121,7 +2150,7 @@ def main():
         CFG.rate_burst, CFG.rate_per_second = 20, 10  # golden welcome.json; the spec sets no floor
         CFG.resume_window = 100  # FX-RES-5 floor
         CFG.replay_page = 100
-        CFG.idle_timeout_ms, CFG.heartbeat_ms = 6000, 3000  # heartbeat exactly half (FX-LIM-8)
+        CFG.idle_timeout_ms, CFG.heartbeat_ms = 2000, 1000  # the floors of FX-LIM-10 (half: FX-LIM-8)
         CFG.skew_s = 5  # FX-AUTH-4: at most 5 s
         CFG.invalid_close_after = 100  # FX-FRM-11
         CFG.ratelimit_close_after = 100  # FX-LIM-6
@@ -2153,6 +2182,9 @@ def main():
         dev["endpoint"] = "http://%s:%d" % (args.host, port)
         out = {k: dev[k] for k in ("endpoint", "apiKey", "apiKey2", "tenant", "tenant2", "jwtSecret",
                                    "jwtSecret2")}
+        if args.pidfile:
+            with open(args.pidfile, "w") as f:
+                f.write("%d\n" % os.getpid())
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
         stop = asyncio.get_running_loop().create_future()

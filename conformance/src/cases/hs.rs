@@ -205,11 +205,36 @@ async fn connect_sequence(ctx: &Ctx) -> Result<(), CaseError> {
     ensure_eq("FX-HS-6", "history seqs", seqs, vec![1, 2, 3])?;
     ensure_eq("FX-HS-6", "history.currentSeq", h.current_seq, 3)?;
     ensure_eq("FX-HS-6", "history.hasMore", h.has_more, false)?;
-    let p = c
-        .wait_frame("FX-HS-8", "a presence frame to the new connection", |f| {
-            matches!(f, ServerFrame::Presence(_))
-        })
-        .await?;
+    // FX-PRF-2: only a server with the presence profile sends `presence` in the sequence.
+    if !c
+        .frames()
+        .iter()
+        .any(|f| matches!(f, ServerFrame::Presence(_)))
+    {
+        let r = ctx.r();
+        c.send_json(&serde_json::json!({"type":"typing","isTyping":false,"ref":r}))?;
+        c.sync("FX-HS-8").await?;
+        let absent = super::errors(&c).iter().any(|e| {
+            e.code == ErrorCode::UnknownType && e.reference.as_deref() == Some(r.as_str())
+        });
+        if absent {
+            ctx.note("`typing` answered unknown_type (presence profile not implemented): no `presence` expected in the connect sequence");
+            return Ok(());
+        }
+    }
+    let seen = c
+        .frames()
+        .into_iter()
+        .find(|f| matches!(f, ServerFrame::Presence(_)));
+    let p = match seen {
+        Some(p) => p,
+        None => {
+            c.wait_frame("FX-HS-8", "a presence frame to the new connection", |f| {
+                matches!(f, ServerFrame::Presence(_))
+            })
+            .await?
+        }
+    };
     if let ServerFrame::Presence(p) = p {
         ensure(
             p.users.contains(&a.id),

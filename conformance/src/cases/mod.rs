@@ -10,6 +10,7 @@ use crate::ctx::{Conn, Ctx, Incoming, User};
 pub mod ackg;
 pub mod agt;
 pub mod auth;
+pub mod dur;
 pub mod edt;
 pub mod err;
 pub mod frm;
@@ -43,6 +44,7 @@ pub fn all() -> Vec<Case> {
     v.extend(ten::cases());
     v.extend(crate::fuzz::cases());
     v.extend(crate::property::cases());
+    v.extend(dur::cases());
     v
 }
 
