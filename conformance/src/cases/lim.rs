@@ -427,8 +427,24 @@ async fn retry_after_honoured(ctx: &Ctx) -> Result<(), CaseError> {
             l.rate_burst
         )));
     }
-    // A counted core frame without side effects: `resume` from 0 in an empty room.
-    let counted = |r: String| json!({"type":"resume","lastSeq":0,"ref":r});
+    // A counted frame without side effects: `typing` where the presence profile is there,
+    // otherwise (`unknown_type`, FX-PRF-2) the core `resume` from 0 in an empty room.
+    let probe = ctx.r();
+    ca.send_json(&json!({"type":"typing","isTyping":true,"ref":probe}))?;
+    ca.sync("FX-LIM-3").await?;
+    let typing = !errors(&ca).iter().any(|e| {
+        e.code == ErrorCode::UnknownType && e.reference.as_deref() == Some(probe.as_str())
+    });
+    if !typing {
+        ctx.note("`typing` answered unknown_type: the counted frame is `resume`");
+    }
+    let counted = move |r: String| {
+        if typing {
+            json!({"type":"typing","isTyping":true,"ref":r})
+        } else {
+            json!({"type":"resume","lastSeq":0,"ref":r})
+        }
+    };
     // The smallest burst first (rateBurst + 1), then, if tokens refilled meanwhile, one more
     // second's worth. The answer honoured is the one to the LAST frame of a burst, and only if
     // that frame was refused: a promise made earlier in the burst is void, because frames sent
@@ -456,7 +472,7 @@ async fn retry_after_honoured(ctx: &Ctx) -> Result<(), CaseError> {
         return Err(fail(
             "FX-LIM-3",
             format!(
-                "the last of a burst of resume frames sent at once refused with rate_limited (bursts of {}, {} and {}; burst {})",
+                "the last of a burst of counted frames sent at once refused with rate_limited (bursts of {}, {} and {}; burst {})",
                 l.rate_burst + 1,
                 l.rate_per_second + 50,
                 l.rate_per_second + 50,
@@ -495,7 +511,7 @@ async fn retry_after_honoured(ctx: &Ctx) -> Result<(), CaseError> {
         late.is_empty(),
         "FX-LIM-3",
         format!(
-            "a resume frame sent {wait} ms (retryAfterMs) after the refusal was read is accepted"
+            "a counted frame sent {wait} ms (retryAfterMs) after the refusal was read is accepted"
         ),
         late.join(" | "),
     )
