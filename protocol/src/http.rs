@@ -346,6 +346,10 @@ pub struct MessageRecord {
     pub attachments: Vec<Attachment>,
 }
 
+/// FluxyChat's reaction counts: message id (as a string) → emoji → number of users.
+pub type ReactionCounts =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;
+
 /// `GET /api/messages?roomId=&limit=&before=` response (FluxyChat compatible) `[FX-HIS-8]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -354,7 +358,7 @@ pub struct LegacyMessagesResponse {
     /// Live (not deleted) messages, newest first.
     pub messages: Vec<MessageRecord>,
     /// Reaction counts per message id, then per emoji.
-    pub reactions: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    pub reactions: ReactionCounts,
     /// True when older messages exist.
     pub has_more: bool,
     /// Pass as `before` to get the next older page without skipping or repeating rows.
