@@ -79,6 +79,10 @@ pub enum CaseError {
     /// The runner could not tell (setup failed, transport error).
     #[error("error: {0}")]
     Error(String),
+    /// A precondition owned by another clause does not hold (a positive control failed, a
+    /// feature the case needs is missing): the case cannot judge its own clauses.
+    #[error("blocked: {} violated: expected {}; observed {}", .0.clause, .0.expected, .0.observed)]
+    Blocked(Failure),
 }
 
 impl CaseError {
@@ -90,6 +94,10 @@ impl CaseError {
                 ..f
             }),
             CaseError::Error(e) => CaseError::Error(format!("{what}: {e}")),
+            CaseError::Blocked(f) => CaseError::Blocked(Failure {
+                expected: format!("{what}: {}", f.expected),
+                ..f
+            }),
             skip => skip,
         }
     }
@@ -102,6 +110,24 @@ pub fn fail(clause: &str, expected: impl Display, observed: impl Display) -> Cas
         expected: expected.to_string(),
         observed: observed.to_string(),
     })
+}
+
+/// Block a case: the precondition `clause` (not one the case checks) does not hold.
+pub fn blocked(clause: &str, expected: impl Display, observed: impl Display) -> CaseError {
+    CaseError::Blocked(Failure {
+        clause: clause.to_string(),
+        expected: expected.to_string(),
+        observed: observed.to_string(),
+    })
+}
+
+/// Turn a failure into a block: used when a positive control (the same request done right on
+/// the same route and transport) does not succeed, so a refusal proves nothing.
+pub fn as_precondition(e: CaseError) -> CaseError {
+    match e {
+        CaseError::Fail(f) => CaseError::Blocked(f),
+        other => other,
+    }
 }
 
 /// Fail unless `cond`.
@@ -146,6 +172,9 @@ pub enum Verdict {
     Fail,
     /// A SHOULD (or MAY) clause was violated; counts as a failure only with `--strict`.
     NonStrict,
+    /// A precondition owned by a clause the case does not check did not hold, so the case could
+    /// not judge its own clauses (TTCN-3 `inconc`, WPT `PRECONDITION_FAILED`).
+    Blocked,
     /// Not run, with a reason.
     Skipped,
     /// The runner could not tell.
@@ -159,6 +188,7 @@ impl Verdict {
             Verdict::Pass => "pass",
             Verdict::Fail => "fail",
             Verdict::NonStrict => "non-strict",
+            Verdict::Blocked => "blocked",
             Verdict::Skipped => "skipped",
             Verdict::Error => "error",
         }

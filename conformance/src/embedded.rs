@@ -11,6 +11,9 @@ pub struct EmbeddedOptions {
     pub idle_timeout_ms: u64,
     /// Resume window, small so the resync case is fast.
     pub resume_window: u32,
+    /// Frame rate limit (`rateBurst`, `ratePerSecond`); `None` keeps the server's default.
+    /// The spec's floor (20, 10; FX-LIM-9) shows the runner keeps within advertised limits.
+    pub rate: Option<(u32, u32)>,
 }
 
 impl Default for EmbeddedOptions {
@@ -19,6 +22,7 @@ impl Default for EmbeddedOptions {
             faults: vec![],
             idle_timeout_ms: 4000,
             resume_window: 200,
+            rate: None,
         }
     }
 }
@@ -41,7 +45,7 @@ impl std::fmt::Debug for Embedded {
 impl Embedded {
     /// Start the reference server on 127.0.0.1 with an ephemeral port.
     pub async fn start(opts: &EmbeddedOptions) -> Result<Embedded, RunError> {
-        let config = fluxy_server::ServerConfig {
+        let mut config = fluxy_server::ServerConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             db_path: None,
             dev: true,
@@ -50,6 +54,10 @@ impl Embedded {
             faults: opts.faults.clone(),
             ..fluxy_server::ServerConfig::default()
         };
+        if let Some((burst, per_second)) = opts.rate {
+            config.rate_burst = burst;
+            config.rate_per_second = per_second;
+        }
         let server = fluxy_server::start(config)
             .await
             .map_err(|e| RunError::Embedded(e.to_string()))?;

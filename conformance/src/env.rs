@@ -131,6 +131,9 @@ pub struct Env {
     pub tenant: String,
     /// Second tenant id, when `api_key2` is set.
     pub tenant2: Option<String>,
+    /// Deviations of the set-up routes (`POST /auth/token`, `POST /rooms`) seen by the
+    /// preflight, as (clause, what): worked around, and judged by the cases citing them.
+    pub setup_deviations: Vec<(String, String)>,
     counter: AtomicU64,
 }
 
@@ -204,12 +207,14 @@ impl Env {
             ),
             None => None,
         };
-        // 3. Rooms can be created.
-        let (tenant, token) = tenant;
+        // 3. Rooms can be created (200 or 201, `type` always sent; deviations are judged by
+        // the cases that cite FX-TEN-4, not here).
+        let (tenant, token, mut setup_deviations) = tenant;
+        let room_id = format!("{run_id}-probe");
         let body = CreateRoomRequest {
-            id: Some(format!("{run_id}-probe")),
+            id: Some(room_id.clone()),
             name: "conformance probe".into(),
-            room_type: None,
+            room_type: Some(fluxy_protocol::common::RoomType::Group),
             members: vec![],
         };
         let res = http
@@ -235,11 +240,17 @@ impl Env {
                 error_chain(&e)
             },
         })?;
-        if status != 201 {
-            return Err(RunError::Setup {
-                what: "POST /rooms".into(),
-                detail: format!("expected 201, got {status}: {}", short(&text)),
-            });
+        match read_room_response(status, &text, Some(&room_id)) {
+            Ok((_, dev)) => setup_deviations.extend(
+                dev.into_iter()
+                    .map(|d| ("FX-TEN-4".to_string(), format!("POST /rooms: {d}"))),
+            ),
+            Err(detail) => {
+                return Err(RunError::Setup {
+                    what: "POST /rooms".into(),
+                    detail,
+                })
+            }
         }
         Ok(Env {
             target,
@@ -250,6 +261,7 @@ impl Env {
             schedules,
             tenant,
             tenant2,
+            setup_deviations,
             counter: AtomicU64::new(0),
         })
     }
@@ -314,7 +326,7 @@ async fn mint_probe(
     key: &str,
     flag: &'static str,
     run_id: &str,
-) -> Result<(String, String), RunError> {
+) -> Result<(String, String, Vec<(String, String)>), RunError> {
     let what = format!("POST /auth/token (with {flag})");
     let res = http
         .post(format!("{endpoint}/auth/token"))
@@ -346,15 +358,137 @@ async fn mint_probe(
             body: short(&text),
         });
     }
+    let (info, dev) =
+        read_token_response(status, &text).map_err(|detail| RunError::Setup { what, detail })?;
+    let dev = dev
+        .into_iter()
+        .map(|d| ("FX-AUTH-1".to_string(), format!("POST /auth/token: {d}")))
+        .collect();
+    Ok((info.tid, info.token, dev))
+}
+
+/// What a `POST /auth/token` answer yielded, read leniently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The bearer token.
+    pub token: String,
+    /// User id (`claims.sub`, else the JWT's `sub`).
+    pub sub: String,
+    /// Tenant id (`claims.tid`, else the JWT's `tid`).
+    pub tid: String,
+    /// Granted roles (`claims.roles`, else the JWT's `roles`, else `["member"]`).
+    pub roles: Vec<String>,
+}
+
+/// The JSON payload of a JWT, if it has one.
+pub fn jwt_payload(token: &str) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let part = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Read a `POST /auth/token` answer as a client that needs only the token would: take the
+/// token string, and the claims from the JWT when the body lacks them. Returns what is usable
+/// and every deviation from the `TokenResponse` shape of FX-AUTH-1 at once (empty when the
+/// body is exact), or why no token can be had.
+pub fn read_token_response(status: u16, text: &str) -> Result<(TokenInfo, Vec<String>), String> {
+    use serde_json::Value;
     if status != 200 && status != 201 {
-        return Err(RunError::Setup {
-            what,
-            detail: format!("expected 200, got {status}: {}", short(&text)),
-        });
+        return Err(format!("HTTP {status} {}", short(text)));
     }
-    let tok: TokenResponse = serde_json::from_str(&text).map_err(|e| RunError::Setup {
-        what: what.clone(),
-        detail: format!("body is not a TokenResponse ({e}): {}", short(&text)),
-    })?;
-    Ok((tok.claims.tid, tok.token))
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| format!("body is not JSON ({e}): {}", short(text)))?;
+    let token = v
+        .get("token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| format!("no `token` string in the body: {}", short(text)))?
+        .to_string();
+    let mut dev = Vec::new();
+    if serde_json::from_str::<TokenResponse>(text).is_err() {
+        if !v.get("expiresIn").is_some_and(Value::is_u64) {
+            dev.push("`expiresIn` missing or not an integer".to_string());
+        }
+        if v.get("expiresAt")
+            .and_then(Value::as_str)
+            .and_then(fluxy_protocol::common::parse_timestamp)
+            .is_none()
+        {
+            dev.push("`expiresAt` missing or not a timestamp".to_string());
+        }
+        match v.get("claims") {
+            Some(Value::Object(c)) => {
+                for f in ["sub", "tid"] {
+                    if !c.get(f).is_some_and(Value::is_string) {
+                        dev.push(format!("`claims.{f}` missing or not a string"));
+                    }
+                }
+                if !c.get("roles").is_some_and(Value::is_array) {
+                    dev.push("`claims.roles` missing or not an array".to_string());
+                }
+            }
+            _ => dev.push("`claims` missing or not an object".to_string()),
+        }
+        if dev.is_empty() {
+            dev.push(format!("body is not a TokenResponse: {}", short(text)));
+        }
+    }
+    let jwt = jwt_payload(&token).unwrap_or(Value::Null);
+    let pick = |f: &str| -> Option<Value> {
+        v.pointer(&format!("/claims/{f}"))
+            .filter(|x| !x.is_null())
+            .or_else(|| jwt.get(f))
+            .cloned()
+    };
+    let sub = pick("sub")
+        .and_then(|x| x.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let tid = pick("tid")
+        .and_then(|x| x.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let roles = pick("roles")
+        .and_then(|x| serde_json::from_value::<Vec<String>>(x).ok())
+        .unwrap_or_else(|| vec!["member".to_string()]);
+    Ok((
+        TokenInfo {
+            token,
+            sub,
+            tid,
+            roles,
+        },
+        dev,
+    ))
+}
+
+/// Read a `POST /rooms` answer leniently: 200 or 201 with the room id at `room.id` (or `id`,
+/// or the id asked for). Returns the id and every deviation from FX-TEN-4 (201 with a
+/// `RoomResponse`), or why the room was not created.
+pub fn read_room_response(
+    status: u16,
+    text: &str,
+    asked: Option<&str>,
+) -> Result<(String, Vec<String>), String> {
+    use serde_json::Value;
+    if status != 200 && status != 201 {
+        return Err(format!("HTTP {status} {}", short(text)));
+    }
+    let mut dev = Vec::new();
+    if status != 201 {
+        dev.push(format!("HTTP {status}, not 201"));
+    }
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    if serde_json::from_str::<fluxy_protocol::http::RoomResponse>(text).is_err() {
+        dev.push(format!("body is not a RoomResponse: {}", short(text)));
+    }
+    let id = v
+        .pointer("/room/id")
+        .or_else(|| v.get("id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| asked.map(str::to_owned))
+        .ok_or_else(|| format!("no room id in the body: {}", short(text)))?;
+    Ok((id, dev))
 }

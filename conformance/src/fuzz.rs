@@ -16,7 +16,7 @@ use crate::ctx::{Conn, Ctx};
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
     vec![
-        case!("fuzz/mutated-frames", ["FX-FRM-3", "FX-ERR-7", "FX-ERR-2"], "mutated frames get the decoder's error code; the server keeps serving and loses no acked message", mutated),
+        case!("fuzz/mutated-frames", ["FX-FRM-3", "FX-ERR-7", "FX-ERR-2", "FX-ACK-1", "FX-ORD-1"], "mutated frames get the decoder's error code; the server keeps serving and loses no acked message", mutated),
         case!("fuzz/random-valid-frames", ["FX-ERR-7", "FX-ORD-1", "FX-ACK-1"], "random well-formed frames from an agent keep the timeline gap-free and every ack in history", random_valid),
         case!("fuzz/http-bodies", ["FX-ERR-4", "FX-ERR-7"], "mutated HTTP bodies get 4xx ErrorBodies, never a 5xx or a hang", http_bodies),
     ]

@@ -13,6 +13,7 @@ pub mod ctx;
 pub mod embedded;
 pub mod env;
 pub mod fuzz;
+pub mod profile;
 pub mod property;
 pub mod proxy;
 pub mod report;
@@ -58,20 +59,34 @@ impl Default for RunConfig {
 
 /// The selected cases, in report order.
 pub fn select(filters: &[String]) -> Vec<Case> {
+    select_in(filters, &[])
+}
+
+/// The selected cases of `profiles` (every profile when empty), in report order.
+pub fn select_in(filters: &[String], profiles: &[String]) -> Vec<Case> {
     cases::all()
         .into_iter()
         .filter(|c| runner::selected(c, filters))
+        .filter(|c| profiles.is_empty() || profiles.iter().any(|p| p == profile::of_case(c.id)))
         .collect()
 }
 
 /// Run the suite: start the embedded server when no target is given, check the target,
 /// run the selected cases and return the report.
 pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
-    let selected = select(&config.options.filters);
+    for p in &config.options.profiles {
+        if !profile::PROFILES.contains(&p.as_str()) {
+            return Err(RunError::Config(format!(
+                "unknown profile {p:?}; the profiles are {}",
+                profile::PROFILES.join(", ")
+            )));
+        }
+    }
+    let selected = select_in(&config.options.filters, &config.options.profiles);
     if selected.is_empty() {
         return Err(RunError::Config(format!(
-            "no case matches --filter {:?}; `fluxy-conformance list` shows the ids",
-            config.options.filters
+            "no case matches --filter {:?} --profile {:?}; `fluxy-conformance list` shows the ids",
+            config.options.filters, config.options.profiles
         )));
     }
     let (target, server) = match &config.target {

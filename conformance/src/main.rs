@@ -68,6 +68,10 @@ struct RunArgs {
     /// Glob on case ids or clause ids (repeatable), e.g. 'ord/*' or 'FX-RES-*'.
     #[arg(long)]
     filter: Vec<String>,
+    /// Profiles to run, comma-separated or repeated: core, history, presence, edits, agents,
+    /// fallback, batching, compat (default: all). A core-only server runs `--profile core`.
+    #[arg(long = "profile", value_delimiter = ',')]
+    profiles: Vec<String>,
     /// SHOULD violations fail the run.
     #[arg(long)]
     strict: bool,
@@ -93,6 +97,27 @@ struct RunArgs {
     /// `fluxy-conformance faults` lists them), to see the suite fail.
     #[arg(long = "fault")]
     faults: Vec<String>,
+    /// Embedded mode only: run the reference server with this frame rate limit, as
+    /// BURST/PER_SECOND (e.g. 20/10, the floor of FX-LIM-9).
+    #[arg(long, value_parser = parse_rate)]
+    embedded_rate: Option<(u32, u32)>,
+    /// Embedded mode only: the reference server's resumeWindow (at least 100, FX-RES-5).
+    #[arg(long, default_value_t = 200)]
+    embedded_resume_window: u32,
+}
+
+fn parse_rate(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s
+        .split_once('/')
+        .ok_or_else(|| format!("expected BURST/PER_SECOND, got {s:?}"))?;
+    let n = |x: &str| {
+        x.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| format!("{x:?} is not a positive integer"))
+    };
+    Ok((n(a)?, n(b)?))
 }
 
 fn target_from(a: &RunArgs) -> Result<Option<Target>, RunError> {
@@ -147,12 +172,15 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
             filters: a.filter.clone(),
             strict: a.strict,
             jobs: a.jobs.max(1),
+            profiles: a.profiles.clone(),
         },
         timeout_scale: a.timeout_scale,
         seed: a.seed,
         schedules: a.schedules,
         embedded: fluxy_conformance::embedded::EmbeddedOptions {
             faults: a.faults.clone(),
+            rate: a.embedded_rate,
+            resume_window: a.embedded_resume_window,
             ..Default::default()
         },
     };
@@ -161,7 +189,13 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
             "--fault applies to the embedded server only".into(),
         ));
     }
-    let rep = fluxy_conformance::run(&config).await?;
+    let rep = match fluxy_conformance::run(&config).await {
+        Ok(r) => r,
+        Err(e) => {
+            write_aborted(&a, &e);
+            return Err(e);
+        }
+    };
     let mut files = Vec::new();
     for f in &a.format {
         let (name, body) = match f {
@@ -183,6 +217,29 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
         eprintln!("wrote {}", p.display());
     }
     Ok(rep.exit_code())
+}
+
+/// A run that could not proceed still leaves report.json and junit.xml (when asked for),
+/// saying why, so CI dashboards show the reason instead of a missing file.
+fn write_aborted(a: &RunArgs, e: &RunError) {
+    let reason = e.to_string();
+    let mut out = Vec::new();
+    for f in &a.format {
+        match f {
+            Format::Json => out.push(("report.json", report::aborted_json(&reason))),
+            Format::Junit => out.push(("junit.xml", report::aborted_junit(&reason))),
+            Format::Html | Format::Console => {}
+        }
+    }
+    if out.is_empty() || std::fs::create_dir_all(&a.out).is_err() {
+        return;
+    }
+    for (name, body) in out {
+        let p = a.out.join(name);
+        if std::fs::write(&p, body).is_ok() {
+            eprintln!("wrote {}", p.display());
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -16,6 +16,29 @@ use crate::case;
 use crate::case::{fail, Case, CaseError};
 use crate::ctx::{Conn, Ctx, User};
 
+/// The clause id a failure message names (`FX-HS-5 violated: …` → `FX-HS-5`) and the rest;
+/// `FX-ORD-4` (the model's own clause) when it names none.
+fn clause_of(msg: &str) -> (&str, &str) {
+    let id = msg
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .find(|w| {
+            let mut p = w.split('-');
+            p.next() == Some("FX")
+                && p.next()
+                    .is_some_and(|g| !g.is_empty() && g.chars().all(|c| c.is_ascii_uppercase()))
+                && p.next()
+                    .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+                && p.next().is_none()
+        });
+    match id {
+        Some(id) => {
+            let rest = msg.split_once(": ").map(|(_, r)| r).unwrap_or(msg);
+            (id, rest)
+        }
+        None => ("FX-ORD-4", msg),
+    }
+}
+
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
     vec![case!(
@@ -591,14 +614,22 @@ async fn model_schedules(ctx: &Ctx) -> Result<(), CaseError> {
                 .err()
                 .unwrap_or_else(|| reason.to_string());
             let msg = again.to_string();
-            let (clause, detail) = msg.split_once(": ").unwrap_or(("FX-ORD-4", msg.as_str()));
-            let clause = if clause.starts_with("FX-") {
-                clause
-            } else {
-                "FX-ORD-4"
-            };
+            let (clause, detail) = clause_of(&msg);
             Err(fail(clause, "the server agrees with the model of the room timeline", format!("{detail}; minimal schedule (replay with --seed {seed} --filter prop/*): {ops:?}")))
         }
         Err(TestError::Abort(r)) => Err(CaseError::Error(format!("property run aborted: {r}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn failure_messages_name_real_clause_ids() {
+        assert_eq!(
+            super::clause_of("FX-HS-5 violated: expected a; observed b").0,
+            "FX-HS-5"
+        );
+        assert_eq!(super::clause_of("error: timeout").0, "FX-ORD-4");
+        assert_eq!(super::clause_of("x FX-AUTH-12: y").0, "FX-AUTH-12");
     }
 }

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use fluxy_protocol::spec::{self, Level};
 use serde::Serialize;
 
-use crate::case::{Case, CaseError, Verdict};
+use crate::case::{Case, CaseError, Failure, Verdict};
 use crate::ctx::Ctx;
 use crate::env::Env;
-use crate::transcript::Entry;
+use crate::profile::{self, Probe, ProfileSummary};
+use crate::transcript::{Entry, Observation};
 
 /// How to run the selected cases.
 #[derive(Debug, Clone)]
@@ -21,6 +22,8 @@ pub struct RunOptions {
     pub strict: bool,
     /// Cases run at once.
     pub jobs: usize,
+    /// Profiles to run (`core`, `history`, …); empty runs every profile.
+    pub profiles: Vec<String>,
 }
 
 impl Default for RunOptions {
@@ -29,6 +32,7 @@ impl Default for RunOptions {
             filters: vec![],
             strict: false,
             jobs: 4,
+            profiles: vec![],
         }
     }
 }
@@ -130,9 +134,16 @@ pub struct CaseReport {
     /// Skip reason or error message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Failure details.
+    /// The profile the case belongs to.
+    pub profile: String,
+    /// Failure details (for `fail` and `non-strict`), or the precondition that did not hold
+    /// (for `blocked`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureReport>,
+    /// Deviations from clauses this case does not check, seen and worked around by the
+    /// runner's helpers (they are judged by the cases that cite those clauses).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub observations: Vec<Observation>,
     /// Transcript of every connection (kept for fail, non-strict and error verdicts).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub transcript: Vec<Entry>,
@@ -161,17 +172,38 @@ pub struct Report {
     pub wall_ms: u64,
     /// Count per verdict.
     pub totals: BTreeMap<String, usize>,
+    /// The verdict of each profile that had selected cases.
+    pub profiles: BTreeMap<String, ProfileSummary>,
+    /// Failures and blocks grouped by the clause that was violated first (root cause), the
+    /// biggest group first.
+    pub root_causes: Vec<RootCause>,
+    /// Deviations of the set-up routes seen by the preflight (clause, what).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub setup_deviations: Vec<(String, String)>,
     /// Every case.
     pub cases: Vec<CaseReport>,
 }
 
+/// Cases that failed or were blocked on one clause.
+#[derive(Debug, Clone, Serialize)]
+pub struct RootCause {
+    /// The clause.
+    pub clause: ClauseInfo,
+    /// Cases that fail it (they cite it).
+    pub failed: Vec<String>,
+    /// Cases blocked on it (they needed it to hold).
+    pub blocked: Vec<String>,
+    /// What one of them observed.
+    pub example: String,
+}
+
 impl Report {
-    /// 0 when nothing failed or errored, 1 otherwise.
+    /// 0 when nothing failed, errored or was blocked, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         if self
             .cases
             .iter()
-            .any(|c| matches!(c.verdict, Verdict::Fail | Verdict::Error))
+            .any(|c| matches!(c.verdict, Verdict::Fail | Verdict::Error | Verdict::Blocked))
         {
             1
         } else {
@@ -192,36 +224,88 @@ impl Report {
     }
 }
 
-/// Judge a case's result.
+fn failure_report(f: &Failure) -> FailureReport {
+    FailureReport {
+        clause: clause_info(&f.clause),
+        expected: f.expected.clone(),
+        observed: f.observed.clone(),
+    }
+}
+
+/// Judge a case's result. A failure of a clause the case does not cite (`clauses`) is a
+/// precondition that did not hold: `blocked`, never `fail`. An observation (a deviation a
+/// helper worked around) of a clause the case cites fails a case that otherwise passed.
 pub fn judge(
     res: &Result<(), CaseError>,
     strict: bool,
+    clauses: &[&str],
+    observations: &[Observation],
 ) -> (Verdict, Option<String>, Option<FailureReport>) {
+    let fail_on = |f: &Failure| {
+        let lvl = spec::clause(&f.clause)
+            .map(|c| c.level)
+            .unwrap_or(Level::Must);
+        let v = if matches!(lvl, Level::Should | Level::May) && !strict {
+            Verdict::NonStrict
+        } else {
+            Verdict::Fail
+        };
+        (v, None, Some(failure_report(f)))
+    };
     match res {
-        Ok(()) => (Verdict::Pass, None, None),
+        Ok(()) => match observations
+            .iter()
+            .find(|o| clauses.contains(&o.clause.as_str()))
+        {
+            Some(o) => fail_on(&Failure {
+                clause: o.clause.clone(),
+                expected: o.expected.clone(),
+                observed: o.observed.clone(),
+            }),
+            None => (Verdict::Pass, None, None),
+        },
         Err(CaseError::Skip(r)) => (Verdict::Skipped, Some(r.clone()), None),
         Err(CaseError::Error(r)) => (Verdict::Error, Some(r.clone()), None),
-        Err(CaseError::Fail(f)) => {
-            let ci = clause_info(&f.clause);
-            let lvl = spec::clause(&f.clause)
-                .map(|c| c.level)
-                .unwrap_or(Level::Must);
-            let v = if matches!(lvl, Level::Should | Level::May) && !strict {
-                Verdict::NonStrict
-            } else {
-                Verdict::Fail
-            };
-            (
-                v,
-                None,
-                Some(FailureReport {
-                    clause: ci,
-                    expected: f.expected.clone(),
-                    observed: f.observed.clone(),
-                }),
-            )
+        Err(CaseError::Blocked(f)) => (
+            Verdict::Blocked,
+            Some(format!("blocked: precondition {} did not hold", f.clause)),
+            Some(failure_report(f)),
+        ),
+        Err(CaseError::Fail(f)) if !clauses.contains(&f.clause.as_str()) => (
+            Verdict::Blocked,
+            Some(format!(
+                "blocked: precondition {} (not a clause of this case) did not hold",
+                f.clause
+            )),
+            Some(failure_report(f)),
+        ),
+        Err(CaseError::Fail(f)) => fail_on(f),
+    }
+}
+
+/// Group failed and blocked cases by the clause at fault.
+pub fn root_causes(cases: &[CaseReport]) -> Vec<RootCause> {
+    let mut m: BTreeMap<String, RootCause> = BTreeMap::new();
+    for c in cases {
+        let Some(f) = &c.failure else { continue };
+        if !matches!(c.verdict, Verdict::Fail | Verdict::Blocked) {
+            continue;
+        }
+        let rc = m.entry(f.clause.id.clone()).or_insert_with(|| RootCause {
+            clause: f.clause.clone(),
+            failed: vec![],
+            blocked: vec![],
+            example: format!("expected {}; observed {}", f.expected, f.observed),
+        });
+        if c.verdict == Verdict::Fail {
+            rc.failed.push(c.id.clone());
+        } else {
+            rc.blocked.push(c.id.clone());
         }
     }
+    let mut v: Vec<RootCause> = m.into_values().collect();
+    v.sort_by_key(|r| std::cmp::Reverse(r.failed.len() + r.blocked.len()));
+    v
 }
 
 /// Hard limit on one case, before scaling.
@@ -230,13 +314,33 @@ pub const CASE_LIMIT: Duration = Duration::from_secs(90);
 /// Run `cases` against `env`.
 pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedded: bool) -> Report {
     let start = Instant::now();
+    // Probe every optional profile that has selected cases (FX-PRF-2).
+    let mut probes: BTreeMap<String, Probe> = BTreeMap::new();
+    for p in profile::PROFILES {
+        if p == "core" || !cases.iter().any(|c| profile::of_case(c.id) == p) {
+            continue;
+        }
+        let ctx = Ctx::new(env.clone(), "probe");
+        let found =
+            tokio::time::timeout(env.scaled(Duration::from_secs(30)), profile::probe(&ctx, p))
+                .await
+                .unwrap_or_else(|_| Probe::Unknown("the probe did not finish".into()));
+        probes.insert(p.to_string(), found);
+    }
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
     let mut handles = Vec::new();
     for case in cases.iter().copied() {
         let env = env.clone();
         let sem = sem.clone();
         let strict = opts.strict;
+        let absent = match probes.get(profile::of_case(case.id)) {
+            Some(Probe::NotImplemented(ev)) => Some(ev.clone()),
+            _ => None,
+        };
         handles.push(tokio::spawn(async move {
+            if let Some(ev) = absent {
+                return not_implemented(case, &ev);
+            }
             let _permit = sem.acquire_owned().await.ok();
             run_one(env, case, strict).await
         }));
@@ -253,7 +357,9 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
                 verdict: Verdict::Error,
                 duration_ms: 0,
                 reason: Some(format!("runner task failed: {e}")),
+                profile: profile::of_case(case.id).into(),
                 failure: None,
+                observations: vec![],
                 transcript: vec![],
             }),
         }
@@ -263,6 +369,7 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
         Verdict::Pass,
         Verdict::Fail,
         Verdict::NonStrict,
+        Verdict::Blocked,
         Verdict::Skipped,
         Verdict::Error,
     ] {
@@ -282,7 +389,40 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
         timeout_scale: env.scale,
         wall_ms: start.elapsed().as_millis() as u64,
         totals,
+        profiles: profile::summarise(
+            &cases
+                .iter()
+                .copied()
+                .zip(out.iter().map(|c| c.verdict))
+                .collect::<Vec<_>>(),
+            &probes,
+        ),
+        root_causes: root_causes(&out),
+        setup_deviations: env.setup_deviations.clone(),
         cases: out,
+    }
+}
+
+fn not_implemented(case: Case, evidence: &str) -> CaseReport {
+    CaseReport {
+        id: case.id.into(),
+        group: case.group().into(),
+        title: case.title.into(),
+        clauses: case.clauses.iter().map(|c| clause_info(c)).collect(),
+        verdict: Verdict::Blocked,
+        duration_ms: 0,
+        reason: Some(format!(
+            "profile {} not implemented by this server",
+            profile::of_case(case.id)
+        )),
+        profile: profile::of_case(case.id).into(),
+        failure: Some(FailureReport {
+            clause: clause_info("FX-PRF-2"),
+            expected: format!("the {} profile (FX-PRF-1)", profile::of_case(case.id)),
+            observed: evidence.to_string(),
+        }),
+        observations: vec![],
+        transcript: vec![],
     }
 }
 
@@ -300,8 +440,12 @@ async fn run_one(env: Arc<Env>, case: Case, strict: bool) -> CaseReport {
             ))),
         }
     };
-    let (verdict, reason, failure) = judge(&res, strict);
-    let transcript = if matches!(verdict, Verdict::Fail | Verdict::NonStrict | Verdict::Error) {
+    let observations = ctx.tr.observations();
+    let (verdict, reason, failure) = judge(&res, strict, case.clauses, &observations);
+    let transcript = if matches!(
+        verdict,
+        Verdict::Fail | Verdict::NonStrict | Verdict::Error | Verdict::Blocked
+    ) {
         ctx.tr.entries()
     } else {
         vec![]
@@ -314,7 +458,12 @@ async fn run_one(env: Arc<Env>, case: Case, strict: bool) -> CaseReport {
         verdict,
         duration_ms: t0.elapsed().as_millis() as u64,
         reason,
+        profile: profile::of_case(case.id).into(),
         failure,
+        observations: observations
+            .into_iter()
+            .filter(|o| !case.clauses.contains(&o.clause.as_str()))
+            .collect(),
         transcript,
     }
 }

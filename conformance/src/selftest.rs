@@ -184,6 +184,7 @@ pub async fn check_fault(fc: &FaultCatcher, timeout_scale: f64) -> Result<FaultO
             filters: fc.filter.iter().map(|s| s.to_string()).collect(),
             strict: false,
             jobs: 2,
+            profiles: vec![],
         },
         timeout_scale,
         embedded: EmbeddedOptions {

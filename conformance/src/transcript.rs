@@ -44,11 +44,24 @@ pub struct Entry {
 /// Largest frame text kept verbatim in a transcript.
 const MAX_TEXT: usize = 4096;
 
+/// A deviation from a clause that a shared helper saw and worked around (a `welcome` missing,
+/// a token response of the wrong shape). It fails the case only when the case cites the clause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Observation {
+    /// The clause deviated from.
+    pub clause: String,
+    /// What the spec requires.
+    pub expected: String,
+    /// What the server did.
+    pub observed: String,
+}
+
 /// A shared, append-only transcript.
 #[derive(Debug, Clone)]
 pub struct Transcript {
     start: Instant,
     entries: Arc<Mutex<Vec<Entry>>>,
+    observations: Arc<Mutex<Vec<Observation>>>,
 }
 
 impl Default for Transcript {
@@ -63,6 +76,7 @@ impl Transcript {
         Transcript {
             start: Instant::now(),
             entries: Arc::new(Mutex::new(Vec::new())),
+            observations: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -91,6 +105,36 @@ impl Transcript {
         if let Ok(mut v) = self.entries.lock() {
             v.push(e);
         }
+    }
+
+    /// Record a deviation from `clause` that a helper worked around (also noted in the
+    /// transcript). Repeats of the same clause and expectation are kept once.
+    pub fn observe(&self, clause: &str, expected: &str, observed: &str) {
+        self.push(
+            "runner",
+            Dir::Note,
+            &format!("observed {clause} deviation: expected {expected}; observed {observed}"),
+        );
+        if let Ok(mut v) = self.observations.lock() {
+            if !v
+                .iter()
+                .any(|o| o.clause == clause && o.expected == expected)
+            {
+                v.push(Observation {
+                    clause: clause.to_string(),
+                    expected: expected.to_string(),
+                    observed: observed.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Every deviation observed so far.
+    pub fn observations(&self) -> Vec<Observation> {
+        self.observations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     /// A copy of every entry so far.

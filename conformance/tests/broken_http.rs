@@ -65,7 +65,63 @@ async fn token_endpoint_garbage_is_a_setup_error() {
         .await;
     let e = run(&config(&s.uri())).await.expect_err("must not proceed");
     assert!(matches!(e, RunError::Setup { .. }), "{e:?}");
-    assert!(e.to_string().contains("TokenResponse"), "{e}");
+    assert!(e.to_string().contains("not JSON"), "{e}");
+}
+
+/// FluxyChat's set-up shapes (a token response without `expiresAt` and `claims.roles`,
+/// `POST /rooms` answering 200 and requiring `type`) are deviations to judge, not a reason to
+/// stop: the preflight goes on with the token and names every wrong field at once.
+#[tokio::test]
+async fn fluxychat_setup_shapes_do_not_stop_the_run() {
+    use wiremock::matchers::body_partial_json;
+    let s = MockServer::start().await;
+    health_ok(&s).await;
+    // A JWT whose payload is {"sub":"u","tid":"t","exp":4102444800}.
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1IiwidGlkIjoidCIsImV4cCI6NDEwMjQ0NDgwMH0.x";
+    Mock::given(method("POST"))
+        .and(path("/auth/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(format!(
+            r#"{{"token":"{jwt}","expiresIn":3600,"claims":{{"sub":"u","tid":"t"}}}}"#
+        )))
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/rooms"))
+        .and(body_partial_json(serde_json::json!({"type":"group"})))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(r#"{"ok":true,"roomId":"x","type":"group"}"#),
+        )
+        .mount(&s)
+        .await;
+    let env = fluxy_conformance::env::Env::prepare(
+        Target {
+            endpoint: s.uri(),
+            api_key: "k".into(),
+            ..Target::default()
+        },
+        0.2,
+        1,
+        1,
+    )
+    .await
+    .expect("the preflight proceeds with a usable token");
+    assert_eq!(env.tenant, "t");
+    let devs: Vec<String> = env
+        .setup_deviations
+        .iter()
+        .map(|(c, w)| format!("{c} {w}"))
+        .collect();
+    let all = devs.join("\n");
+    assert!(
+        all.contains("FX-AUTH-1") && all.contains("expiresAt"),
+        "{all}"
+    );
+    assert!(all.contains("claims.roles"), "{all}");
+    assert!(
+        all.contains("FX-TEN-4") && all.contains("HTTP 200, not 201"),
+        "{all}"
+    );
 }
 
 #[tokio::test]

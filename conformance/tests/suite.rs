@@ -61,6 +61,40 @@ async fn suite_passes_against_embedded_server() {
     );
 }
 
+/// The runner plays by the server's rules: with the smallest limits the spec allows
+/// (rateBurst 20, ratePerSecond 10 by FX-LIM-9; resumeWindow 100 by FX-RES-5) every case still
+/// passes, because every connection paces itself to the advertised limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn suite_passes_against_the_reference_at_the_spec_floor_limits() {
+    let config = RunConfig {
+        timeout_scale: 2.0,
+        options: RunOptions {
+            jobs: 8,
+            ..RunOptions::default()
+        },
+        embedded: fluxy_conformance::embedded::EmbeddedOptions {
+            rate: Some((20, 10)),
+            resume_window: 100,
+            ..Default::default()
+        },
+        ..RunConfig::default()
+    };
+    let rep = run(&config).await.expect("the run proceeds");
+    assert_conformant(&rep);
+    let blocked: Vec<&str> = rep
+        .cases
+        .iter()
+        .filter(|c| c.verdict == Verdict::Blocked)
+        .map(|c| c.id.as_str())
+        .collect();
+    assert!(blocked.is_empty(), "blocked {blocked:?}\n{}", summary(&rep));
+    eprintln!(
+        "suite at the floor limits: {} cases in {} ms",
+        rep.cases.len(),
+        rep.wall_ms
+    );
+}
+
 /// target/debug (or release) next to this test executable.
 fn target_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;

@@ -15,7 +15,7 @@ pub fn cases() -> Vec<Case> {
         case!("ack/fields", ["FX-ACK-1"], "the ack carries ref, clientMessageId, id, seq and createdAt of the event", fields),
         case!("ack/before-broadcast", ["FX-ACK-3"], "the sender gets the ack before its copy of the broadcast", before_broadcast),
         case!("ack/client-message-id-validated", ["FX-ACK-2"], "an invalid clientMessageId is rejected with invalid_frame", cmid_validated),
-        case!("ack/duplicate-returns-original", ["FX-ACK-4"], "a repeated clientMessageId gets the original ack with duplicate:true; nothing stored or broadcast", duplicate),
+        case!("ack/duplicate-returns-original", ["FX-ACK-4", "FX-ACK-1"], "a repeated clientMessageId gets the original ack with duplicate:true; nothing stored or broadcast", duplicate),
         case!("ack/idempotent-across-transports", ["FX-ACK-5"], "idempotency holds across connections, reconnects and WebSocket/HTTP", across),
         case!("ack/duplicate-edit-delete-stream", ["FX-ACK-4"], "repeats of an edit, a delete and a stream start with a used clientMessageId get the original ack marked duplicate and change nothing", duplicate_other_requests),
         case!("ack/key-survives-pause", ["FX-ACK-5"], "a key is still honoured seconds later (a sample of the 24 h rule that catches unit mix-ups), on WebSocket and HTTP", key_survives_pause),

@@ -13,7 +13,7 @@ pub fn cases() -> Vec<Case> {
     vec![
         case!("agt/only-agent-role", ["FX-AGT-2", "FX-AUTH-13"], "agent frames from a non-agent get forbidden and produce no event", only_agent),
         case!("agt/agent-is-participant", ["FX-AGT-1"], "an agent connects and posts like a user, identified by its token's sub", participant),
-        case!("agt/run-lifecycle", ["FX-AGT-3"], "a run starts, then ends exactly once; other transitions get invalid_state", lifecycle),
+        case!("agt/run-lifecycle", ["FX-AGT-3", "FX-AGT-10"], "a run starts, then ends exactly once; other transitions get invalid_state", lifecycle),
         case!("agt/tool-call-pairing", ["FX-AGT-4", "FX-AGT-5"], "tool calls need an open run and a new id; each gets exactly one result or error", tool_pairing),
         case!("agt/approval", ["FX-AGT-6", "FX-AGT-7"], "approval requests need an open run; one decision, from a non-agent member", approval),
         case!("agt/two-approvals-one-run", ["FX-AGT-6", "FX-AGT-7"], "two approval requests of one run each take their own decision, both acked with a seq", two_approvals),

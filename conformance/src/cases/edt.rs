@@ -11,7 +11,7 @@ use crate::ctx::Ctx;
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
     vec![
-        case!("edt/edit-author-only", ["FX-EDT-1", "FX-EDT-9"], "only the author edits; the edit event carries the editor's verified id", edit_author),
+        case!("edt/edit-author-only", ["FX-EDT-1", "FX-EDT-9", "FX-EDT-2"], "only the author edits; the edit event carries the editor's verified id", edit_author),
         case!("edt/edit-versions", ["FX-EDT-2"], "each edit raises version by one; a stale expectedVersion gets conflict", edit_versions),
         case!("edt/delete-authorisation", ["FX-EDT-3", "FX-EDT-9"], "author, room owner/admin/moderator or a token with role owner, admin or moderator may delete; others get forbidden", delete_auth),
         case!("edt/deleted-is-final", ["FX-EDT-4"], "delete bumps the version, leaves /api/messages, and later edits, reactions, streams and deletes get conflict", deleted_final),

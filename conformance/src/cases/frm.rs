@@ -14,7 +14,7 @@ pub fn cases() -> Vec<Case> {
     vec![
         case!(
             "frm/malformed-json",
-            ["FX-FRM-3", "FX-FRM-1"],
+            ["FX-FRM-3", "FX-FRM-1", "FX-ERR-1"],
             "non-JSON and non-object frames get malformed_frame; the connection stays usable",
             malformed
         ),
@@ -62,7 +62,7 @@ pub fn cases() -> Vec<Case> {
         ),
         case!(
             "frm/ref-bounds",
-            ["FX-FRM-7"],
+            ["FX-FRM-7", "FX-FRM-3"],
             "a failing frame whose ref is empty or over 128 characters gets an error without ref; the connection stays usable",
             ref_bounds
         ),

@@ -12,7 +12,7 @@ use crate::ctx::{urlenc, Ctx};
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
     vec![
-        case!("hs/welcome-first", ["FX-HS-5", "FX-VER-1", "FX-LIM-5", "FX-RES-5", "FX-LIM-2"], "welcome is the first frame and carries version, identity, seq, timers and limits", welcome_first),
+        case!("hs/welcome-first", ["FX-HS-5", "FX-VER-1", "FX-LIM-5", "FX-RES-5", "FX-LIM-1", "FX-LIM-2", "FX-LIM-9", "FX-LIM-10", "FX-FRM-5"], "welcome is the first frame and carries version, identity, seq, timers and limits", welcome_first),
         case!("hs/welcome-first-under-churn", ["FX-HS-5", "FX-HS-8"], "with connections opening and closing concurrently, every connection still gets welcome first", welcome_under_churn),
         case!("hs/connect-sequence", ["FX-HS-6", "FX-HS-8", "FX-PRE-1"], "welcome, history (newest events ascending, ending at currentSeq), subscription_succeeded, presence", connect_sequence),
         case!("hs/token-in-header", ["FX-HS-1"], "the token is accepted in an Authorization: Bearer header", token_in_header),
@@ -26,7 +26,7 @@ pub fn cases() -> Vec<Case> {
         case!("hs/subprotocol", ["FX-VER-3"], "the fluxy.v1 subprotocol is selected when offered", subprotocol),
         case!("hs/plain-http-400", ["FX-HS-4"], "a non-upgrade request to the WebSocket route gets 400 invalid_frame", plain_http),
         case!("hs/failure-in-band", ["FX-HS-3", "FX-HS-2"], "a bad token gets an error frame then close 4004, and no room data", failure_in_band),
-        case!("hs/health", ["FX-VER-1", "FX-VER-4"], "GET /health reports protocolVersion 1.0 without a token", health),
+        case!("hs/health", ["FX-VER-1", "FX-VER-4", "FX-AUTH-8"], "GET /health reports protocolVersion 1.0 without a token", health),
     ]
 }
 
@@ -110,6 +110,24 @@ async fn welcome_first(ctx: &Ctx) -> Result<(), CaseError> {
         "FX-LIM-5",
         "positive rateBurst, ratePerSecond, maxPageLimit",
         format!("{l:?}"),
+    )?;
+    ensure(
+        l.rate_burst >= 20 && l.rate_per_second >= 10,
+        "FX-LIM-9",
+        "limits.rateBurst >= 20 and limits.ratePerSecond >= 10",
+        format!(
+            "rateBurst {}, ratePerSecond {}",
+            l.rate_burst, l.rate_per_second
+        ),
+    )?;
+    ensure(
+        w.heartbeat_interval_ms >= 1000 && w.idle_timeout_ms >= 2000,
+        "FX-LIM-10",
+        "heartbeatIntervalMs >= 1000 and idleTimeoutMs >= 2000",
+        format!(
+            "heartbeatIntervalMs {}, idleTimeoutMs {}",
+            w.heartbeat_interval_ms, w.idle_timeout_ms
+        ),
     )?;
     ensure(
         l.resume_window >= 100,
@@ -441,13 +459,26 @@ async fn version_param(ctx: &Ctx) -> Result<(), CaseError> {
 async fn subprotocol(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
-    let mut c = ctx
+    let mut c = match ctx
         .connect_raw(
             &a.id,
             &format!("/ws/room/{room}?token={}", urlenc(&a.token)),
             &[("Sec-WebSocket-Protocol", "fluxy.v1")],
         )
-        .await?;
+        .await
+    {
+        Ok(c) => c,
+        // The client library refuses an upgrade that does not select the offered protocol:
+        // that refusal is the evidence, not a runner error.
+        Err(CaseError::Error(m)) if m.to_ascii_lowercase().contains("subprotocol") => {
+            return Err(fail(
+                "FX-VER-3",
+                "the upgrade selects the offered subprotocol fluxy.v1",
+                m,
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     ensure_eq(
         "FX-VER-3",
         "selected subprotocol",

@@ -54,6 +54,7 @@ async fn too_large(ctx: &Ctx) -> Result<(), CaseError> {
 
 async fn rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, _) = pair(ctx).await?;
+    ca.unpaced();
     let l = ca
         .welcome
         .as_ref()
@@ -114,6 +115,7 @@ async fn rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
 
 async fn ping_not_limited(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut ca, _) = pair(ctx).await?;
+    ca.unpaced();
     let burst = ca
         .welcome
         .as_ref()
@@ -193,6 +195,7 @@ async fn idle_timeout(ctx: &Ctx) -> Result<(), CaseError> {
 
 async fn rate_abuse_close(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut ca, _) = pair(ctx).await?;
+    ca.unpaced();
     let burst = ca
         .welcome
         .as_ref()
@@ -348,6 +351,7 @@ async fn invalid_flood(ctx: &Ctx) -> Result<(), CaseError> {
 
 async fn retry_after_honoured(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut ca, _) = pair(ctx).await?;
+    ca.unpaced();
     let l = ca
         .welcome
         .as_ref()

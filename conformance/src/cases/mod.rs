@@ -101,6 +101,62 @@ pub async fn req_err(
     Ok(())
 }
 
+/// `POST /messages` as `u` for set-up: carries a `clientMessageId`, so a retry is idempotent
+/// (FX-ACK-5), and retries after 429 (honouring `retryAfterMs` / `Retry-After`) and after a
+/// 502/503/504 or a transport error (a proxy such as wrangler's may drop a request under load).
+pub async fn post_message_retrying(
+    ctx: &Ctx,
+    u: &User,
+    room: &str,
+    content: &str,
+) -> Result<(), CaseError> {
+    use std::time::Duration;
+    let body = json!({"roomId": room, "content": content, "clientMessageId": ctx.cmid()});
+    let mut last = String::new();
+    for attempt in 1..=6u64 {
+        let wait = match ctx.post("/messages", &u.token, &body).await {
+            Ok(r) if r.status == 201 || r.status == 200 => return Ok(()),
+            Ok(r) if r.status == 429 => {
+                let ms = r
+                    .json()
+                    .and_then(|v| v.get("retryAfterMs").and_then(Value::as_u64))
+                    .or_else(|| {
+                        r.headers
+                            .get("retry-after")
+                            .and_then(|h| h.to_str().ok())
+                            .and_then(|s| s.trim().parse::<u64>().ok())
+                            .map(|s| s * 1000)
+                    })
+                    .unwrap_or(200);
+                last = format!("429 {}", r.text);
+                Duration::from_millis(ms.clamp(1, 5_000))
+            }
+            Ok(r) if matches!(r.status, 502..=504) => {
+                last = format!("{} {}", r.status, crate::ctx::short(&r.text, 200));
+                Duration::from_millis(100 * attempt)
+            }
+            Ok(r) => {
+                return Err(fail(
+                    "FX-MSG-6",
+                    "POST /messages by a member answers 201",
+                    format!("{} {}", r.status, crate::ctx::short(&r.text, 300)),
+                ))
+            }
+            Err(CaseError::Error(e)) => {
+                last = e;
+                Duration::from_millis(100 * attempt)
+            }
+            Err(e) => return Err(e),
+        };
+        ctx.note(&format!("set-up POST /messages retried after {last}"));
+        // Back-off before an idempotent retry, as the server asked.
+        tokio::time::sleep(wait).await;
+    }
+    Err(CaseError::Error(format!(
+        "set-up: POST /messages kept failing: {last}"
+    )))
+}
+
 /// Owner `a`, member `b`, a room, and both connected.
 pub async fn pair(ctx: &Ctx) -> Result<(User, User, String, Conn, Conn), CaseError> {
     let a = ctx.user("a").await?;

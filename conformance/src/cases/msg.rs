@@ -18,7 +18,7 @@ pub fn cases() -> Vec<Case> {
         case!("msg/invalid-content", ["FX-MSG-3", "FX-LIM-2"], "empty-after-trim or >4000-character content gets invalid_content and stores nothing", invalid_content),
         case!("msg/parent-id", ["FX-MSG-4"], "parentId must name a message of the same room (not_found otherwise)", parent_id),
         case!("msg/attachments", ["FX-MSG-5"], "at most 10 http(s) attachments of at most 2048 characters", attachments),
-        case!("msg/http-post", ["FX-MSG-6"], "POST /messages sequences, broadcasts and answers 201 with the event; a repeat gets 200 duplicate", http_post),
+        case!("msg/http-post", ["FX-MSG-6", "FX-ACK-4"], "POST /messages sequences, broadcasts and answers 201 with the event; a repeat gets 200 duplicate", http_post),
         case!("msg/announcement-streams", ["FX-MSG-8", "FX-AGT-8"], "in an announcement room a moderator's stream start is acked with a seq; a member's gets forbidden", announcement_streams),
         case!("msg/announcement-room", ["FX-MSG-8"], "only owners, admins and moderators post in an announcement room", announcement),
     ]

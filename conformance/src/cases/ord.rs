@@ -21,7 +21,7 @@ pub fn cases() -> Vec<Case> {
         ),
         case!(
             "ord/multi-sender-total-order",
-            ["FX-ORD-4", "FX-ORD-2"],
+            ["FX-ORD-4", "FX-ORD-2", "FX-ORD-3"],
             "many concurrent senders: every receiver sees one identical order",
             total_order
         ),

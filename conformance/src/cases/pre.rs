@@ -27,13 +27,13 @@ pub fn cases() -> Vec<Case> {
         ),
         case!(
             "pre/proxy-cut-no-ghost",
-            ["FX-PRE-3"],
+            ["FX-PRE-3", "FX-PRE-2"],
             "a connection cut by the network (proxy) leaves presence at once",
             proxy_no_ghost
         ),
         case!(
             "pre/member-joined-left",
-            ["FX-PRE-4"],
+            ["FX-PRE-4", "FX-PRE-2"],
             "member_joined on a user's first connection, member_left on the last",
             joined_left
         ),

@@ -15,12 +15,12 @@ use crate::ctx::{urlenc, Conn, Ctx, Incoming};
 pub fn cases() -> Vec<Case> {
     vec![
         case!("trn/sse-ready-and-headers", ["FX-TRN-1", "FX-TRN-4"], "SSE answers text/event-stream, no-cache, then ready {currentSeq} without id, then live events", sse_ready),
-        case!("trn/sse-same-events", ["FX-TRN-2", "FX-TRN-8"], "each SSE event has id: seq, event: type and the WebSocket JSON", sse_same),
+        case!("trn/sse-same-events", ["FX-TRN-2", "FX-TRN-8", "FX-TRN-4"], "each SSE event has id: seq, event: type and the WebSocket JSON", sse_same),
         case!("trn/sse-last-event-id", ["FX-TRN-3"], "Last-Event-ID (header or lastEventId) replays every later event, then live, no gap or repeat", sse_resume),
         case!("trn/far-behind", ["FX-TRN-3", "FX-TRN-7"], "SSE Last-Event-ID and long-poll afterSeq from before a long history (more events than a server keeps in memory) get every event, gap-free", far_behind),
         case!("trn/sse-resync", ["FX-TRN-3"], "an impossible Last-Event-ID gets event: error resync_required and the stream ends", sse_resync),
         case!("trn/sse-not-acceptable", ["FX-TRN-1"], "Accept excluding text/event-stream gets 406; membership is required", sse_406),
-        case!("trn/sse-ephemeral-no-id", ["FX-TRN-5"], "ephemeral events on the stream carry no id", sse_ephemeral),
+        case!("trn/sse-ephemeral-no-id", ["FX-TRN-5", "FX-TRN-4"], "ephemeral events on the stream carry no id", sse_ephemeral),
         case!("trn/poll", ["FX-TRN-7", "FX-TRN-8"], "long-poll returns at once when events exist, waits for the next commit, or times out empty with a forward cursor", poll),
         case!("trn/batch-opt-in", ["FX-TRN-9", "FX-TRN-10", "FX-TRN-11", "FX-TRN-12"], "with ?batch=1 a burst arrives (standalone or batched) gap-free, ascending, identical to history, each ack before its own copy; without it no batch frame", batch_opt_in),
         case!("trn/sse-keepalive", ["FX-TRN-6"], "the stream carries a comment at least every 30 s (checked only with --strict-length runs)", sse_keepalive),
