@@ -25,7 +25,7 @@ pub fn cases() -> Vec<Case> {
     vec![
         case!(
             "compat/connect-snapshot",
-            ["FX-CMP-1", "FX-CMP-2", "FX-CMP-3", "FX-HS-6"],
+            ["FX-CMP-1", "FX-CMP-2", "FX-CMP-3", "FX-CMP-4", "FX-HS-6"],
             "replay=connect|true|1 adds FluxyChat's messages (live rows, current content, oldest first) and reactions to history; other values do not",
             connect_snapshot
         ),

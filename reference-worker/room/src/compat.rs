@@ -133,7 +133,7 @@ mod tests {
 
     #[test]
     fn folds_edits_deletes_and_reactions_oldest_first() {
-        let events = vec![
+        let events = [
             msg(1, "a", "one"),
             msg(2, "b", "two"),
             TimelineEvent::Edit(EditEvent {
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_limit_and_skips_messages_created_outside_the_window() {
-        let events = vec![
+        let events = [
             react(4, "a", 1, "👍", ReactionOp::Add),
             msg(5, "a", "five"),
             msg(6, "a", "six"),
