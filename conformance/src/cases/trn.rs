@@ -514,7 +514,7 @@ async fn batch_opt_in(ctx: &Ctx) -> Result<(), CaseError> {
     for c in [&mut sender, &mut reader, &mut plain] {
         c.wait_count("FX-TRN-10", n).await?;
     }
-    let history = ctx.walk_forward(&a, &room, 100).await?;
+    let history = super::stored_timeline(ctx, &a, &room, 100).await?;
     let hist: Vec<Value> = history.into_iter().map(|(_, v)| v).collect();
     ensure_eq("FX-TRN-10", "events in history", hist.len(), n)?;
     let (plain_events, _, _) = events_and_acks(&plain);
