@@ -652,6 +652,7 @@ async fn burst(ctx: &Ctx, c: &mut Conn, n: usize, tag: &str) -> Result<Vec<u64>,
 }
 
 async fn load_more_before(ctx: &Ctx) -> Result<(), CaseError> {
+    ctx.need_profile("history")?;
     let (a, _b, room, mut ca, _cb) = pair(ctx).await?;
     let mut all = burst(ctx, &mut ca, 12, "burst").await?;
     all.sort_unstable();
@@ -756,6 +757,7 @@ async fn created_at_increases(ctx: &Ctx) -> Result<(), CaseError> {
 }
 
 async fn edit_react_read(ctx: &Ctx) -> Result<(), CaseError> {
+    ctx.need_profile("edits")?;
     let (a, b, room, _ca, _cb) = pair(ctx).await?;
     let mut sa = sdk_connect(ctx, &a, &room, 50).await?;
     let mut sb = sdk_connect(ctx, &b, &room, 50).await?;
@@ -880,6 +882,7 @@ fn errors_of(c: &Conn) -> Vec<String> {
 }
 
 async fn typing(ctx: &Ctx) -> Result<(), CaseError> {
+    ctx.need_profile("presence")?;
     let (a, b, room, _ca, _cb) = pair(ctx).await?;
     let sa = sdk_connect(ctx, &a, &room, 50).await?;
     let mut sb = sdk_connect(ctx, &b, &room, 50).await?;
@@ -930,6 +933,7 @@ async fn typing(ctx: &Ctx) -> Result<(), CaseError> {
 }
 
 async fn presence(ctx: &Ctx) -> Result<(), CaseError> {
+    ctx.need_profile("presence")?;
     let a = ctx.user("a").await?;
     let b = ctx.user("b").await?;
     let room = ctx.room(&a, &[&b]).await?;
