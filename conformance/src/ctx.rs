@@ -43,6 +43,8 @@ pub struct HttpResp {
     pub headers: reqwest::header::HeaderMap,
     /// Body text.
     pub text: String,
+    /// The case's transcript, where deviations of other clauses are recorded.
+    pub tr: Transcript,
 }
 
 impl HttpResp {
@@ -84,10 +86,19 @@ impl HttpResp {
         }
     }
 
-    /// Fail `clause` unless this is an `ErrorBody` with `code` and the code's status.
+    /// Fail `clause` unless this is an `ErrorBody` with `code` and the code's status. A
+    /// response with the right status whose body is no `ErrorBody` at all is a deviation from
+    /// FX-ERR-4 (recorded, and judged by the cases citing it), not evidence about `clause`.
     pub fn expect_error(&self, clause: &str, what: &str, code: ErrorCode) -> Result<(), CaseError> {
         let st = code.http_status();
         if self.status == st && self.error_code().as_deref() == Some(code.as_str()) {
+            Ok(())
+        } else if self.status == st && self.error_code().is_none() && clause != "FX-ERR-4" {
+            self.tr.observe(
+                "FX-ERR-4",
+                &format!("{what}: an ErrorBody with error={code}"),
+                &format!("HTTP {} {}", self.status, short(&self.text, 300)),
+            );
             Ok(())
         } else {
             Err(fail(
@@ -263,6 +274,7 @@ impl Ctx {
             status,
             headers,
             text,
+            tr: self.tr.clone(),
         })
     }
 
@@ -722,7 +734,7 @@ impl Incoming {
 pub struct Conn {
     /// Transcript label.
     pub label: String,
-    tr: Transcript,
+    pub(crate) tr: Transcript,
     out: Option<mpsc::UnboundedSender<Message>>,
     rx: mpsc::UnboundedReceiver<Incoming>,
     /// Everything received so far.

@@ -14,6 +14,10 @@ pub struct EmbeddedOptions {
     /// Frame rate limit (`rateBurst`, `ratePerSecond`); `None` keeps the server's default.
     /// The spec's floor (20, 10; FX-LIM-9) shows the runner keeps within advertised limits.
     pub rate: Option<(u32, u32)>,
+    /// SQLite file (`None`: in memory). A file makes restarts observable (`dur/*`).
+    pub db_path: Option<std::path::PathBuf>,
+    /// Port to listen on (0: any free port).
+    pub port: u16,
 }
 
 impl Default for EmbeddedOptions {
@@ -23,6 +27,8 @@ impl Default for EmbeddedOptions {
             idle_timeout_ms: 4000,
             resume_window: 200,
             rate: None,
+            db_path: None,
+            port: 0,
         }
     }
 }
@@ -46,8 +52,8 @@ impl Embedded {
     /// Start the reference server on 127.0.0.1 with an ephemeral port.
     pub async fn start(opts: &EmbeddedOptions) -> Result<Embedded, RunError> {
         let mut config = fluxy_server::ServerConfig {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            db_path: None,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], opts.port)),
+            db_path: opts.db_path.clone(),
             dev: true,
             idle_timeout_ms: opts.idle_timeout_ms,
             resume_window: opts.resume_window,
@@ -78,5 +84,76 @@ impl Embedded {
     /// Stop it.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.server.local_addr.port()
+    }
+}
+
+/// An embedded server that can be restarted on the same port and database file, so the
+/// durability group (`dur/*`) can check what survives a restart.
+pub struct Restartable {
+    opts: EmbeddedOptions,
+    current: tokio::sync::Mutex<Option<Embedded>>,
+    /// How to reach it (unchanged by restarts: same port, same dev keys in the same file).
+    pub target: Target,
+}
+
+impl std::fmt::Debug for Restartable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restartable")
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+impl Restartable {
+    /// Start with a fresh SQLite file under the system temp directory.
+    pub async fn start(opts: &EmbeddedOptions) -> Result<Restartable, RunError> {
+        let mut opts = opts.clone();
+        if opts.db_path.is_none() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            opts.db_path = Some(std::env::temp_dir().join(format!(
+                "fluxy-conformance-{}-{nanos}.db",
+                std::process::id()
+            )));
+        }
+        let e = Embedded::start(&opts).await?;
+        opts.port = e.port();
+        Ok(Restartable {
+            target: e.target.clone(),
+            opts,
+            current: tokio::sync::Mutex::new(Some(e)),
+        })
+    }
+
+    /// Stop the server (closing every connection) and start it again on the same state.
+    pub async fn restart(&self) -> Result<(), String> {
+        let mut cur = self.current.lock().await;
+        if let Some(e) = cur.take() {
+            e.shutdown().await;
+        }
+        let e = Embedded::start(&self.opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        *cur = Some(e);
+        Ok(())
+    }
+
+    /// Stop it and delete its database file.
+    pub async fn shutdown(&self) {
+        if let Some(e) = self.current.lock().await.take() {
+            e.shutdown().await;
+        }
+        if let Some(p) = &self.opts.db_path {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
+            }
+        }
     }
 }

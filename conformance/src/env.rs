@@ -134,7 +134,103 @@ pub struct Env {
     /// Deviations of the set-up routes (`POST /auth/token`, `POST /rooms`) seen by the
     /// preflight, as (clause, what): worked around, and judged by the cases citing them.
     pub setup_deviations: Vec<(String, String)>,
+    /// How to restart the server under test (`--restart-cmd`, or the embedded server); the
+    /// durability group is skipped without one.
+    pub restart: Option<Restarter>,
     counter: AtomicU64,
+}
+
+/// The future a restart returns.
+pub type RestartFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// Restarts the server under test and returns once it answers again.
+#[derive(Clone)]
+pub struct Restarter {
+    /// What restarts it, for reports.
+    pub describe: String,
+    run: std::sync::Arc<dyn Fn() -> RestartFuture + Send + Sync>,
+}
+
+impl std::fmt::Debug for Restarter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restarter")
+            .field("describe", &self.describe)
+            .finish()
+    }
+}
+
+impl Restarter {
+    /// A restarter from a function.
+    pub fn new(
+        describe: impl Into<String>,
+        run: impl Fn() -> RestartFuture + Send + Sync + 'static,
+    ) -> Restarter {
+        Restarter {
+            describe: describe.into(),
+            run: std::sync::Arc::new(run),
+        }
+    }
+
+    /// Run `sh -c CMD` (it must exit 0), then wait until `GET /health` answers 200.
+    pub fn command(cmd: &str, endpoint: &str, scale: f64) -> Restarter {
+        let cmd = cmd.to_string();
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        Restarter::new(format!("--restart-cmd {cmd:?}"), move || {
+            let cmd = cmd.clone();
+            let endpoint = endpoint.clone();
+            Box::pin(async move {
+                let limit = BASE_WAIT.mul_f64(12.0 * scale);
+                let out = tokio::time::timeout(
+                    limit,
+                    tokio::process::Command::new("sh")
+                        .arg("-c")
+                        .arg(&cmd)
+                        .stdin(std::process::Stdio::null())
+                        .output(),
+                )
+                .await
+                .map_err(|_| format!("the restart command did not finish within {limit:?}"))?
+                .map_err(|e| format!("cannot run the restart command: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "the restart command failed ({}): {}",
+                        out.status,
+                        short(&String::from_utf8_lossy(&out.stderr))
+                    ));
+                }
+                wait_healthy(&endpoint, limit).await
+            })
+        })
+    }
+
+    /// Restart now.
+    pub async fn restart(&self) -> Result<(), String> {
+        (self.run)().await
+    }
+}
+
+/// Poll `GET /health` until it answers 200 or `limit` passes.
+async fn wait_healthy(endpoint: &str, limit: Duration) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = String::from("no answer");
+    while tokio::time::Instant::now() < deadline {
+        match http.get(format!("{endpoint}/health")).send().await {
+            Ok(r) if r.status().as_u16() == 200 => return Ok(()),
+            Ok(r) => last = format!("HTTP {}", r.status()),
+            Err(e) => last = error_chain(&e),
+        }
+        // Polling a server that is starting up: nothing to await but its port.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!(
+        "GET /health did not answer 200 within {limit:?} after the restart ({last})"
+    ))
 }
 
 /// Base deadline for one awaited condition, before scaling.
@@ -262,6 +358,7 @@ impl Env {
             tenant,
             tenant2,
             setup_deviations,
+            restart: None,
             counter: AtomicU64::new(0),
         })
     }

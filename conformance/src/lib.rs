@@ -42,6 +42,9 @@ pub struct RunConfig {
     pub schedules: u32,
     /// Settings of the embedded server.
     pub embedded: embedded::EmbeddedOptions,
+    /// A shell command that restarts the server under test (`--restart-cmd`); enables the
+    /// durability group against an external server. The embedded server restarts itself.
+    pub restart_cmd: Option<String>,
 }
 
 impl Default for RunConfig {
@@ -53,6 +56,7 @@ impl Default for RunConfig {
             seed: 1,
             schedules: 8,
             embedded: embedded::EmbeddedOptions::default(),
+            restart_cmd: None,
         }
     }
 }
@@ -92,13 +96,31 @@ pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
     let (target, server) = match &config.target {
         Some(t) => (t.clone(), None),
         None => {
-            let e = embedded::Embedded::start(&config.embedded).await?;
+            let e = Arc::new(embedded::Restartable::start(&config.embedded).await?);
             (e.target.clone(), Some(e))
         }
     };
     let env = env::Env::prepare(target, config.timeout_scale, config.seed, config.schedules).await;
     let report = match env {
-        Ok(env) => {
+        Ok(mut env) => {
+            env.restart = match (&server, &config.restart_cmd) {
+                (_, Some(cmd)) => Some(env::Restarter::command(
+                    cmd,
+                    &env.target.endpoint,
+                    env.scale,
+                )),
+                (Some(s), None) => {
+                    let s = s.clone();
+                    Some(env::Restarter::new(
+                        "the embedded server restarts on the same SQLite file",
+                        move || {
+                            let s = s.clone();
+                            Box::pin(async move { s.restart().await })
+                        },
+                    ))
+                }
+                (None, None) => None,
+            };
             Ok(
                 runner::run_cases(Arc::new(env), &selected, &config.options, server.is_some())
                     .await,

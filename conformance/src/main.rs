@@ -72,6 +72,11 @@ struct RunArgs {
     /// fallback, batching, compat (default: all). A core-only server runs `--profile core`.
     #[arg(long = "profile", value_delimiter = ',')]
     profiles: Vec<String>,
+    /// A shell command that restarts the server under test (same endpoint, same keys, same
+    /// storage) and exits 0; enables the durability group (`dur/*`), run after every other case.
+    /// The embedded server restarts itself.
+    #[arg(long)]
+    restart_cmd: Option<String>,
     /// SHOULD violations fail the run.
     #[arg(long)]
     strict: bool,
@@ -177,6 +182,7 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
         timeout_scale: a.timeout_scale,
         seed: a.seed,
         schedules: a.schedules,
+        restart_cmd: a.restart_cmd.clone(),
         embedded: fluxy_conformance::embedded::EmbeddedOptions {
             faults: a.faults.clone(),
             rate: a.embedded_rate,

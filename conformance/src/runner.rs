@@ -329,7 +329,14 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
     }
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
     let mut handles = Vec::new();
-    for case in cases.iter().copied() {
+    // Cases that restart the server run alone, after every other case has finished.
+    let (normal, restarting): (Vec<Case>, Vec<Case>) = cases
+        .iter()
+        .copied()
+        .partition(|c| !crate::cases::dur::restarts(c.id));
+    let mut order = normal.clone();
+    order.extend(restarting.iter().copied());
+    for case in normal.iter().copied() {
         let env = env.clone();
         let sem = sem.clone();
         let strict = opts.strict;
@@ -346,8 +353,20 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
         }));
     }
     let mut out = Vec::new();
-    for (h, case) in handles.into_iter().zip(cases.iter()) {
-        match h.await {
+    let mut restart_reports = Vec::new();
+    // Wait for the others first (their reports are collected below, in order).
+    let mut normal_reports = Vec::new();
+    for h in handles {
+        normal_reports.push(h.await);
+    }
+    for case in restarting.iter().copied() {
+        let env = env.clone();
+        let strict = opts.strict;
+        restart_reports.push(tokio::spawn(async move { run_one(env, case, strict).await }).await);
+    }
+    let results: Vec<_> = normal_reports.into_iter().chain(restart_reports).collect();
+    for (h, case) in results.into_iter().zip(order.iter()) {
+        match h {
             Ok(r) => out.push(r),
             Err(e) => out.push(CaseReport {
                 id: case.id.into(),
@@ -390,7 +409,7 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
         wall_ms: start.elapsed().as_millis() as u64,
         totals,
         profiles: profile::summarise(
-            &cases
+            &order
                 .iter()
                 .copied()
                 .zip(out.iter().map(|c| c.verdict))

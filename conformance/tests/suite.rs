@@ -181,3 +181,66 @@ async fn suite_passes_against_separate_server_process() {
         rep.wall_ms
     );
 }
+
+/// The durability group against `fluxy-server` as a separate process, restarted by
+/// `--restart-cmd` (kill, then start again on the same port and SQLite file): acked events,
+/// seq, idempotency keys, resume and cursors survive a real process restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn durability_group_passes_across_a_real_process_restart() {
+    let bin = server_binary().expect("fluxy-server binary (cargo build -p fluxy-server)");
+    let dir = std::env::temp_dir().join(format!("fluxy-dur-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (pid, db, out) = (dir.join("pid"), dir.join("db.sqlite"), dir.join("out"));
+    let start = format!(
+        "nohup '{}' --listen 127.0.0.1:{port} --db '{}' --dev --idle-timeout-ms 4000 >'{}' 2>/dev/null & echo $! >'{}'",
+        bin.display(),
+        db.display(),
+        out.display(),
+        pid.display()
+    );
+    let stop = format!(
+        "p=$(cat '{0}'); kill $p; while kill -0 $p 2>/dev/null; do sleep 0.05; done",
+        pid.display()
+    );
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(&start)
+        .status()
+        .expect("sh");
+    assert!(ok.success());
+    // The dev line, awaited with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let line = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.trim_start().starts_with('{')) {
+            break l.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no dev line: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let dev = DevJson::parse(&line).expect("the --dev JSON line");
+    let config = RunConfig {
+        target: Some(dev.target()),
+        timeout_scale: 2.0,
+        options: RunOptions {
+            filters: vec!["dur/*".into()],
+            ..RunOptions::default()
+        },
+        restart_cmd: Some(format!("{stop}; {start}")),
+        ..RunConfig::default()
+    };
+    let rep = run(&config).await;
+    let _ = Command::new("sh").arg("-c").arg(&stop).status();
+    let _ = std::fs::remove_dir_all(&dir);
+    let rep = rep.expect("the run proceeds");
+    assert_eq!(rep.cases.len(), 3);
+    assert!(
+        rep.cases.iter().all(|c| c.verdict == Verdict::Pass),
+        "{}",
+        summary(&rep)
+    );
+}

@@ -150,22 +150,18 @@ pub struct ResumeFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(title = "StreamFrame")]
-#[schemars(extend("allOf" = [
-    {
-        "if": { "properties": { "op": { "enum": ["delta", "end", "abort"] } } },
-        "then": {
-            "required": ["messageId"],
-            "properties": { "messageId": { "type": "integer" } }
-        }
-    },
-    {
+#[schemars(extend(
+    "if" = { "properties": { "op": { "enum": ["delta", "end", "abort"] } }, "required": ["op"] },
+    "then" = {
+        "required": ["messageId"],
+        "properties": { "messageId": { "type": "integer" } },
         "if": { "properties": { "op": { "enum": ["delta", "end"] } } },
         "then": {
             "required": ["content"],
-            "properties": { "content": { "minLength": 1 } }
+            "properties": { "content": { "type": "string", "minLength": 1 } }
         }
     }
-]))]
+))]
 pub struct StreamFrame {
     /// Operation.
     pub op: StreamOp,
@@ -347,6 +343,7 @@ pub struct AuthFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 #[schemars(title = "ClientFrame")]
+#[schemars(extend("type" = "object", "discriminator" = {"propertyName": "type"}))]
 pub enum ClientFrame {
     /// `ping`
     #[serde(rename = "ping")]

@@ -34,8 +34,37 @@ pub const MAX_AGENT_PAYLOAD_CHARS: usize = 16_000;
 pub const MAX_ATTACHMENTS: usize = 10;
 
 /// Regex (anchored) of the only wire timestamp form `[FX-FRM-5]`, e.g. `2026-11-26T16:19:14.677Z`.
-pub const TIMESTAMP_PATTERN: &str =
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$";
+///
+/// It accepts exactly what [`parse_timestamp`] accepts: month 01–12, day 01–31, hour 00–23,
+/// minute and second 00–59, three fractional digits, `Z`.
+pub const TIMESTAMP_PATTERN: &str = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z$";
+
+/// Schema-only name of the wire timestamp form `[FX-FRM-5]`: every timestamp field's schema is a
+/// `$ref` to one named `Timestamp` definition, a string carrying [`TIMESTAMP_PATTERN`].
+///
+/// The Rust fields stay `String` (written by [`format_timestamp`]); fields opt in with
+/// `#[schemars(with = "crate::common::Timestamp")]` (or `Option<…>`). The definition has no
+/// `format: date-time` on purpose: code generators map that format to their language's native
+/// date type, which re-encodes with six or no fractional digits and breaks FX-FRM-5; the
+/// pattern is the whole rule (see `docs/sdk-authors.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp;
+
+impl JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "title": "Timestamp",
+            "description": "RFC 3339 time in UTC with exactly three fractional digits and a `Z` suffix `[FX-FRM-5]`. Keep it a string: native date types re-encode with another number of digits.",
+            "pattern": TIMESTAMP_PATTERN,
+            "examples": ["2026-11-26T16:19:14.677Z"],
+        })
+    }
+}
 
 /// Deserialize a defaulted field, treating JSON `null` like an absent field `[FX-FRM-12]`.
 ///

@@ -28,7 +28,7 @@ pub struct MessageEvent {
     /// Content, trimmed.
     pub content: String,
     /// Server commit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
     /// Message this one replies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,7 +72,7 @@ pub struct EditEvent {
     /// New content.
     pub content: String,
     /// Server commit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub edited_at: String,
     /// New version, previous plus one.
     #[schemars(range(min = 2))]
@@ -101,7 +101,7 @@ pub struct DeleteEvent {
     /// Who deleted it.
     pub user_id: String,
     /// Server commit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub deleted_at: String,
     /// New version, previous plus one.
     pub version: u32,
@@ -126,7 +126,7 @@ pub struct ReactionEvent {
     /// Add or remove.
     pub op: ReactionOp,
     /// Server commit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
 }
 
@@ -145,7 +145,7 @@ pub struct ReadEvent {
     /// Newest message read.
     pub message_id: u64,
     /// Server commit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
 }
 
@@ -169,7 +169,7 @@ pub struct AgentRunEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Server commit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
 }
 
@@ -194,7 +194,7 @@ pub struct ToolCallEvent {
     /// Arguments as a JSON text.
     pub arguments: String,
     /// Server commit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
 }
 
@@ -217,7 +217,7 @@ pub struct ToolResultEvent {
     /// Result as text (often JSON).
     pub result: String,
     /// Server commit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
 }
 
@@ -240,7 +240,7 @@ pub struct ToolErrorEvent {
     /// Error description.
     pub error: String,
     /// Server commit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
 }
 
@@ -266,7 +266,7 @@ pub struct ApprovalRequestEvent {
     /// What is being asked.
     pub prompt: String,
     /// Server commit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
 }
 
@@ -292,7 +292,7 @@ pub struct ApprovalDecisionEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Server commit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
 }
 
@@ -300,6 +300,7 @@ pub struct ApprovalDecisionEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 #[schemars(title = "TimelineEvent")]
+#[schemars(extend("type" = "object", "discriminator" = {"propertyName": "type"}))]
 pub enum TimelineEvent {
     /// `message`
     #[serde(rename = "message")]

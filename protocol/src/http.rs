@@ -82,7 +82,7 @@ pub struct TokenResponse {
     /// Seconds until expiry (after clamping).
     pub expires_in: u64,
     /// Expiry time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub expires_at: String,
     /// The claims minted.
     pub claims: TokenClaimsSummary,
@@ -140,7 +140,7 @@ pub struct Room {
     /// Creator.
     pub created_by: String,
     /// Creation time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
 }
 
@@ -172,7 +172,7 @@ pub struct Member {
     /// Role in the room.
     pub role: MemberRole,
     /// When the user joined.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub joined_at: String,
 }
 
@@ -314,7 +314,7 @@ pub struct HistoryPage {
 /// A message's current state, as in FluxyChat's history rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(title = "MessageRecord")]
+#[schemars(title = "MessageRecord", transform = always_sent_nullable)]
 pub struct MessageRecord {
     /// Message id.
     pub id: u64,
@@ -327,12 +327,12 @@ pub struct MessageRecord {
     /// Current content.
     pub content: String,
     /// Creation time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
     /// Reply target.
     pub parent_id: Option<u64>,
     /// Last edit time.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "Option<crate::common::Timestamp>")]
     pub edited_at: Option<String>,
     /// `seq` of the creating event (equal to `id`).
     pub seq: u64,
@@ -344,6 +344,19 @@ pub struct MessageRecord {
     /// Attachments.
     #[serde(default, deserialize_with = "crate::common::null_as_default")]
     pub attachments: Vec<Attachment>,
+}
+
+/// `parentId` and `editedAt` of a [`MessageRecord`] are always sent, as `null` when unset
+/// (FluxyChat's row shape): the schema lists them as required and nullable, so generated
+/// encoders keep the explicit `null`.
+fn always_sent_nullable(schema: &mut schemars::Schema) {
+    if let Some(serde_json::Value::Array(req)) = schema.get_mut("required") {
+        for name in ["parentId", "editedAt"] {
+            if !req.iter().any(|v| v == name) {
+                req.push(name.into());
+            }
+        }
+    }
 }
 
 /// `GET /api/messages?roomId=&limit=&before=` response (FluxyChat compatible) `[FX-HIS-8]`.

@@ -13,6 +13,7 @@
 //! - [`request`]: I/O-free request parsing and validation shared by the server shells.
 //! - [`spec`]: the clause index of the normative spec.
 //! - [`schema`]: JSON Schema 2020-12 export.
+//! - [`api`]: AsyncAPI 3.0 and OpenAPI 3.1 export (`spec/asyncapi.yaml`, `spec/openapi.yaml`).
 //!
 //! Unknown fields are ignored on decode (forward compatibility); unknown frame types are errors.
 //! Encoding is canonical: fields in declaration order, absent optionals omitted.
@@ -37,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod client;
 pub mod codes;
 pub mod common;

@@ -177,14 +177,15 @@ fn has_type(schema: &Value, t: &str) -> bool {
 /// Tighten each property of each object definition so the schema says what the decoder checks:
 ///
 /// - integer formats `uint8`..`uint64` get their full `minimum`/`maximum` range;
+/// - lists of user ids (`users`) reference a named `UserId` definition;
 /// - id properties get [`ID_PATTERN`](crate::common::ID_PATTERN) and `clientMessageId` gets
 ///   [`CLIENT_MESSAGE_ID_PATTERN`](crate::common::CLIENT_MESSAGE_ID_PATTERN);
-/// - `date-time` properties get the exact timestamp form of `[FX-FRM-5]` as a `pattern`, so
-///   validators that treat `format` as an annotation still check it;
 /// - every optional (not `required`) property also accepts `null`, which decoders treat like an
-///   absent field `[FX-FRM-12]`.
+///   absent field `[FX-FRM-12]`;
+/// - a property that references a definition loses its `default` (kept in the description).
 fn refine(defs: &mut Map<String, Value>) {
-    use crate::common::{CLIENT_MESSAGE_ID_PATTERN, ID_PATTERN, TIMESTAMP_PATTERN};
+    use crate::common::{CLIENT_MESSAGE_ID_PATTERN, ID_PATTERN};
+    let mut uses_user_id = false;
     for def in defs.values_mut() {
         let Some(obj) = def.as_object_mut() else {
             continue;
@@ -216,19 +217,37 @@ fn refine(defs: &mut Map<String, Value>) {
                     p.insert("pattern".into(), json!(ID_PATTERN));
                 } else if name == "clientMessageId" {
                     p.insert("pattern".into(), json!(CLIENT_MESSAGE_ID_PATTERN));
-                } else if p.get("format").and_then(Value::as_str) == Some("date-time") {
-                    p.insert("pattern".into(), json!(TIMESTAMP_PATTERN));
                 }
             }
-            if ID_LIST_PROPERTIES.contains(&name.as_str()) {
-                if let Some(Value::Object(items)) = p.get_mut("items") {
-                    items.entry("pattern").or_insert_with(|| json!(ID_PATTERN));
-                }
+            if ID_LIST_PROPERTIES.contains(&name.as_str()) && p.contains_key("items") {
+                // A named item type: generators name an inline constrained item after the
+                // property (pydantic got a `User` class for a user id).
+                p.insert("items".into(), json!({ "$ref": "#/$defs/UserId" }));
+                uses_user_id = true;
             }
             if !required.contains(name) && name != "type" {
                 make_nullable(p);
             }
+            // A `default` beside a reference (`op: "add"` of a `ReactionOp`) is copied by
+            // generators as a raw value of the wrong type (pydantic: a `str` assigned to a
+            // `RootModel` field, which `mypy --strict` rejects). The description says it.
+            if p.contains_key("$ref")
+                || p.get("anyOf")
+                    .is_some_and(|a| a.to_string().contains("$ref"))
+            {
+                p.remove("default");
+            }
         }
+    }
+    if uses_user_id {
+        defs.insert(
+            "UserId".into(),
+            json!({
+                "type": "string",
+                "pattern": ID_PATTERN,
+                "description": "A user id `[FX-FRM-6]`.",
+            }),
+        );
     }
 }
 
@@ -269,6 +288,27 @@ fn make_nullable(p: &mut Map<String, Value>) {
     }
 }
 
+/// Turn `{"$ref": R, "description": D, …}` into `{"allOf": [{"$ref": R}], "description": D, …}`.
+///
+/// Both mean the same in draft 2020-12, but generators that inline a `$ref` with sibling
+/// keywords create a copy of the referenced type for every use (json-schema-to-typescript
+/// emitted `Timestamp1` … `Timestamp18`); a lone `$ref` inside `allOf` is resolved to the one
+/// named type, and the description still documents the property.
+fn wrap_annotated_refs(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if o.len() > 1 {
+                if let Some(r) = o.remove("$ref") {
+                    o.insert("allOf".into(), json!([{ "$ref": r }]));
+                }
+            }
+            o.values_mut().for_each(wrap_annotated_refs);
+        }
+        Value::Array(a) => a.iter_mut().for_each(wrap_annotated_refs),
+        _ => {}
+    }
+}
+
 /// Join the hard-wrapped lines of doc comments: a single newline becomes a space, paragraph
 /// breaks stay.
 fn unwrap_descriptions(v: &mut Value) {
@@ -293,23 +333,6 @@ fn unwrap_descriptions(v: &mut Value) {
             }
         }
         Value::Array(a) => a.iter_mut().for_each(unwrap_descriptions),
-        _ => {}
-    }
-}
-
-/// Rebuild every object with its keys in sorted order, so the output does not depend on
-/// whether `serde_json` preserves insertion order in this build.
-fn sort_keys(v: &mut Value) {
-    match v {
-        Value::Object(o) => {
-            let mut entries: Vec<(String, Value)> = std::mem::take(o).into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            for (k, mut val) in entries {
-                sort_keys(&mut val);
-                o.insert(k, val);
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(sort_keys),
         _ => {}
     }
 }
@@ -366,10 +389,19 @@ fn all_defs() -> (Map<String, Value>, Vec<String>) {
     hoist_tags(&mut defs);
     refine(&mut defs);
     for def in defs.values_mut() {
+        wrap_annotated_refs(def);
+    }
+    for def in defs.values_mut() {
         unwrap_descriptions(def);
     }
     ensure_titles(&mut defs);
     (defs, roots)
+}
+
+/// Every definition of the bundle (`$defs` of [`BUNDLE_FILE`]), by name, with references in
+/// the form `#/$defs/<Name>`.
+pub fn definitions() -> Map<String, Value> {
+    all_defs().0
 }
 
 /// Names of the exported root types, in export order: `ClientFrame`, `ServerFrame`,
@@ -408,7 +440,7 @@ pub fn generate() -> BTreeMap<String, String> {
         "description": "Every frame, timeline event and HTTP body of Fluxy protocol v1. Validate a client frame against #/$defs/ClientFrame, a server frame against #/$defs/ServerFrame.",
         "$defs": Value::Object(defs.clone()),
     });
-    files.insert(BUNDLE_FILE.to_string(), pretty(&bundle));
+    files.insert(BUNDLE_FILE.to_string(), pretty(&bundle, None));
     for (name, def) in &defs {
         // Transitive closure of referenced definitions.
         let mut needed = BTreeSet::new();
@@ -445,15 +477,225 @@ pub fn generate() -> BTreeMap<String, String> {
             }
             doc.insert("$defs".into(), Value::Object(sub));
         }
-        files.insert(format!("{name}.schema.json"), pretty(&Value::Object(doc)));
+        files.insert(
+            format!("{name}.schema.json"),
+            pretty(&Value::Object(doc), Some(name)),
+        );
     }
     files
 }
 
-fn pretty(v: &Value) -> String {
-    let mut v = v.clone();
-    sort_keys(&mut v);
-    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
-    s.push('\n');
-    s
+/// Pretty JSON (two-space indent, as `serde_json::to_string_pretty`) with every object's keys
+/// sorted, except the `properties` of a definition: those keep the wire order (`type` first,
+/// then [`field_orders`]), which generators copy into the field order of the classes and
+/// structs they emit, so that their encoders write the canonical field order.
+///
+/// `name` is the definition the document describes (`None` for the bundle).
+fn pretty(v: &Value, name: Option<&str>) -> String {
+    let orders = field_orders();
+    let mut out = String::new();
+    write_value(v, Ctx::Def(name), &orders, 0, &mut out);
+    out.push('\n');
+    out
+}
+
+/// Where a value sits in a schema document, for [`write_value`].
+#[derive(Clone, Copy)]
+enum Ctx<'a> {
+    /// A definition (or the document root) named so.
+    Def(Option<&'a str>),
+    /// A `$defs` object: its keys name definitions.
+    Defs,
+    /// The `properties` of the named definition.
+    Props(Option<&'a str>),
+    /// Anything else.
+    Other,
+}
+
+fn write_value(
+    v: &Value,
+    ctx: Ctx<'_>,
+    orders: &BTreeMap<&'static str, Vec<&'static str>>,
+    indent: usize,
+    out: &mut String,
+) {
+    let pad = |n: usize, out: &mut String| out.extend(std::iter::repeat_n("  ", n));
+    match v {
+        Value::Object(o) if !o.is_empty() => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            if let Ctx::Props(def) = ctx {
+                let order = def.and_then(|d| orders.get(d));
+                // A frame's `type` tag is no struct field: it comes first. A `type` field
+                // (a room's type) keeps its declared place.
+                let rank = |k: &str| -> usize {
+                    match order.and_then(|o| o.iter().position(|x| *x == k)) {
+                        Some(i) => i + 1,
+                        None if k == "type" => 0,
+                        None => usize::MAX,
+                    }
+                };
+                keys.sort_by_key(|k| rank(k));
+            }
+            out.push_str("{\n");
+            for (i, k) in keys.iter().enumerate() {
+                let child = match (ctx, k.as_str()) {
+                    (Ctx::Defs, _) => Ctx::Def(Some(k.as_str())),
+                    (Ctx::Def(_), "$defs") => Ctx::Defs,
+                    (Ctx::Def(d), "properties") => Ctx::Props(d),
+                    _ => Ctx::Other,
+                };
+                pad(indent + 1, out);
+                out.push_str(&Value::String((*k).clone()).to_string());
+                out.push_str(": ");
+                write_value(&o[k.as_str()], child, orders, indent + 1, out);
+                if i + 1 < keys.len() {
+                    out.push(',');
+                }
+                out.push('\n');
+            }
+            pad(indent, out);
+            out.push('}');
+        }
+        Value::Array(a) if !a.is_empty() => {
+            out.push_str("[\n");
+            for (i, item) in a.iter().enumerate() {
+                pad(indent + 1, out);
+                write_value(item, Ctx::Other, orders, indent + 1, out);
+                if i + 1 < a.len() {
+                    out.push(',');
+                }
+                out.push('\n');
+            }
+            pad(indent, out);
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Records the field names a derived `Deserialize` passes to `deserialize_struct`: the wire
+/// names in declaration order (serde's `FIELDS`, which also lists aliases).
+struct FieldProbe<'a>(&'a mut Vec<&'static str>);
+
+impl<'de> serde::Deserializer<'de> for FieldProbe<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.extend_from_slice(fields);
+        Err(serde::de::Error::custom("field names recorded"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+/// The wire field names of a struct, in declaration order (including serde aliases).
+fn wire_fields<'de, T: serde::Deserialize<'de>>() -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    // The probe always fails after recording the names; the error carries nothing.
+    let _ = T::deserialize(FieldProbe(&mut fields));
+    fields
+}
+
+/// Definition name → wire field order, for every object definition.
+///
+/// `serde_json` here keeps object keys sorted, so schemars' property order is lost; this list
+/// restores the declaration order that the encoders use. A test fails when an object definition
+/// is missing here: add its type to the list.
+pub fn field_orders() -> BTreeMap<&'static str, Vec<&'static str>> {
+    use crate::{client::*, common::*, events::*, http::*, server::*};
+    macro_rules! orders {
+        ($($t:ty),* $(,)?) => {{
+            let mut m = BTreeMap::new();
+            $( m.insert(stringify!($t), wire_fields::<$t>()); )*
+            m
+        }};
+    }
+    let mut m = orders!(
+        // client frames
+        PingFrame,
+        SendMessageFrame,
+        EditFrame,
+        DeleteFrame,
+        ReactionFrame,
+        ReadFrame,
+        TypingFrame,
+        ResumeFrame,
+        StreamFrame,
+        AgentRunFrame,
+        ToolCallFrame,
+        ToolResultFrame,
+        ToolErrorFrame,
+        ApprovalRequestFrame,
+        ApprovalDecisionFrame,
+        AgentTypingFrame,
+        AuthFrame,
+        // server frames
+        WelcomeFrame,
+        HistoryFrame,
+        ReplayFrame,
+        AckFrame,
+        ErrorFrame,
+        PongFrame,
+        TypingEvent,
+        AgentTypingEvent,
+        PresenceMember,
+        PresenceFrame,
+        MemberPresenceEvent,
+        SubscriptionSucceededFrame,
+        TokenRefreshedFrame,
+        BatchFrame,
+        // timeline events
+        MessageEvent,
+        EditEvent,
+        DeleteEvent,
+        ReactionEvent,
+        ReadEvent,
+        AgentRunEvent,
+        ToolCallEvent,
+        ToolResultEvent,
+        ToolErrorEvent,
+        ApprovalRequestEvent,
+        ApprovalDecisionEvent,
+        // shared and HTTP
+        Attachment,
+        Limits,
+        ErrorBody,
+        TokenRequest,
+        TokenClaimsSummary,
+        TokenResponse,
+        MemberSpec,
+        CreateRoomRequest,
+        Room,
+        RoomResponse,
+        RoomListResponse,
+        Member,
+        MembersResponse,
+        MemberResponse,
+        PostMessageRequest,
+        PostMessageResponse,
+        HistoryPage,
+        MessageRecord,
+        LegacyMessagesResponse,
+        HealthResponse,
+    );
+    // `member_joined` and `member_left` are split out of one Rust type (see `hoist_tags`).
+    if let Some(o) = m.get("MemberPresenceEvent").cloned() {
+        m.insert("MemberJoinedEvent", o.clone());
+        m.insert("MemberLeftEvent", o);
+    }
+    m
 }

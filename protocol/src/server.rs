@@ -34,7 +34,7 @@ pub struct WelcomeFrame {
     /// The server closes with 4000 after this long without any frame.
     pub idle_timeout_ms: u64,
     /// Token expiry; refresh in-band with `auth` before it.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub token_expires_at: String,
     /// Limits in force.
     pub limits: Limits,
@@ -94,7 +94,7 @@ pub struct AckFrame {
     pub seq: Option<u64>,
     /// Commit time of that event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "Option<crate::common::Timestamp>")]
     pub created_at: Option<String>,
     /// True when this repeats the ack of an earlier identical request `[FX-ACK-4]`.
     #[serde(
@@ -246,7 +246,7 @@ pub struct SubscriptionSucceededFrame {
 #[schemars(title = "TokenRefreshedFrame")]
 pub struct TokenRefreshedFrame {
     /// New expiry.
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(with = "crate::common::Timestamp")]
     pub token_expires_at: String,
     /// Roles of the new token.
     pub roles: Vec<String>,
@@ -291,6 +291,7 @@ impl BatchFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 #[schemars(title = "ServerFrame")]
+#[schemars(extend("type" = "object", "discriminator" = {"propertyName": "type"}))]
 pub enum ServerFrame {
     /// `welcome`
     #[serde(rename = "welcome")]

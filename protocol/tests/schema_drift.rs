@@ -243,3 +243,124 @@ fn tagged_definitions_are_encoded_with_their_tag() {
         }
     }
 }
+
+/// Generators copy the schema's property order into the classes and structs they emit, and
+/// their encoders write fields in that order: it must be the wire order (`type` first, then
+/// the Rust declaration order), for every object definition.
+#[test]
+fn properties_are_in_wire_order() {
+    use serde_json::Value;
+    let files = fluxy_protocol::schema::generate();
+    let text = &files[fluxy_protocol::schema::BUNDLE_FILE];
+    let orders = fluxy_protocol::schema::field_orders();
+    let mut problems = Vec::new();
+    // Read the bundle with its key order preserved: the printed text is the source of truth.
+    let bundle: Value = serde_json::from_str(text).unwrap();
+    for (name, def) in bundle["$defs"].as_object().unwrap() {
+        let Some(props) = def["properties"].as_object() else {
+            continue;
+        };
+        let Some(order) = orders.get(name.as_str()) else {
+            problems.push(format!(
+                "{name}: object definition missing from schema::field_orders(); add its type"
+            ));
+            continue;
+        };
+        let mut expected: Vec<&str> = Vec::new();
+        if props.contains_key("type") && !order.contains(&"type") {
+            expected.push("type");
+        }
+        expected.extend(order.iter().copied().filter(|f| props.contains_key(*f)));
+        let mut printed: Vec<(usize, &str)> = Vec::new();
+        // Positions of each property key inside this definition's printed `properties` block.
+        let start = text
+            .find(&format!("\n    \"{name}\": {{"))
+            .unwrap_or_else(|| panic!("{name} not printed"));
+        let block = &text[start..];
+        let props_at = block.find("\n      \"properties\": {").unwrap();
+        for k in props.keys() {
+            let pos = block[props_at..]
+                .find(&format!("\n        \"{k}\": "))
+                .unwrap_or(usize::MAX);
+            printed.push((pos, k.as_str()));
+        }
+        printed.sort();
+        let printed: Vec<&str> = printed.into_iter().map(|(_, k)| k).collect();
+        if printed != expected {
+            problems.push(format!(
+                "{name}: printed {printed:?}, wire order {expected:?}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Every timestamp is one named `Timestamp` string with the FX-FRM-5 pattern and no
+/// `format: date-time` (which generators turn into native dates that lose the three digits);
+/// unions carry `discriminator`; no `$ref` has sibling keywords.
+#[test]
+fn timestamps_unions_and_refs_are_generator_friendly() {
+    use serde_json::Value;
+    let files = fluxy_protocol::schema::generate();
+    let bundle: Value = serde_json::from_str(&files[fluxy_protocol::schema::BUNDLE_FILE]).unwrap();
+    let defs = bundle["$defs"].as_object().unwrap();
+    assert_eq!(
+        defs["Timestamp"]["pattern"],
+        fluxy_protocol::common::TIMESTAMP_PATTERN
+    );
+    assert!(defs["Timestamp"].get("format").is_none());
+    let ts_ref = Value::String("#/$defs/Timestamp".into());
+    let mut timestamp_fields = 0;
+    for (name, def) in defs {
+        for (pname, p) in def["properties"].as_object().into_iter().flatten() {
+            let text = p.to_string();
+            if pname.ends_with("At") {
+                assert!(
+                    p["allOf"][0]["$ref"] == ts_ref || p["anyOf"][0]["$ref"] == ts_ref,
+                    "{name}.{pname}: not a Timestamp: {p}"
+                );
+                timestamp_fields += 1;
+            }
+            assert!(!text.contains("date-time"), "{name}.{pname}: {p}");
+        }
+    }
+    assert!(timestamp_fields >= 19, "{timestamp_fields}");
+    for union in ["ClientFrame", "ServerFrame", "TimelineEvent"] {
+        assert_eq!(
+            defs[union]["discriminator"]["propertyName"], "type",
+            "{union}"
+        );
+    }
+    fn lone_refs(v: &Value, at: &str) {
+        match v {
+            Value::Object(o) => {
+                if o.contains_key("$ref") {
+                    assert_eq!(o.len(), 1, "{at}: $ref with siblings: {v}");
+                }
+                o.iter()
+                    .for_each(|(k, x)| lone_refs(x, &format!("{at}/{k}")));
+            }
+            Value::Array(a) => a.iter().for_each(|x| lone_refs(x, at)),
+            _ => {}
+        }
+    }
+    lone_refs(&bundle, "");
+    // The legacy row always carries these two, as `null` when unset.
+    let req = defs["MessageRecord"]["required"].as_array().unwrap();
+    for f in ["parentId", "editedAt"] {
+        assert!(req.iter().any(|r| r == f), "MessageRecord.{f} not required");
+    }
+}
+
+/// `spec/asyncapi.yaml` and `spec/openapi.yaml` must be exactly what the Rust types generate.
+#[test]
+fn committed_api_documents_match_the_rust_types() {
+    let spec = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec");
+    for (name, text) in fluxy_protocol::api::generate() {
+        let committed = std::fs::read_to_string(spec.join(name)).unwrap_or_default();
+        assert!(
+            committed == text,
+            "spec/{name} is out of date with the fluxy-protocol types; regenerate with `{REGENERATE}`"
+        );
+    }
+}

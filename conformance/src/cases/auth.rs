@@ -4,13 +4,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use fluxy_protocol::common::RoomType;
+use fluxy_protocol::http::CreateRoomRequest;
 use fluxy_protocol::jwt::sign_raw;
 use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::{json, Value};
 
 use super::{expect_rejected, msg, req, req_err, send};
 use crate::case;
-use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
+use crate::case::{as_precondition, blocked, ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{urlenc, Ctx, TokenOpts, User};
 
 /// Cases of this group.
@@ -26,7 +28,7 @@ pub fn cases() -> Vec<Case> {
         case!("auth/wrong-algorithm", ["FX-AUTH-3"], "alg HS512 (or HS384) with a valid HS256 MAC is rejected", wrong_alg),
         case!("auth/wrong-tenant", ["FX-AUTH-6"], "a token naming another or unknown tenant, signed with this tenant's secret, is rejected", wrong_tenant),
         case!("auth/bad-claims", ["FX-AUTH-6"], "sub or tid outside the id pattern is rejected", bad_claims),
-        case!("auth/non-member", ["FX-AUTH-11", "FX-HIS-7"], "a non-member cannot connect (4003), read history or post (403 not_member)", non_member),
+        case!("auth/non-member", ["FX-AUTH-11", "FX-HIS-7", "FX-TEN-5"], "token role (member, moderator, agent) × room type (group, announcement) × route (WS, POST /messages, members, history): a non-member is refused everywhere, with the owner as positive control", non_member),
         case!("auth/admin-and-public", ["FX-AUTH-11"], "owner/admin tokens and public rooms bypass membership", admin_and_public),
         case!("auth/frame-user-id-ignored", ["FX-AUTH-7", "FX-EDT-9"], "a userId in a frame or body is never used as identity", frame_user_id),
         case!("auth/expiry-while-connected", ["FX-AUTH-10", "FX-ERR-5"], "a token that expires while connected gets error token_expired and close 4005", expiry_while_connected),
@@ -68,8 +70,23 @@ async fn refused(
 ) -> Result<(), CaseError> {
     let owner = ctx.user("owner").await?;
     let room = ctx.room(&owner, &[]).await?;
-    let r = ctx.get(&format!("/rooms/{room}/history"), token).await?;
-    r.expect_error(clause, "GET history with the token", code)?;
+    // Positive controls on the same route and transport: a valid token works there, so a
+    // refusal of the crafted one is evidence about the token, not about the route.
+    let ok = ctx.get("/rooms", &owner.token).await?;
+    if ok.status != 200 {
+        return Err(blocked(
+            "FX-TEN-6",
+            "positive control: GET /rooms with a valid token answers 200",
+            format!("HTTP {} {}", ok.status, crate::ctx::short(&ok.text, 200)),
+        ));
+    }
+    let r = ctx.get("/rooms", token).await?;
+    r.expect_error(clause, "GET /rooms with the token", code)?;
+    drop(
+        ctx.connect_q(&owner, &room, "replay=off")
+            .await
+            .map_err(|e| as_precondition(e.context("positive control: a valid token connects")))?,
+    );
     let mut c = ctx
         .connect_raw(
             "crafted",
@@ -379,38 +396,93 @@ async fn bad_claims(ctx: &Ctx) -> Result<(), CaseError> {
     .await
 }
 
+/// The non-member half of the authorization matrix: token role (member, moderator, agent:
+/// none bypasses membership) × room type (group, announcement) × route (WebSocket upgrade,
+/// `POST /messages`, `GET /rooms/{id}/members`, history when the server has it). Every refusal
+/// is paired with the owner doing the same on the same route (positive control).
 async fn non_member(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
-    let x = ctx.user("outsider").await?;
-    let room = ctx.room(&a, &[]).await?;
-    let r = ctx.get(&format!("/rooms/{room}/history"), &x.token).await?;
-    r.expect_error("FX-HIS-7", "history for a non-member", ErrorCode::NotMember)?;
-    let r = ctx
-        .post(
-            "/messages",
-            &x.token,
-            &json!({"roomId": room, "content": "hi"}),
-        )
-        .await?;
-    r.expect_error(
-        "FX-AUTH-11",
-        "POST /messages by a non-member",
-        ErrorCode::NotMember,
-    )?;
-    let mut c = ctx
-        .connect_raw(
-            &x.id,
-            &format!("/ws/room/{room}?token={}", urlenc(&x.token)),
-            &[],
-        )
-        .await?;
-    expect_rejected(&mut c, "FX-AUTH-11", ErrorCode::NotMember, 4003).await?;
-    ensure_eq(
-        "FX-AUTH-11",
-        "events stored by the non-member",
-        super::current_seq(ctx, &a, &room).await?,
-        0,
-    )
+    for room_type in [RoomType::Group, RoomType::Announcement] {
+        let room = ctx
+            .room_req(
+                &a,
+                CreateRoomRequest {
+                    id: Some(ctx.uid("room")),
+                    name: "matrix".into(),
+                    room_type: Some(room_type),
+                    members: vec![],
+                },
+            )
+            .await?;
+        // Positive controls: the owner uses every route of the matrix.
+        let ctl = |e: CaseError| as_precondition(e.context("positive control by the owner"));
+        let owner_conn = ctx.connect_q(&a, &room, "replay=off").await.map_err(ctl)?;
+        let before = owner_conn.current_seq();
+        drop(owner_conn);
+        let m = ctx.get(&format!("/rooms/{room}/members"), &a.token).await?;
+        m.expect_status("FX-TEN-5", "positive control: the owner lists members", 200)
+            .map_err(as_precondition)?;
+        let h = ctx
+            .get(&format!("/rooms/{room}/history?limit=1"), &a.token)
+            .await?;
+        let history = h.status == 200;
+        if !history {
+            ctx.note("the owner's GET history is not 200: the history route is left out");
+        }
+        for role in ["member", "moderator", "agent"] {
+            let x = ctx.user_roles(&format!("out{role}"), &[role]).await?;
+            let cell = format!("token role {role}, room type {room_type:?}");
+            let r = ctx
+                .post(
+                    "/messages",
+                    &x.token,
+                    &json!({"roomId": room, "content": "hi"}),
+                )
+                .await?;
+            r.expect_error(
+                "FX-AUTH-11",
+                &format!("POST /messages by a non-member ({cell})"),
+                ErrorCode::NotMember,
+            )?;
+            let r = ctx.get(&format!("/rooms/{room}/members"), &x.token).await?;
+            ensure(
+                r.status == 403,
+                "FX-TEN-5",
+                format!("GET /rooms/{{id}}/members by a non-member ({cell}): 403"),
+                format!("HTTP {} {}", r.status, crate::ctx::short(&r.text, 200)),
+            )?;
+            if history {
+                let r = ctx.get(&format!("/rooms/{room}/history"), &x.token).await?;
+                r.expect_error(
+                    "FX-HIS-7",
+                    &format!("history for a non-member ({cell})"),
+                    ErrorCode::NotMember,
+                )?;
+            }
+            let mut c = ctx
+                .connect_raw(
+                    &x.id,
+                    &format!("/ws/room/{room}?token={}", urlenc(&x.token)),
+                    &[],
+                )
+                .await?;
+            expect_rejected(&mut c, "FX-AUTH-11", ErrorCode::NotMember, 4003)
+                .await
+                .map_err(|e| e.context(&cell))?;
+        }
+        let after = ctx
+            .connect_q(&a, &room, "replay=off")
+            .await
+            .map_err(ctl)?
+            .current_seq();
+        ensure_eq(
+            "FX-AUTH-11",
+            "events stored by the non-members (currentSeq before and after)",
+            after,
+            before,
+        )?;
+    }
+    Ok(())
 }
 
 async fn admin_and_public(ctx: &Ctx) -> Result<(), CaseError> {

@@ -1,4 +1,6 @@
-//! Writes the JSON Schemas of protocol v1 into a directory (default `spec/schema`).
+//! Writes the JSON Schemas of protocol v1 into a directory (default `spec/schema`), and the
+//! AsyncAPI 3.0 and OpenAPI 3.1 documents (`asyncapi.yaml`, `openapi.yaml`) into its parent
+//! directory (`spec/`).
 
 use std::path::PathBuf;
 
@@ -19,5 +21,14 @@ fn main() -> std::io::Result<()> {
         std::fs::write(dir.join(name), text)?;
     }
     println!("wrote {} schema files to {}", files.len(), dir.display());
+    let parent = std::fs::canonicalize(&dir)?
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    for (name, text) in fluxy_protocol::api::generate() {
+        let path = parent.join(name);
+        std::fs::write(&path, text)?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }

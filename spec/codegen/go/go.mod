@@ -1,0 +1,3 @@
+module fluxy.dev/codegen/go
+
+go 1.19
