@@ -14,7 +14,7 @@ f("FX-HS-6", "snapshot shape (§2.6 history {messages, reactions})", "the snapsh
 f("FX-HS-7", "?lastSeq= not supported (§2.1 connect parameters)", "a connect with lastSeq gets the ordinary history snapshot, never a replay")
 f("FX-HS-9", "unsequenced, reordered live delivery (§10.3, §10.4, §2.8)", "concurrent handlers broadcast out of send order and many events carry no seq, so live events are not delivered in seq order", alt=["FX-ORD-2"])
 f("FX-HS-10", "early frames processed concurrently (§2.3, §2.8)", "frames queued during set-up run as unserialised tasks, so their effects can come out of order")
-f("FX-HS-4", "upgrade-less request answered 400 text 'Expected WebSocket' (§2.1)", "400 with a text body, not an ErrorBody invalid_frame")
+f("FX-HS-4", "upgrade-less request answered 400 text 'Expected WebSocket' (§2.1)", "400 with a text body, not an ErrorBody invalid_frame; the runner reads a body that is no ErrorBody at all under FX-ERR-4", alt=["FX-ERR-4"])
 f("FX-HS-3", "handshake failures refused with HTTP 401/403 (§2.1, §10.15)", "the allowed HTTP refusal must carry an ErrorBody; FluxyChat's are text or free-text JSON", level="SHOULD")
 f("FX-VER-1", "no protocol version (§1.2 /health)", "/health has version 0.2.0 but no protocolVersion; there is no welcome")
 f("FX-VER-2", "v parameter ignored (§2.1)", "v=2 (any v) is accepted; never unsupported_version/4009")
