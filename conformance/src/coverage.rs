@@ -101,6 +101,10 @@ pub fn render(cov: &[ClauseCoverage]) -> String {
     }
     let must: Vec<&ClauseCoverage> = cov.iter().filter(|c| c.level == "MUST").collect();
     let covered = must.iter().filter(|c| !c.cases.is_empty()).count();
+    let mnc = must
+        .iter()
+        .filter(|c| c.cases.is_empty() && NOT_CHECKABLE.iter().any(|(id, _)| *id == c.id))
+        .count();
     let other: Vec<&ClauseCoverage> = cov
         .iter()
         .filter(|c| c.level == "SHOULD" || c.level == "MAY")
@@ -112,7 +116,7 @@ pub fn render(cov: &[ClauseCoverage]) -> String {
         .count();
     let _ = writeln!(
         s,
-        "\nMUST clauses covered: {covered}/{}; SHOULD/MAY covered: {ocov}/{} ({onc} not checkable from outside)",
+        "\nMUST clauses covered: {covered}/{} ({mnc} not checkable from outside); SHOULD/MAY covered: {ocov}/{} ({onc} not checkable from outside)",
         must.len(),
         other.len()
     );

@@ -121,6 +121,15 @@ async fn token_endpoint(ctx: &Ctx) -> Result<(), CaseError> {
         "POST /auth/token answers 200 or 201",
         format!("HTTP {} {}", r.status, crate::ctx::short(&r.text, 300)),
     )?;
+    // Name every wrong or missing field at once.
+    let (_, dev) = crate::env::read_token_response(r.status, &r.text)
+        .map_err(|e| fail("FX-AUTH-1", "a TokenResponse", e))?;
+    ensure(
+        dev.is_empty(),
+        "FX-AUTH-1",
+        "a TokenResponse (token, expiresIn, expiresAt, claims {sub, tid, roles})",
+        dev.join("; "),
+    )?;
     let t: fluxy_protocol::http::TokenResponse = r.parse("FX-AUTH-1", "TokenResponse")?;
     let (h, p) = jwt_parts(&t.token).ok_or_else(|| fail("FX-AUTH-1", "a JWT", &t.token))?;
     ensure_eq(
@@ -200,7 +209,12 @@ async fn ttl_and_roles(ctx: &Ctx) -> Result<(), CaseError> {
         (Some(120), 120),
     ] {
         let r = mint(ttl, vec![]).await?;
-        r.expect_status("FX-AUTH-2", "token request", 200)?;
+        ensure(
+            r.status == 200 || r.status == 201,
+            "FX-AUTH-16",
+            "POST /auth/token answers 200 or 201",
+            format!("HTTP {} {}", r.status, crate::ctx::short(&r.text, 200)),
+        )?;
         let t: fluxy_protocol::http::TokenResponse = r.parse("FX-AUTH-2", "TokenResponse")?;
         ensure_eq(
             "FX-AUTH-2",

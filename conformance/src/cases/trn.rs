@@ -17,7 +17,7 @@ pub fn cases() -> Vec<Case> {
         case!("trn/sse-ready-and-headers", ["FX-TRN-1", "FX-TRN-4"], "SSE answers text/event-stream, no-cache, then ready {currentSeq} without id, then live events", sse_ready),
         case!("trn/sse-same-events", ["FX-TRN-2", "FX-TRN-8", "FX-TRN-4"], "each SSE event has id: seq, event: type and the WebSocket JSON", sse_same),
         case!("trn/sse-last-event-id", ["FX-TRN-3"], "Last-Event-ID (header or lastEventId) replays every later event, then live, no gap or repeat", sse_resume),
-        case!("trn/far-behind", ["FX-TRN-3", "FX-TRN-7"], "SSE Last-Event-ID and long-poll afterSeq from before a long history (more events than a server keeps in memory) get every event, gap-free", far_behind),
+        case!("trn/far-behind", ["FX-TRN-3", "FX-TRN-7", "FX-TRN-13", "FX-TRN-14"], "SSE Last-Event-ID and long-poll afterSeq from before a long history (more events than a server keeps in memory) get every event, gap-free", far_behind),
         case!("trn/sse-resync", ["FX-TRN-3"], "an impossible Last-Event-ID gets event: error resync_required and the stream ends", sse_resync),
         case!("trn/sse-not-acceptable", ["FX-TRN-1"], "Accept excluding text/event-stream gets 406; membership is required", sse_406),
         case!("trn/sse-ephemeral-no-id", ["FX-TRN-5", "FX-TRN-4"], "ephemeral events on the stream carry no id", sse_ephemeral),
@@ -178,14 +178,68 @@ async fn far_behind(ctx: &Ctx) -> Result<(), CaseError> {
     }
     drop(ca);
     fill_many(ctx, &a, &room, n as usize, "fb").await?;
+    // From seq 1: older than the window, so the whole catch-up or resync_required (FX-TRN-13).
     let mut s = ctx.sse(&a, &room, "", &[("Last-Event-ID", "1")]).await?;
-    s.wait_seq("FX-TRN-3", n).await?;
+    let first = s
+        .wait_event(
+            "FX-TRN-3",
+            "the catch-up up to the last seq, or event: error",
+            |e| e.event == "error" || e.id.as_deref() == Some(n.to_string().as_str()),
+        )
+        .await?;
+    if first.event == "error" {
+        let code = serde_json::from_str::<serde_json::Value>(&first.data)
+            .ok()
+            .and_then(|v| v.get("code").cloned());
+        ensure_eq(
+            "FX-TRN-13",
+            "the error of a catch-up older than resumeWindow",
+            code,
+            Some(serde_json::json!("resync_required")),
+        )?;
+        ctx.note("catch-up from seq 1 answered resync_required (older than resumeWindow: allowed)");
+    } else {
+        let seqs: Vec<u64> = s.timeline().iter().map(|(_, e, _)| e.seq()).collect();
+        ensure_eq(
+            "FX-TRN-3",
+            "seqs after Last-Event-ID 1",
+            seqs,
+            (2..=n).collect(),
+        )?;
+    }
+    drop(s);
+    // Exactly at the window's edge: `resumeWindow` events after it, so no resync is allowed.
+    let edge = n - window;
+    let mut s = ctx
+        .sse(
+            &a,
+            &room,
+            "",
+            &[("Last-Event-ID", edge.to_string().as_str())],
+        )
+        .await?;
+    s.wait_seq("FX-TRN-13", n).await?;
     let seqs: Vec<u64> = s.timeline().iter().map(|(_, e, _)| e.seq()).collect();
     ensure_eq(
-        "FX-TRN-3",
-        "seqs after Last-Event-ID 1",
+        "FX-TRN-13",
+        &format!("seqs after Last-Event-ID {edge} (exactly resumeWindow back)"),
         seqs,
-        (2..=n).collect(),
+        (edge + 1..=n).collect(),
+    )?;
+    // No position at all starts after seq 0 (FX-TRN-14).
+    let r = ctx
+        .get(
+            &format!("/rooms/{room}/poll?limit=3&timeoutMs=1000"),
+            &a.token,
+        )
+        .await?;
+    r.expect_status("FX-TRN-14", "poll without cursor or afterSeq", 200)?;
+    let p: HistoryPage = r.parse("FX-TRN-14", "HistoryPage")?;
+    ensure_eq(
+        "FX-TRN-14",
+        "seqs of a poll without cursor or afterSeq",
+        p.events.iter().map(|e| e.seq()).collect::<Vec<_>>(),
+        vec![1, 2, 3],
     )?;
     for after in [0u64, 1] {
         let r = ctx
