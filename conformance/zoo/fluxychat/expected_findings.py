@@ -103,6 +103,7 @@ f("FX-TRN-2", "SSE without ids (§6; Appendix A.8)", "data-only events: no id:, 
 f("FX-TRN-3", "no Last-Event-ID (§6)", "Last-Event-ID is ignored: the stream starts with the latest 50 messages")
 f("FX-TRN-4", "no ready event (§6)", "the first event is data {type:history, messages:[...]}, not event: ready")
 f("FX-TRN-7", "no long-polling route (§6; Appendix A.9)", "GET /rooms/{id}/poll answers 404 text 'Not found'")
+f("FX-TRN-14", "no long-polling route (§6)", "there is no poll to call without a cursor: blocked behind FX-TRN-7", observable=False)
 # --- errors
 f("FX-ERR-1", "error frame shape (§2.5; Appendix A.25)", "error frames carry only message (free text): no code, no retryable")
 f("FX-ERR-2", "no error codes (§2.5)", "no code field; message is free text")
