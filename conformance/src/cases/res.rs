@@ -199,11 +199,11 @@ async fn proxy_slow(ctx: &Ctx) -> Result<(), CaseError> {
 }
 
 async fn fill(ctx: &Ctx, users: &[User], room: &str, n: usize) -> Result<(), CaseError> {
-    // HTTP posts (not subject to the per-connection rate limit), at most 8 in flight, each
+    // HTTP posts (not subject to the per-connection rate limit), at most 16 in flight, each
     // retried idempotently on 429 or a 5xx from a proxy in front of the server.
     let mut left = n;
     while left > 0 {
-        let k = left.min(8);
+        let k = left.min(16);
         let mut futs = Vec::new();
         for i in 0..k {
             let u = &users[i % users.len()];
