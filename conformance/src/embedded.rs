@@ -18,6 +18,9 @@ pub struct EmbeddedOptions {
     pub db_path: Option<std::path::PathBuf>,
     /// Port to listen on (0: any free port).
     pub port: u16,
+    /// Unload idle rooms after this many ms (`None`: the server's default). A tiny value makes
+    /// every case cross room unloads and reloads from storage.
+    pub room_idle_unload_ms: Option<u64>,
 }
 
 impl Default for EmbeddedOptions {
@@ -29,6 +32,7 @@ impl Default for EmbeddedOptions {
             rate: None,
             db_path: None,
             port: 0,
+            room_idle_unload_ms: None,
         }
     }
 }
@@ -60,6 +64,9 @@ impl Embedded {
             faults: opts.faults.clone(),
             ..fluxy_server::ServerConfig::default()
         };
+        if let Some(ms) = opts.room_idle_unload_ms {
+            config.room_idle_unload_ms = ms;
+        }
         if let Some((burst, per_second)) = opts.rate {
             config.rate_burst = burst;
             config.rate_per_second = per_second;

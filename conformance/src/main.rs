@@ -106,6 +106,10 @@ struct RunArgs {
     /// BURST/PER_SECOND (e.g. 20/10, the floor of FX-LIM-9).
     #[arg(long, value_parser = parse_rate)]
     embedded_rate: Option<(u32, u32)>,
+    /// Embedded mode only: unload idle rooms after this many ms (1 makes every case cross
+    /// room unloads and reloads from storage).
+    #[arg(long)]
+    embedded_unload_ms: Option<u64>,
     /// Embedded mode only: the reference server's resumeWindow (at least 100, FX-RES-5).
     #[arg(long, default_value_t = 200)]
     embedded_resume_window: u32,
@@ -186,6 +190,7 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
         embedded: fluxy_conformance::embedded::EmbeddedOptions {
             faults: a.faults.clone(),
             rate: a.embedded_rate,
+            room_idle_unload_ms: a.embedded_unload_ms,
             resume_window: a.embedded_resume_window,
             ..Default::default()
         },

@@ -63,7 +63,8 @@ async fn suite_passes_against_embedded_server() {
 
 /// The runner plays by the server's rules: with the smallest limits the spec allows
 /// (rateBurst 20, ratePerSecond 10 by FX-LIM-9; resumeWindow 100 by FX-RES-5) every case still
-/// passes, because every connection paces itself to the advertised limits.
+/// passes, because every connection paces itself to the advertised limits. Rooms also unload
+/// after 1 ms idle, so every case crosses room unloads and reloads from storage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn suite_passes_against_the_reference_at_the_spec_floor_limits() {
     let config = RunConfig {
@@ -75,6 +76,7 @@ async fn suite_passes_against_the_reference_at_the_spec_floor_limits() {
         embedded: fluxy_conformance::embedded::EmbeddedOptions {
             rate: Some((20, 10)),
             resume_window: 100,
+            room_idle_unload_ms: Some(1),
             ..Default::default()
         },
         ..RunConfig::default()

@@ -1102,6 +1102,7 @@ impl Harness {
                     replay: opts & 1 == 0,
                     replay_limit: [50, 1, 0, 600][(opts >> 1) as usize % 4],
                     last_seq: last_seq.map(|l| u64::from(l) % (self.store.events.len() as u64 + 2)),
+                    compat: false,
                 };
                 let open_resume = options.last_seq.map(|l| self.resumable(l));
                 self.conns.push(ConnState {

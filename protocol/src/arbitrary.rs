@@ -765,6 +765,8 @@ pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 events,
                 current_seq,
                 has_more,
+                messages: None,
+                reactions: None,
             })
         },
     );

@@ -346,6 +346,10 @@ pub struct MessageRecord {
     pub attachments: Vec<Attachment>,
 }
 
+/// FluxyChat's reaction counts: message id (as a string) → emoji → number of users.
+pub type ReactionCounts =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;
+
 /// `parentId` and `editedAt` of a [`MessageRecord`] are always sent, as `null` when unset
 /// (FluxyChat's row shape): the schema lists them as required and nullable, so generated
 /// encoders keep the explicit `null`.
@@ -367,7 +371,7 @@ pub struct LegacyMessagesResponse {
     /// Live (not deleted) messages, newest first.
     pub messages: Vec<MessageRecord>,
     /// Reaction counts per message id, then per emoji.
-    pub reactions: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    pub reactions: ReactionCounts,
     /// True when older messages exist.
     pub has_more: bool,
     /// Pass as `before` to get the next older page without skipping or repeating rows.

@@ -529,6 +529,9 @@ pub struct HandshakeQuery {
     pub last_seq: Option<u64>,
     /// `batch=1`: the connection opts in to `batch` frames.
     pub batch: bool,
+    /// `replay` is `connect`, `true` or `1` (FluxyChat's SDK): the `history` frame also
+    /// carries FluxyChat's `messages` and `reactions` `[FX-CMP-1]`.
+    pub compat: bool,
 }
 
 impl HandshakeQuery {
@@ -548,6 +551,10 @@ impl HandshakeQuery {
                 .min(MAX_PAGE_LIMIT),
             last_seq: q.get("lastSeq").and_then(|s| s.parse::<u64>().ok()),
             batch: q.get("batch").map(String::as_str) == Some("1"),
+            compat: matches!(
+                q.get("replay").map(String::as_str),
+                Some("connect" | "true" | "1")
+            ),
         }
     }
 }
@@ -862,9 +869,20 @@ mod tests {
                 replay: true,
                 replay_limit: 50,
                 last_seq: None,
-                batch: false
+                batch: false,
+                compat: false,
             }
         );
+        for compat in ["connect", "true", "1"] {
+            let h = HandshakeQuery::parse(&query(&[("replay", compat)]));
+            assert!(h.replay && h.compat, "{compat}");
+        }
+        for plain in ["on", "", "CONNECT", "yes", "off", "0", "false"] {
+            assert!(
+                !HandshakeQuery::parse(&query(&[("replay", plain)])).compat,
+                "{plain}"
+            );
+        }
         for off in ["off", "false", "0"] {
             assert!(!HandshakeQuery::parse(&query(&[("replay", off)])).replay);
         }

@@ -11,6 +11,7 @@ use crate::events::{
     MessageEvent, ReactionEvent, ReadEvent, TimelineEvent, ToolCallEvent, ToolErrorEvent,
     ToolResultEvent,
 };
+use crate::http::{MessageRecord, ReactionCounts};
 
 /// `welcome`: first frame on every connection `[FX-HS-5]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -53,6 +54,16 @@ pub struct HistoryFrame {
     pub current_seq: u64,
     /// True when older events exist (fetch them over HTTP history).
     pub has_more: bool,
+    /// FluxyChat compatibility `[FX-CMP-1]`: the newest live messages as FluxyChat's message
+    /// rows, oldest first, folded from the same committed events as `events` `[FX-CMP-2]`.
+    /// Present only when the client connected with `replay` = `connect`, `true` or `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<MessageRecord>>,
+    /// FluxyChat compatibility `[FX-CMP-1]`: reaction counts of the rows in `messages`, per
+    /// message id (as a string), then per emoji; messages without reactions are absent.
+    /// Present exactly when `messages` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reactions: Option<ReactionCounts>,
 }
 
 /// `replay`: answer to `resume` (or to `?lastSeq=` at connect) `[FX-RES-2]`.

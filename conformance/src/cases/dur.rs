@@ -66,7 +66,7 @@ async fn events_after(
     last: u64,
     clause: &str,
 ) -> Result<(Vec<TimelineEvent>, Conn), CaseError> {
-    let mut c = ctx.connect_q(u, room, &format!("lastSeq={last}")).await?;
+    let mut c = reconnect(ctx, u, room, &format!("lastSeq={last}")).await?;
     let first = c.replay.clone().ok_or_else(|| {
         fail(
             "FX-HS-7",

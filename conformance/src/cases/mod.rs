@@ -10,6 +10,7 @@ use crate::ctx::{Conn, Ctx, Incoming, User};
 pub mod ackg;
 pub mod agt;
 pub mod auth;
+pub mod compat;
 pub mod dur;
 pub mod edt;
 pub mod err;
@@ -42,6 +43,7 @@ pub fn all() -> Vec<Case> {
     v.extend(lim::cases());
     v.extend(err::cases());
     v.extend(ten::cases());
+    v.extend(compat::cases());
     v.extend(crate::fuzz::cases());
     v.extend(crate::property::cases());
     v.extend(dur::cases());

@@ -128,6 +128,9 @@ pub struct ConnectOptions {
     pub replay_limit: u32,
     /// `?lastSeq=`: send a `replay` from there instead of the snapshot.
     pub last_seq: Option<u64>,
+    /// `replay` = `connect`, `true` or `1` (FluxyChat's SDK): the `history` frame also carries
+    /// FluxyChat's `messages` and `reactions` `[FX-CMP-1]` `[FX-CMP-2]`.
+    pub compat: bool,
 }
 
 impl Default for ConnectOptions {
@@ -136,6 +139,7 @@ impl Default for ConnectOptions {
             replay: true,
             replay_limit: 50,
             last_seq: None,
+            compat: false,
         }
     }
 }
@@ -427,6 +431,9 @@ pub struct Room {
     effects: VecDeque<Effect>,
     fault_state: FaultState,
     failed: bool,
+    /// `createdAt` (epoch ms) of the newest sequenced event: the next one gets at least this
+    /// plus one `[FX-ORD-9]`. Learned from the stored events on load.
+    last_created_ms: u64,
 }
 
 fn text_of(frame: &ServerFrame) -> Arc<str> {
@@ -489,6 +496,7 @@ impl Room {
             effects: VecDeque::new(),
             fault_state: FaultState::default(),
             failed: false,
+            last_created_ms: 0,
             cfg,
         };
         for body in loaded.recent {
@@ -507,6 +515,12 @@ impl Room {
                 },
             );
         }
+        room.last_created_ms = room
+            .ring
+            .iter()
+            .map(|r| created_ms_of(&r.event))
+            .max()
+            .unwrap_or(0);
         room.reactions.extend(loaded.reactions);
         room.reads.extend(loaded.reads);
         let mut idem_rows = loaded.idempotency;
@@ -714,7 +728,8 @@ impl Room {
                     self.flush();
                     return;
                 }
-                let r = self.on_message(now_ms, &identity, None, frame);
+                let t = self.event_ms(now_ms);
+                let r = self.on_message(t, &identity, None, frame);
                 self.finish(who, r);
             }
             Input::Kick { user_id } => {
@@ -842,11 +857,11 @@ impl Room {
                 Ok(r) => self.send(conn, text_of(&ServerFrame::Replay(r))),
                 Err(e) => {
                     self.send_error(conn, e);
-                    self.snapshot(conn, options.replay_limit);
+                    self.snapshot(conn, options.replay_limit, options.compat);
                 }
             }
         } else if options.replay {
-            self.snapshot(conn, options.replay_limit);
+            self.snapshot(conn, options.replay_limit, options.compat);
         }
         let first = {
             let n = self.users.entry(user.clone()).or_insert(0);
@@ -891,7 +906,7 @@ impl Room {
         self.ghosts.remove(&user);
     }
 
-    fn snapshot(&mut self, conn: ConnId, limit: u32) {
+    fn snapshot(&mut self, conn: ConnId, limit: u32, compat: bool) {
         let limit = limit.min(MAX_PAGE_LIMIT) as usize;
         let skip = self.ring.len().saturating_sub(limit);
         let events: Vec<TimelineEvent> = self
@@ -904,11 +919,19 @@ impl Room {
             Some(e) => e.seq() > 1,
             None => self.committed_seq > 0,
         };
+        let (messages, reactions) = if compat {
+            let (m, r) = crate::compat::snapshot_rows(self.ring.iter().map(|r| &r.event), limit);
+            (Some(m), Some(r))
+        } else {
+            (None, None)
+        };
         let h = ServerFrame::History(HistoryFrame {
             room_id: self.cfg.room_id.to_string(),
             events,
             current_seq: self.committed_seq,
             has_more,
+            messages,
+            reactions,
         });
         self.send(conn, text_of(&h));
     }
@@ -1085,6 +1108,9 @@ impl Room {
         ) {
             return;
         }
+        // Time stamp of an event this frame may create: never at or before the previous one
+        // `[FX-ORD-9]`.
+        let t = self.event_ms(now_ms);
         let r = match frame {
             ClientFrame::Ping(_) => Ok(None),
             ClientFrame::Message(f) => {
@@ -1093,12 +1119,12 @@ impl Room {
                 } else {
                     None
                 };
-                self.on_message(now_ms, &identity, spoofed, f)
+                self.on_message(t, &identity, spoofed, f)
             }
-            ClientFrame::Edit(f) => self.on_edit(now_ms, &identity, f),
-            ClientFrame::Delete(f) => self.on_delete(now_ms, &identity, f),
-            ClientFrame::Reaction(f) => self.on_reaction(now_ms, &identity, f),
-            ClientFrame::Read(f) => self.on_read(now_ms, &identity, f),
+            ClientFrame::Edit(f) => self.on_edit(t, &identity, f),
+            ClientFrame::Delete(f) => self.on_delete(t, &identity, f),
+            ClientFrame::Reaction(f) => self.on_reaction(t, &identity, f),
+            ClientFrame::Read(f) => self.on_read(t, &identity, f),
             ClientFrame::Typing(f) => {
                 self.on_typing(conn, &identity, f);
                 Ok(None)
@@ -1110,13 +1136,13 @@ impl Room {
                 }
                 Ok(None)
             }
-            ClientFrame::Stream(f) => self.on_stream(now_ms, &identity, f),
-            ClientFrame::AgentRun(f) => self.on_agent_run(now_ms, &identity, f),
-            ClientFrame::ToolCall(f) => self.on_tool_call(now_ms, &identity, f),
-            ClientFrame::ToolResult(f) => self.on_tool_result(now_ms, &identity, f),
-            ClientFrame::ToolError(f) => self.on_tool_error(now_ms, &identity, f),
-            ClientFrame::ApprovalRequest(f) => self.on_approval_request(now_ms, &identity, f),
-            ClientFrame::ApprovalDecision(f) => self.on_approval_decision(now_ms, &identity, f),
+            ClientFrame::Stream(f) => self.on_stream(t, &identity, f),
+            ClientFrame::AgentRun(f) => self.on_agent_run(t, &identity, f),
+            ClientFrame::ToolCall(f) => self.on_tool_call(t, &identity, f),
+            ClientFrame::ToolResult(f) => self.on_tool_result(t, &identity, f),
+            ClientFrame::ToolError(f) => self.on_tool_error(t, &identity, f),
+            ClientFrame::ApprovalRequest(f) => self.on_approval_request(t, &identity, f),
+            ClientFrame::ApprovalDecision(f) => self.on_approval_decision(t, &identity, f),
             ClientFrame::AgentTyping(f) => {
                 if !identity.is_agent() && !self.cfg.faults.non_agent_tool_call {
                     Err(err(
@@ -1235,6 +1261,13 @@ impl Room {
         true
     }
 
+    /// The time stamp for the next timeline event: the clock, or the previous event's time
+    /// stamp plus 1 ms when the clock has not advanced past it, so `createdAt` strictly
+    /// increases with `seq` within the room, also across restarts `[FX-ORD-9]`.
+    fn event_ms(&self, now_ms: u64) -> u64 {
+        now_ms.max(self.last_created_ms.saturating_add(1))
+    }
+
     fn alloc_seq(&mut self) -> u64 {
         if self.cfg.faults.skip_seq && !self.fault_state.skip_seq_fired && self.next_seq >= 3 {
             self.fault_state.skip_seq_fired = true;
@@ -1260,6 +1293,7 @@ impl Room {
         let seq = self.alloc_seq();
         set_seq(&mut event, seq);
         let created_ms = created_ms_of(&event);
+        self.last_created_ms = self.last_created_ms.max(created_ms);
         ack.seq = Some(seq);
         ack.created_at = Some(format_timestamp(created_ms));
         if ack.id.is_none() {

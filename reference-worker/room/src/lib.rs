@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+mod compat;
 mod engine;
 pub mod faults;
 pub mod sql;

@@ -1569,3 +1569,128 @@ fn recent_after_returns_seq_type_and_body() {
     assert_eq!(r.room.recent_after(500, 5).map(|v| v.len()), Some(0));
     r.pump();
 }
+
+fn created_ms(e: &TimelineEvent) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&e.encode()).expect("json");
+    let s = ["createdAt", "editedAt", "deletedAt"]
+        .iter()
+        .find_map(|k| v[*k].as_str())
+        .expect("a time stamp");
+    fluxy_protocol::common::parse_timestamp(s).expect("RFC 3339")
+}
+
+#[test]
+fn created_at_strictly_increases_when_the_clock_stands_still_fx_ord_9() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    // Five events in one millisecond: a message, an edit, a reaction, a read, a REST post.
+    let id = h.msg(1, "one");
+    h.send(1, json!({"type":"edit","messageId":id,"content":"uno"}));
+    h.send(1, json!({"type":"reaction","messageId":id,"emoji":"👍"}));
+    h.send(1, json!({"type":"read","messageId":id}));
+    h.input(Input::Post {
+        request: 7,
+        identity: ident("alice", &["member"]),
+        frame: serde_json::from_value(json!({"content":"rest"})).expect("frame"),
+    });
+    let times: Vec<u64> = h.timeline(1).iter().map(created_ms).collect();
+    assert_eq!(times, (T0..T0 + 5).collect::<Vec<_>>());
+    // The ack and the stored row carry the adjusted time stamp too.
+    let acks = h.acks(1);
+    assert_eq!(
+        acks.last().and_then(|a| a.created_at.clone()),
+        Some(fluxy_protocol::common::format_timestamp(T0 + 3))
+    );
+    // The clock moving backwards does not move createdAt backwards.
+    h.now = T0 - 10_000;
+    h.msg(1, "after a clock step back");
+    assert_eq!(h.timeline(1).last().map(created_ms), Some(T0 + 5));
+    // Once the clock is ahead again, it is used as is.
+    h.now = T0 + 60_000;
+    h.msg(1, "later");
+    assert_eq!(h.timeline(1).last().map(created_ms), Some(T0 + 60_000));
+}
+
+#[test]
+fn created_at_keeps_increasing_after_a_reload_fx_ord_9() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    for i in 0..3 {
+        h.msg(1, &format!("m{i}"));
+    }
+    let last = h.timeline(1).last().map(created_ms).expect("events");
+    assert_eq!(last, T0 + 2);
+    let recent: Vec<String> = h.timeline(1).iter().map(TimelineEvent::encode).collect();
+    let mut r = H::with(
+        cfg(Faults::NONE),
+        LoadedRoom {
+            current_seq: 3,
+            recent,
+            ..LoadedRoom::default()
+        },
+    );
+    // The reloaded engine runs with the clock at T0 (before the stored events' time stamps).
+    r.connect(1, "alice", &["member"]);
+    r.msg(1, "after reload");
+    assert_eq!(r.timeline(1).last().map(created_ms), Some(T0 + 3));
+}
+
+#[test]
+fn compat_snapshot_carries_fluxychat_rows_and_reactions_fx_cmp_1() {
+    let mut h = H::new();
+    h.connect(1, "alice", &["member"]);
+    let a = h.msg(1, "first");
+    let b = h.msg(1, "second");
+    let c = h.msg(1, "third");
+    h.send(
+        1,
+        json!({"type":"edit","messageId":a,"content":"first, edited"}),
+    );
+    h.send(1, json!({"type":"reaction","messageId":a,"emoji":"👍"}));
+    h.send(1, json!({"type":"delete","messageId":b}));
+    h.connect(2, "bob", &["member"]);
+    h.send(2, json!({"type":"reaction","messageId":a,"emoji":"👍"}));
+    h.send(2, json!({"type":"reaction","messageId":c,"emoji":"🎉"}));
+    // A plain client: no compat fields, not even as null.
+    h.connect_with(3, ident("carol", &["member"]), ConnectOptions::default());
+    let plain = h.raw[&3][1].clone();
+    assert!(plain.starts_with(r#"{"type":"history""#), "{plain}");
+    assert!(!plain.contains("\"messages\"") && !plain.contains("\"reactions\""));
+    // FluxyChat's SDK: replay=connect, replayLimit=2.
+    let o = ConnectOptions {
+        compat: true,
+        replay_limit: 2,
+        ..ConnectOptions::default()
+    };
+    h.connect_with(4, ident("dave", &["member"]), o);
+    let ServerFrame::History(hist) = &h.got[&4][1] else {
+        panic!("{:?}", h.got[&4][1]);
+    };
+    assert_eq!(
+        seqs(&hist.events),
+        vec![7, 8],
+        "events keep the Fluxy window"
+    );
+    let rows = hist.messages.as_ref().expect("messages");
+    let ids: Vec<u64> = rows.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![a, c], "newest live messages, oldest first");
+    assert_eq!(rows[0].content, "first, edited");
+    assert_eq!(rows[0].version, 2);
+    assert!(rows[0].edited_at.is_some());
+    let reactions = hist.reactions.as_ref().expect("reactions");
+    assert_eq!(reactions[&a.to_string()]["👍"], 2);
+    assert_eq!(reactions[&c.to_string()]["🎉"], 1);
+    // The JSON shape FluxyChat's SDK reads: parentId and editedAt present (null), ids numbers.
+    let raw: serde_json::Value = serde_json::from_str(&h.raw[&4][1]).expect("json");
+    assert!(raw["messages"][1]["parentId"].is_null());
+    assert!(raw["messages"][1]["editedAt"].is_null());
+    assert!(raw["messages"][0]["id"].is_u64());
+    assert!(raw["reactions"][a.to_string()]["👍"].is_u64());
+    // The rows agree with the /api/messages view of the same state: a message edited after the
+    // snapshot shows up live as an edit the rows did not yet contain.
+    h.send(
+        1,
+        json!({"type":"edit","messageId":c,"content":"third, edited"}),
+    );
+    assert!(matches!(h.timeline(4).last(), Some(TimelineEvent::Edit(e)) if e.id == c));
+}

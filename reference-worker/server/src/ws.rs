@@ -104,6 +104,7 @@ async fn session(
         replay: hq.replay,
         replay_limit: hq.replay_limit,
         last_seq: hq.last_seq,
+        compat: hq.compat,
     };
     // `?batch=1`: consecutive queued timeline events may go out as one `batch` frame
     // `[FX-TRN-9]`.

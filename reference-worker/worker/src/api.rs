@@ -923,6 +923,7 @@ async fn websocket(cx: &Ctx, req: &Request, room_id: &str) -> ApiResult<Response
             last_seq: hq.last_seq,
             subprotocol,
             batch: hq.batch,
+            compat: hq.compat,
         },
     };
     let init_headers = Headers::new();

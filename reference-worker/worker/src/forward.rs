@@ -64,6 +64,9 @@ pub enum Op {
         /// `?batch=1`: the client accepts `batch` frames `[FX-TRN-9]`.
         #[serde(default)]
         batch: bool,
+        /// `replay` = `connect`, `true` or `1`: FluxyChat's snapshot fields `[FX-CMP-1]`.
+        #[serde(default)]
+        compat: bool,
     },
     /// `POST /messages`; the body is the validated `SendMessageFrame` JSON.
     Post {

@@ -798,6 +798,7 @@ impl Shell {
                 last_seq,
                 subprotocol,
                 batch,
+                compat,
             } => {
                 self.connect(
                     &fwd.tenant,
@@ -807,6 +808,7 @@ impl Shell {
                         replay,
                         replay_limit,
                         last_seq,
+                        compat,
                     },
                     subprotocol,
                     batch,
