@@ -125,6 +125,10 @@ f("FX-TEN-3", "cross-tenant paths (§7 membership, §10.12)", "room_members has 
 f("FX-TEN-4", "FluxyChat room creation (§1.3 POST /rooms; Appendix A.23)", "type is required (400 without it), success is 200 not 201, re-creating an id of the same tenant merges members (200) instead of 409")
 f("FX-TEN-5", "member changes need a token role (§1.3 members)", "POST/DELETE /rooms/{id}/members require token role owner/admin; the room's owner (room role) gets 403")
 f("FX-TEN-6", "GET /rooms cached 30 s (§1.3)", "rows are FluxyChat's {id,type,name,created_at,pinned_*,unreadCount} (no RoomListResponse), and a membership change within 30 s of a listing is not reflected in the next one")
+# --- compat (section 18, all SHOULD)
+f("FX-ORD-9", "createdAt stamped at processing time (§3 createdAt)", "two messages can share a millisecond; nothing makes room time stamps strictly increasing", level="SHOULD")
+f("FX-CMP-4", "snapshot envelope (§2.1 replay=connect)", "replay=connect|true|1 sends the snapshot as a frame of type replay, not history", level="SHOULD", alt=["FX-CMP-1"])
+f("FX-CMP-6", "identity hints used, not ignored (§10.1)", "the frame userId is used as the author (not ignored); presenceInfo and cache are honoured", level="SHOULD")
 # --- profiles
 f("FX-PRF-2", "unimplemented history profile answered with text 404 (§1.1 fall-through)", "GET /rooms/{id}/history answers 404 with text 'Not found', not an ErrorBody not_found; unimplemented agent frames get 'unknown_event_type' in message, not error unknown_type", alt=["FX-ERR-9"])
 # --- section-10 defects with no Fluxy clause a runner can reach
