@@ -352,15 +352,27 @@ impl Ctx {
     }
 
     /// A new user with `roles`.
+    ///
+    /// A token without every requested role fails FX-AUTH-2 (valid roles are granted as
+    /// asked): a case that needs those roles is blocked on it, not judged as if it had them.
     pub async fn user_roles(&self, label: &str, roles: &[&str]) -> Result<User, CaseError> {
-        self.mint(
-            label,
-            TokenOpts {
-                roles: roles.iter().map(|s| s.to_string()).collect(),
-                ..TokenOpts::default()
-            },
-        )
-        .await
+        let u = self
+            .mint(
+                label,
+                TokenOpts {
+                    roles: roles.iter().map(|s| s.to_string()).collect(),
+                    ..TokenOpts::default()
+                },
+            )
+            .await?;
+        if let Some(missing) = roles.iter().find(|r| !u.roles.iter().any(|g| g == *r)) {
+            return Err(fail(
+                "FX-AUTH-2",
+                format!("a token with the requested roles {roles:?}"),
+                format!("roles {:?} (no `{missing}`)", u.roles),
+            ));
+        }
+        Ok(u)
     }
 
     /// A new user of the second tenant (skips without one).
@@ -729,6 +741,16 @@ impl Incoming {
     }
 }
 
+/// A frame sent on a [`Conn`]: its `ref`, the length of the log when it was sent, and its
+/// `type` and `content` (to recognise its broadcast copy).
+#[derive(Debug)]
+struct SentFrame {
+    reference: Option<String>,
+    at: usize,
+    ty: Option<String>,
+    content: Option<String>,
+}
+
 /// A recorded WebSocket connection.
 #[derive(Debug)]
 pub struct Conn {
@@ -764,6 +786,9 @@ pub struct Conn {
     /// Sizes of the `batch` frames received `[FX-TRN-10]`, in order. Their events are unpacked
     /// into [`Conn::log`] as if each had arrived alone (raw text as inside the batch).
     pub batches: Arc<std::sync::Mutex<Vec<usize>>>,
+    /// The `ref` of every frame sent, with the length of [`Conn::log`] at that moment: where
+    /// to look for what the server answered instead, when no frame carries the ref.
+    sent_refs: std::sync::Mutex<Vec<SentFrame>>,
 }
 
 impl Drop for Conn {
@@ -837,6 +862,7 @@ impl Conn {
             pacer: Arc::new(std::sync::Mutex::new(Pacer::new(20, 10))),
             subprotocol: None,
             batches: Arc::default(),
+            sent_refs: std::sync::Mutex::default(),
         };
         let (ws, resp) = match connecting {
             Err(_) => {
@@ -1207,6 +1233,23 @@ impl Conn {
     /// Send a raw text frame.
     pub fn send_text(&self, t: &str) -> Result<(), CaseError> {
         self.tr.push(&self.label, Dir::Sent, t);
+        let v = if t.contains("\"ref\"") {
+            serde_json::from_str::<Value>(t).ok()
+        } else {
+            None
+        };
+        let field = |k: &str| {
+            v.as_ref()
+                .and_then(|v| v.get(k).and_then(Value::as_str).map(str::to_owned))
+        };
+        if let Ok(mut s) = self.sent_refs.lock() {
+            s.push(SentFrame {
+                reference: field("ref"),
+                at: self.log.len(),
+                ty: field("type"),
+                content: field("content"),
+            });
+        }
         self.raw(Message::text(t.to_string()))
     }
 
@@ -1369,8 +1412,109 @@ impl Conn {
         reference: &str,
     ) -> Result<ServerFrame, CaseError> {
         let what = format!("an answer with ref {reference}");
-        self.wait_frame(clause, &what, |f| frame_ref(f) == Some(reference))
+        match self
+            .wait_frame(clause, &what, |f| frame_ref(f) == Some(reference))
             .await
+        {
+            Err(CaseError::Fail(f)) => Err(self
+                .missing_ref_evidence(reference)
+                .unwrap_or(CaseError::Fail(f))),
+            other => other,
+        }
+    }
+
+    /// When nothing carrying `reference` arrived, what did arrive may be evidence about
+    /// another clause than the caller's: an answer frame without a `ref` (FX-FRM-7), or, with
+    /// no `ack` at all, the sender's own broadcast copy (FX-ACK-1). Then the failure is that
+    /// clause's, and a case that does not cite it is blocked rather than failed.
+    fn missing_ref_evidence(&self, reference: &str) -> Option<CaseError> {
+        let (start, refless_sent, sent_ty, content) = {
+            let sent = self.sent_refs.lock().ok()?;
+            let k = sent
+                .iter()
+                .rposition(|f| f.reference.as_deref() == Some(reference))?;
+            // Frames sent without a ref since then may legitimately get ref-less answers.
+            let refless = sent[k..].iter().filter(|f| f.reference.is_none()).count();
+            (
+                sent[k].at,
+                refless,
+                sent[k].ty.clone(),
+                sent[k].content.clone(),
+            )
+        };
+        // Raw JSON, so that answers which do not decode (no `code`, no `seq`) count too.
+        let later: Vec<(&Value, &str)> = self
+            .log
+            .get(start..)?
+            .iter()
+            .filter_map(|i| match i {
+                Incoming::Text {
+                    value: Some(v),
+                    text,
+                    ..
+                } => Some((v, text.as_str())),
+                _ => None,
+            })
+            .collect();
+        let ty = |v: &Value| {
+            v.get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let refless: Vec<&str> = later
+            .iter()
+            .filter(|(v, _)| {
+                matches!(
+                    ty(v).as_str(),
+                    "error" | "ack" | "replay" | "token_refreshed"
+                ) && v.get("ref").is_none_or(Value::is_null)
+            })
+            .map(|(_, t)| *t)
+            .collect();
+        if refless.len() > refless_sent {
+            return Some(fail(
+                "FX-FRM-7",
+                format!("the answer to the frame with ref {reference} echoes that ref"),
+                format!(
+                    "no frame with that ref; a `ref`-less answer arrived: {}",
+                    short(refless[refless_sent], 300)
+                ),
+            ));
+        }
+        if later.iter().any(|(v, _)| ty(v) == "ack") {
+            return None;
+        }
+        let me = self
+            .welcome
+            .as_ref()
+            .map(|w| w.user_id.clone())
+            .unwrap_or_default();
+        let own = later.iter().find(|(v, _)| {
+            let t = ty(v);
+            let by_me = !me.is_empty()
+                && ["userId", "senderId"]
+                    .iter()
+                    .any(|k| v.get(*k).and_then(Value::as_str) == Some(me.as_str()));
+            let same_content =
+                content.is_some() && v.get("content").and_then(Value::as_str) == content.as_deref();
+            // A request without content (read, reaction, delete): its broadcast is of its type.
+            let same_kind = content.is_none() && sent_ty.as_deref() == Some(t.as_str());
+            matches!(
+                t.as_str(),
+                "message" | "edit" | "delete" | "reaction" | "read" | "stream"
+            ) && (by_me || same_content || same_kind)
+        });
+        own.map(|(_, t)| {
+            fail(
+                "FX-ACK-1",
+                format!("an `ack` with ref {reference} for the request"),
+                format!(
+                    "no ack at all; the sender's own broadcast copy arrived: {}",
+                    short(t, 300)
+                ),
+            )
+        })
     }
 
     /// Wait for the `error` answering `reference` and check its code.
@@ -1426,16 +1570,47 @@ impl Conn {
     /// Round-trip a ping: everything the server sent before the pong is in `log` afterwards.
     pub async fn sync(&mut self, clause: &str) -> Result<(), CaseError> {
         let ts = 1_000_000 + CONN_SEQ.fetch_add(1, Ordering::Relaxed);
+        let start = self.log.len();
         self.send(&ClientFrame::Ping(fluxy_protocol::client::PingFrame {
             ts: Some(ts),
         }))?;
-        self.wait_frame(
-            clause,
-            "`pong` echoing the ping's ts",
-            |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(ts)),
-        )
-        .await?;
-        Ok(())
+        match self
+            .wait_frame(
+                clause,
+                "`pong` echoing the ping's ts",
+                |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(ts)),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(CaseError::Fail(f)) => {
+                // The server answered, but its pong does not echo `ts`: FX-FRM-8's evidence,
+                // not the caller's (the barrier could not be used).
+                let pong = self.log.get(start..).and_then(|l| {
+                    l.iter().find_map(|i| match i {
+                        Incoming::Text {
+                            value: Some(v),
+                            text,
+                            ..
+                        } if v.get("type").and_then(Value::as_str) == Some("pong")
+                            && v.get("echo").and_then(Value::as_u64) != Some(ts) =>
+                        {
+                            Some(text.clone())
+                        }
+                        _ => None,
+                    })
+                });
+                Err(match pong {
+                    Some(p) => fail(
+                        "FX-FRM-8",
+                        format!("a `pong` echoing the ping's ts {ts}"),
+                        short(&p, 200),
+                    ),
+                    None => CaseError::Fail(f),
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Every live timeline event received so far (decoded and raw).

@@ -123,8 +123,55 @@ struct Client {
     applied: u64,
 }
 
+/// The optional profiles the server answers: a schedule leaves out the operations of the
+/// absent ones (FX-PRF-2), so the group judges core on a core-only server.
+#[derive(Debug, Clone, Copy)]
+struct Features {
+    edits: bool,
+    history: bool,
+    fallback: bool,
+}
+
+impl Features {
+    /// Probe once, with `u`'s token, on a room of its own.
+    async fn probe(ctx: &Ctx, u: &User) -> Result<Features, CaseError> {
+        let room = ctx.room(u, &[]).await?;
+        let history = crate::cases::has_history(ctx, u, &room).await?;
+        let poll = ctx
+            .get(
+                &format!("/rooms/{room}/poll?afterSeq=0&timeoutMs=0"),
+                &u.token,
+            )
+            .await?;
+        let mut c = ctx.connect(u, &room).await?;
+        let m = crate::cases::send(ctx, &mut c, "feature probe").await?;
+        let r = ctx.r();
+        c.send_json(&json!({"type":"reaction","messageId":m.id,"emoji":"👍","ref":r}))?;
+        let edits = !matches!(
+            c.answer("FX-PRF-2", &r).await?,
+            ServerFrame::Error(e) if e.code == fluxy_protocol::ErrorCode::UnknownType
+        );
+        let f = Features {
+            edits,
+            history,
+            fallback: poll.status != 404,
+        };
+        ctx.note(&format!("profiles used by the schedules: {f:?}"));
+        Ok(f)
+    }
+
+    fn allows(&self, op: &Op) -> bool {
+        match op {
+            Op::Edit(..) | Op::Delete(..) | Op::React(..) | Op::Read(..) => self.edits,
+            Op::ReadSse | Op::Poll(_) => self.fallback,
+            _ => true,
+        }
+    }
+}
+
 struct Run<'a> {
     ctx: &'a Ctx,
+    features: Features,
     room: String,
     clients: Vec<Client>,
     model: Model,
@@ -252,6 +299,9 @@ impl Run<'_> {
     }
 
     async fn step(&mut self, op: &Op) -> R {
+        if !self.features.allows(op) {
+            return Ok(());
+        }
         let m = &self.model;
         let pick = |i: usize| -> Option<MsgModel> {
             if m.msgs.is_empty() {
@@ -422,11 +472,15 @@ impl Run<'_> {
                 }
             }
             Op::PageHistory(limit) => {
-                let evs = self
-                    .ctx
-                    .walk_forward(&self.clients[0].user, &self.room, limit)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let evs = if self.features.history {
+                    self.ctx
+                        .walk_forward(&self.clients[0].user, &self.room, limit)
+                        .await
+                } else {
+                    // Without the history profile: the whole timeline over the WebSocket.
+                    crate::cases::ws_timeline(self.ctx, &self.clients[0].user, &self.room).await
+                }
+                .map_err(|e| e.to_string())?;
                 let seqs: Vec<u64> = evs.iter().map(|(e, _)| e.seq()).collect();
                 let want: Vec<u64> = (1..=self.model.events.len() as u64).collect();
                 if seqs != want {
@@ -540,7 +594,7 @@ fn clause_for(code: &str) -> &'static str {
     }
 }
 
-async fn execute(ctx: &Ctx, users: &[User], ops: &[Op]) -> R {
+async fn execute(ctx: &Ctx, users: &[User], features: Features, ops: &[Op]) -> R {
     let room = ctx
         .room(&users[0], &[&users[1], &users[2]])
         .await
@@ -556,6 +610,7 @@ async fn execute(ctx: &Ctx, users: &[User], ops: &[Op]) -> R {
     }
     let mut run = Run {
         ctx,
+        features,
         room,
         clients,
         model: Model::default(),
@@ -572,9 +627,14 @@ async fn model_schedules(ctx: &Ctx) -> Result<(), CaseError> {
     for i in 0..CLIENTS {
         users.push(ctx.user(&format!("p{i}")).await?);
     }
+    let features = Features::probe(ctx, &users[0]).await?;
     let env = ctx.env.clone();
     let users2 = users.clone();
     let handle = tokio::runtime::Handle::current();
+    // Set when this case's future is dropped (the runner's timeout): the blocking proptest
+    // thread then stops instead of calling into a runtime that is shutting down.
+    let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _guard = CancelOnDrop(cancelled.clone());
     let cases = ctx.env.schedules.max(1);
     let seed = ctx.env.seed;
     let outcome = tokio::task::spawn_blocking(move || {
@@ -591,9 +651,12 @@ async fn model_schedules(ctx: &Ctx) -> Result<(), CaseError> {
             TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &s));
         let env = Arc::clone(&env);
         runner.run(&schedule(), |ops| {
+            if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(TestCaseError::fail("cancelled: the case timed out"));
+            }
             let sub = Ctx::new(env.clone(), "prop/model-schedules");
             handle
-                .block_on(execute(&sub, &users2, &ops))
+                .block_on(execute(&sub, &users2, features, &ops))
                 .map_err(TestCaseError::fail)
         })
     })
@@ -609,7 +672,7 @@ async fn model_schedules(ctx: &Ctx) -> Result<(), CaseError> {
         Err(TestError::Fail(reason, ops)) => {
             // Replay the minimal schedule with this case's transcript.
             ctx.note(&format!("minimal failing schedule: {ops:?}"));
-            let again = execute(ctx, &users, &ops)
+            let again = execute(ctx, &users, features, &ops)
                 .await
                 .err()
                 .unwrap_or_else(|| reason.to_string());
@@ -618,6 +681,15 @@ async fn model_schedules(ctx: &Ctx) -> Result<(), CaseError> {
             Err(fail(clause, "the server agrees with the model of the room timeline", format!("{detail}; minimal schedule (replay with --seed {seed} --filter prop/*): {ops:?}")))
         }
         Err(TestError::Abort(r)) => Err(CaseError::Error(format!("property run aborted: {r}"))),
+    }
+}
+
+/// Sets the flag when dropped.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

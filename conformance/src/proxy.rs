@@ -214,7 +214,7 @@ impl Proxy {
         }
         let url = format!("ws://{}/ws/room/{room}?{q}", self.addr);
         let mut c = Conn::open(ctx, &format!("{}-via-proxy", user.id), &url, &[]).await?;
-        c.handshake().await?;
+        c.handshake_as(Some(user)).await?;
         Ok(c)
     }
 }

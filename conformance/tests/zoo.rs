@@ -189,7 +189,6 @@ async fn zoo_full_profile_has_no_failure() {
 
 /// (b) of issue 10: the core sections only; everything else is absent (`unknown_type`, 404).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "runner false positives: see conformance/zoo/FINDINGS.md"]
 async fn zoo_core_profile_has_no_failure() {
     let rep = run_against(&["--memory", "--profile", "core"]).await;
     assert_no_failure("zoo --profile core", &rep);

@@ -3,7 +3,7 @@
 use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::json;
 
-use super::{current_seq, msg_c, pair, req, req_err, send};
+use super::{current_seq, msg_c, pair, req, req_err, req_err_optional, req_optional, send};
 use crate::case;
 use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::Ctx;
@@ -235,12 +235,13 @@ async fn duplicate_other_requests(ctx: &Ctx) -> Result<(), CaseError> {
         json!({"type":"delete","messageId":m2.id,"clientMessageId":k2}),
         json!({"type":"stream","op":"start","content":"","clientMessageId":k3}),
     ];
+    let mut done = Vec::new();
     for f in frames {
         let kind = f["type"].as_str().unwrap_or("?").to_owned();
-        let mut first_frame = f.clone();
-        first_frame["ref"] = json!(format!("{kind}-1"));
-        ca.send_json(&first_frame)?;
-        let first = ca.ack("FX-ACK-4", &format!("{kind}-1")).await?;
+        let Some(first) = req_optional(ctx, &mut ca, "FX-ACK-4", f.clone()).await? else {
+            continue;
+        };
+        done.push(kind.clone());
         let mut again = f.clone();
         again["ref"] = json!(format!("{kind}-2"));
         if kind == "edit" {
@@ -258,20 +259,32 @@ async fn duplicate_other_requests(ctx: &Ctx) -> Result<(), CaseError> {
             format!("{second:?}"),
         )?;
     }
-    // Nothing changed twice: the edit is version 2, and 2 messages + 3 events were stored.
-    req(
-        ctx,
-        &mut ca,
-        "FX-ACK-4",
-        json!({"type":"edit","messageId":m1.id,"content":"edited again","expectedVersion":2}),
-    )
-    .await
-    .map_err(|e| e.context("the message is at version 2 (the repeated edit changed nothing)"))?;
+    if done.is_empty() {
+        return Err(CaseError::Skip(
+            "`edit`, `delete` and `stream` are answered unknown_type (edits and agents profiles not implemented); message repeats are ack/duplicate-returns-original".into(),
+        ));
+    }
+    // Nothing changed twice: the edit is version 2, and 2 messages + one event per request
+    // (+ the check's own edit) were stored.
+    let mut expected = 2 + done.len() as u64;
+    if done.iter().any(|k| k == "edit") {
+        req(
+            ctx,
+            &mut ca,
+            "FX-ACK-4",
+            json!({"type":"edit","messageId":m1.id,"content":"edited again","expectedVersion":2}),
+        )
+        .await
+        .map_err(|e| {
+            e.context("the message is at version 2 (the repeated edit changed nothing)")
+        })?;
+        expected += 1;
+    }
     ensure_eq(
         "FX-ACK-4",
-        "events stored (2 messages, edit, delete, stream start, edit)",
+        &format!("events stored (2 messages, then {})", done.join(", ")),
         current_seq(ctx, &a, &room).await?,
-        6,
+        expected,
     )
 }
 
@@ -399,7 +412,11 @@ async fn no_op(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, mut cb) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "react to me").await?;
     let add = json!({"type":"reaction","messageId":m.id,"emoji":"👍"});
-    let first = req(ctx, &mut ca, "FX-EDT-5", add.clone()).await?;
+    let Some(first) = req_optional(ctx, &mut ca, "FX-EDT-5", add.clone()).await? else {
+        return Err(CaseError::Skip(
+            "`reaction` is answered unknown_type (edits profile not implemented): no core request can be a no-op".into(),
+        ));
+    };
     ensure(
         first.seq.is_some(),
         "FX-EDT-5",
@@ -472,7 +489,7 @@ async fn no_op(ctx: &Ctx) -> Result<(), CaseError> {
 async fn failure_nothing(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, b, room, mut ca, mut cb) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "mine").await?;
-    req_err(
+    req_err_optional(
         ctx,
         &mut cb,
         "FX-ACK-8",
@@ -480,11 +497,20 @@ async fn failure_nothing(ctx: &Ctx) -> Result<(), CaseError> {
         ErrorCode::Forbidden,
     )
     .await?;
-    req_err(
+    req_err_optional(
         ctx,
         &mut cb,
         "FX-ACK-8",
         json!({"type":"reaction","messageId":98765,"emoji":"x"}),
+        ErrorCode::NotFound,
+    )
+    .await?;
+    // Core failures too: a reply to a message that does not exist.
+    req_err(
+        ctx,
+        &mut cb,
+        "FX-ACK-8",
+        json!({"type":"message","content":"orphan reply","parentId":98765}),
         ErrorCode::NotFound,
     )
     .await?;

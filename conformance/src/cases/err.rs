@@ -4,7 +4,9 @@ use fluxy_protocol::codes::{CloseCode, ALL_ERROR_CODES};
 use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::json;
 
-use super::{errors, expect_rejected, pair, req_err, send};
+use super::{
+    errors, expect_rejected, has_history, pair, req_err, req_err_optional, send, stored_timeline,
+};
 use crate::case;
 use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{urlenc, Ctx, Incoming};
@@ -30,6 +32,14 @@ async fn error_shape(ctx: &Ctx) -> Result<(), CaseError> {
         ctx,
         &mut ca,
         "FX-ERR-1",
+        json!({"type":"message","content":"reply","parentId":1234}),
+        ErrorCode::NotFound,
+    )
+    .await?;
+    req_err_optional(
+        ctx,
+        &mut ca,
+        "FX-ERR-1",
         json!({"type":"edit","messageId":1234,"content":"x"}),
         ErrorCode::NotFound,
     )
@@ -42,7 +52,7 @@ async fn error_shape(ctx: &Ctx) -> Result<(), CaseError> {
         ErrorCode::InvalidContent,
     )
     .await?;
-    req_err(
+    req_err_optional(
         ctx,
         &mut ca,
         "FX-ERR-1",
@@ -94,29 +104,34 @@ async fn error_shape(ctx: &Ctx) -> Result<(), CaseError> {
 async fn http_errors(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, _, _) = pair(ctx).await?;
     let x = ctx.user("x").await?;
-    let checks: Vec<(String, Option<&str>, ErrorCode)> = vec![
+    let mut checks: Vec<(String, Option<&str>, ErrorCode)> = vec![
         ("/rooms".into(), None, ErrorCode::Unauthorized),
-        (
-            format!("/rooms/{room}/history"),
-            Some(x.token.as_str()),
-            ErrorCode::NotMember,
-        ),
-        (
-            format!("/rooms/{room}/history?limit=0"),
-            Some(a.token.as_str()),
-            ErrorCode::InvalidFrame,
-        ),
-        (
-            format!("/rooms/{room}/history?cursor=zzzz"),
-            Some(a.token.as_str()),
-            ErrorCode::InvalidCursor,
-        ),
         (
             "/rooms/no-such-room-xyz".into(),
             Some(a.token.as_str()),
             ErrorCode::NotFound,
         ),
     ];
+    // The history route's errors when the server has that profile (FX-PRF-2: 404 otherwise).
+    if has_history(ctx, &a, &room).await? {
+        checks.extend([
+            (
+                format!("/rooms/{room}/history"),
+                Some(x.token.as_str()),
+                ErrorCode::NotMember,
+            ),
+            (
+                format!("/rooms/{room}/history?limit=0"),
+                Some(a.token.as_str()),
+                ErrorCode::InvalidFrame,
+            ),
+            (
+                format!("/rooms/{room}/history?cursor=zzzz"),
+                Some(a.token.as_str()),
+                ErrorCode::InvalidCursor,
+            ),
+        ]);
+    }
     for (p, t, code) in checks {
         let r = ctx.http(reqwest::Method::GET, &p, t, None).await?;
         r.expect_error("FX-ERR-4", &format!("GET {p}"), code)?;
@@ -144,6 +159,19 @@ async fn http_errors(ctx: &Ctx) -> Result<(), CaseError> {
         "FX-ERR-4",
         "POST /rooms with a mistyped name",
         ErrorCode::InvalidFrame,
+    )?;
+    // A core 403: a non-member posting to the room (FX-AUTH-11).
+    let r = ctx
+        .post(
+            "/messages",
+            &x.token,
+            &json!({"roomId": room, "content": "not a member"}),
+        )
+        .await?;
+    r.expect_error(
+        "FX-ERR-4",
+        "POST /messages by a non-member",
+        ErrorCode::NotMember,
     )?;
     let r = ctx
         .http_with(
@@ -189,33 +217,44 @@ async fn close_codes(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let x = ctx.user("x").await?;
+    // Each row names the clause that requires the rejection: a connection accepted anyway is
+    // that clause's evidence (this case is then blocked), not a close-code one.
     let cases = [
         (
             format!("/ws/room/{room}?token=bad.token.x"),
             ErrorCode::Unauthorized,
             CloseCode::Unauthorized,
+            "FX-AUTH-6",
         ),
         (
             format!("/ws/room/{room}?token={}", urlenc(&x.token)),
             ErrorCode::NotMember,
             CloseCode::Forbidden,
+            "FX-AUTH-11",
         ),
         (
             format!("/ws/room/{room}?token={}&v=9", urlenc(&a.token)),
             ErrorCode::UnsupportedVersion,
             CloseCode::UnsupportedVersion,
+            "FX-VER-2",
         ),
     ];
-    for (path, code, close) in cases {
+    for (path, code, close, why) in cases {
         let mut c = ctx.connect_raw("probe", &path, &[]).await?;
-        if let Some(Incoming::Refused { status, .. }) = c.log.first() {
-            return Err(fail(
-                "FX-ERR-8",
-                format!("an error frame, then close {}", close.code()),
-                format!("HTTP {status} refusal"),
-            ));
+        if let Some(Incoming::Refused { status, body }) = c.log.first() {
+            // FX-HS-3's MAY: no connection was opened, so no close code or closing error
+            // frame is due (FX-ERR-5, FX-ERR-8); the refusal's status and body are FX-ERR-4's.
+            refused_as(ctx, code, *status, body);
+            continue;
         }
-        expect_rejected(&mut c, "FX-ERR-5", code, close.code()).await?;
+        expect_rejected(&mut c, "FX-ERR-5", code, close.code())
+            .await
+            .map_err(|e| match e {
+                CaseError::Fail(f) if f.observed.starts_with("the connection was accepted") => {
+                    fail(why, f.expected, f.observed)
+                }
+                other => other,
+            })?;
         let reason = c
             .log
             .iter()
@@ -270,8 +309,7 @@ async fn isolated(ctx: &Ctx) -> Result<(), CaseError> {
         );
     }
     let c3 = ctx.connect(&b, &room).await?;
-    let hist: Vec<u64> = ctx
-        .walk_forward(&a, &room, 100)
+    let hist: Vec<u64> = stored_timeline(ctx, &a, &room, 100)
         .await?
         .iter()
         .map(|(e, _)| e.seq())
@@ -290,7 +328,40 @@ async fn room_not_found(ctx: &Ctx) -> Result<(), CaseError> {
             &[],
         )
         .await?;
+    if let Some(Incoming::Refused { status, body }) = c.log.first() {
+        // No connection, no close code (FX-ERR-5 does not apply); the HTTP answer must be
+        // the table's 404 `not_found` (FX-ERR-4).
+        let (status, body) = (*status, body.clone());
+        refused_as(ctx, ErrorCode::NotFound, status, &body);
+        let got = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|x| x.as_str()).map(str::to_owned));
+        return ensure(
+            status == 404 && got.as_deref() == Some("not_found"),
+            "FX-ERR-4",
+            "an upgrade to a room that does not exist refused with 404 `not_found`",
+            format!("HTTP {status} {}", crate::ctx::short(&body, 200)),
+        );
+    }
     expect_rejected(&mut c, "FX-ERR-5", ErrorCode::NotFound, 4404).await
+}
+
+/// Record an upgrade refused over HTTP: a note, and an FX-ERR-4 observation when the status
+/// or the `ErrorBody` code is not the table's for `code`.
+fn refused_as(ctx: &Ctx, code: ErrorCode, status: u16, body: &str) {
+    ctx.note(&format!(
+        "upgrade refused with HTTP {status} (FX-HS-3 allows it): no close code applies"
+    ));
+    let got = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|x| x.as_str()).map(str::to_owned));
+    if status != code.http_status() || got.as_deref() != Some(code.as_str()) {
+        ctx.tr.observe(
+            "FX-ERR-4",
+            &format!("a refused upgrade answers {} `{code}`", code.http_status()),
+            &format!("HTTP {status} {}", crate::ctx::short(body, 200)),
+        );
+    }
 }
 
 async fn clause_index(_ctx: &Ctx) -> Result<(), CaseError> {

@@ -4,7 +4,7 @@ use fluxy_protocol::common::parse_timestamp;
 use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::{json, Value};
 
-use super::{errors, pair, req, send};
+use super::{errors, pair, req, req_optional, send};
 use crate::case;
 use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{Ctx, Incoming};
@@ -132,9 +132,29 @@ async fn missing_field(ctx: &Ctx) -> Result<(), CaseError> {
     ];
     for (f, field) in cases {
         c.send_json(&f)?;
-        let e = c
-            .expect_error_any("FX-FRM-3", ErrorCode::InvalidFrame)
-            .await?;
+        let ty = f["type"].as_str().unwrap_or("?");
+        let e = match c
+            .wait_frame("FX-FRM-3", "`error invalid_frame`", |x| {
+                matches!(x, ServerFrame::Error(_))
+            })
+            .await?
+        {
+            ServerFrame::Error(e) => e,
+            other => return Err(fail("FX-FRM-3", "`error invalid_frame`", other.encode())),
+        };
+        if e.code == ErrorCode::UnknownType && !matches!(ty, "message" | "resume") {
+            // `edit`, `reaction` and `typing` belong to optional profiles (FX-PRF-2).
+            ctx.note(&format!(
+                "`{ty}` answered unknown_type (its profile is not implemented): field check left out"
+            ));
+            continue;
+        }
+        ensure_eq(
+            "FX-FRM-3",
+            &format!("error code for {f}"),
+            e.code,
+            ErrorCode::InvalidFrame,
+        )?;
         ensure_eq(
             "FX-FRM-3",
             &format!("error.field for {f}"),
@@ -173,7 +193,7 @@ async fn unknown_fields(ctx: &Ctx) -> Result<(), CaseError> {
         json!({"type":"message","content":"x","futureField":{"a":1},"priority":"high"}),
     )
     .await?;
-    req(
+    req_optional(
         ctx,
         &mut c,
         "FX-FRM-4",
@@ -187,12 +207,13 @@ async fn unknown_fields(ctx: &Ctx) -> Result<(), CaseError> {
         |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(5)),
     )
     .await?;
-    ensure(
-        errors(&c).is_empty(),
-        "FX-FRM-4",
-        "no error",
-        format!("{:?}", errors(&c)),
-    )
+    // `unknown_type` for the reaction of a server without the edits profile is FX-PRF-2's
+    // answer, not an error caused by the unknown fields.
+    let errs: Vec<_> = errors(&c)
+        .into_iter()
+        .filter(|e| e.code != ErrorCode::UnknownType)
+        .collect();
+    ensure(errs.is_empty(), "FX-FRM-4", "no error", format!("{errs:?}"))
 }
 
 async fn null_absent(ctx: &Ctx) -> Result<(), CaseError> {
@@ -231,14 +252,14 @@ fn check_ts(v: &Value, path: &str, out: &mut Vec<String>) {
 async fn timestamps(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut c, _) = pair(ctx).await?;
     let ack = send(ctx, &mut c, "time").await?;
-    req(
+    req_optional(
         ctx,
         &mut c,
         "FX-FRM-5",
         json!({"type":"edit","messageId":ack.id,"content":"time2"}),
     )
     .await?;
-    req(
+    req_optional(
         ctx,
         &mut c,
         "FX-FRM-5",
@@ -252,14 +273,15 @@ async fn timestamps(ctx: &Ctx) -> Result<(), CaseError> {
         json!({"type":"message","content":"del"}),
     )
     .await?;
-    req(
+    let deleted = req_optional(
         ctx,
         &mut c,
         "FX-FRM-5",
         json!({"type":"delete","messageId":e.id}),
     )
     .await?;
-    c.wait_seq("FX-FRM-5", e.seq.unwrap_or(0) + 1).await?;
+    let last = e.seq.unwrap_or(0) + u64::from(deleted.is_some());
+    c.wait_seq("FX-FRM-5", last).await?;
     let mut bad = Vec::new();
     for it in &c.log {
         if let Incoming::Text { value: Some(v), .. } = it {
@@ -290,7 +312,11 @@ async fn timestamps(ctx: &Ctx) -> Result<(), CaseError> {
 async fn invalid_ids(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let r = ctx
-        .post("/rooms", &a.token, &json!({"id":"bad id!","name":"x"}))
+        .post(
+            "/rooms",
+            &a.token,
+            &json!({"id":"bad id!","name":"x","type":"group"}),
+        )
         .await?;
     r.expect_error(
         "FX-FRM-6",
@@ -299,7 +325,11 @@ async fn invalid_ids(ctx: &Ctx) -> Result<(), CaseError> {
     )?;
     let long = "x".repeat(129);
     let r = ctx
-        .post("/rooms", &a.token, &json!({"id":long,"name":"x"}))
+        .post(
+            "/rooms",
+            &a.token,
+            &json!({"id":long,"name":"x","type":"group"}),
+        )
         .await?;
     r.expect_error(
         "FX-FRM-6",
@@ -438,7 +468,7 @@ async fn binary(ctx: &Ctx) -> Result<(), CaseError> {
 async fn error_only_to_sender(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut c, mut o) = pair(ctx).await?;
     c.send_text("garbage")?;
-    c.send_json(&json!({"type":"edit","messageId":424242,"content":"x","ref":"e1"}))?;
+    c.send_json(&json!({"type":"message","content":"x","parentId":424242,"ref":"e1"}))?;
     c.expect_error("FX-FRM-10", "e1", ErrorCode::NotFound)
         .await?;
     let a = send(ctx, &mut c, "barrier").await?;
@@ -457,13 +487,17 @@ async fn server_frames(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut c, mut o) = pair(ctx).await?;
     let a = send(ctx, &mut c, "hello").await?;
     c.send_json(&json!({"type":"typing","isTyping":true}))?;
-    req(
+    if req_optional(
         ctx,
         &mut c,
         "FX-FRM-2",
         json!({"type":"reaction","messageId":a.id,"emoji":"👍"}),
     )
-    .await?;
+    .await?
+    .is_none()
+    {
+        send(ctx, &mut c, "second event").await?;
+    }
     c.send_text("bad")?;
     c.sync("FX-FRM-2").await?;
     o.wait_seq("FX-FRM-2", 2).await?;

@@ -298,7 +298,7 @@ async fn cursor_tamper(ctx: &Ctx) -> Result<(), CaseError> {
     // Another tenant's cursor for a room with the same id.
     if ctx.env.target.api_key2.is_some() {
         let a2 = ctx.user2("t2").await?;
-        let body = json!({"id": room, "name": "same id other tenant"});
+        let body = json!({"id": room, "name": "same id other tenant", "type": "group"});
         let r = ctx.post("/rooms", &a2.token, &body).await?;
         r.expect_status(
             "FX-TEN-2",

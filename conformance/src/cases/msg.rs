@@ -5,7 +5,7 @@ use fluxy_protocol::http::{CreateRoomRequest, MemberSpec};
 use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::{json, Value};
 
-use super::{current_seq, pair, req, req_err, send};
+use super::{current_seq, pair, req, req_err, req_optional, send, stored_timeline};
 use crate::case;
 use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::Ctx;
@@ -91,12 +91,11 @@ async fn trim(ctx: &Ctx) -> Result<(), CaseError> {
             "padded text",
         )?;
     }
-    let h = ctx.history(&a, &room, "").await?;
+    let h = stored_timeline(ctx, &a, &room, 50).await?;
     let stored = h
-        .events
         .iter()
-        .find(|e| Some(e.seq()) == ack.seq)
-        .map(|e| serde_json::to_value(e).unwrap_or(Value::Null));
+        .find(|(e, _)| Some(e.seq()) == ack.seq)
+        .map(|(_, v)| v.clone());
     ensure_eq(
         "FX-MSG-2",
         "stored content",
@@ -229,26 +228,30 @@ async fn attachments(ctx: &Ctx) -> Result<(), CaseError> {
     let want: Vec<String> = (0..10)
         .map(|i| format!("https://example.com/{i}.png"))
         .collect();
-    let r = ctx
-        .get(&format!("/rooms/{room}/history?limit=1"), &a.token)
-        .await?;
-    let v = r.json().unwrap_or_default();
+    let stored = stored_timeline(ctx, &a, &room, 50).await?;
+    let last = stored.last().map(|(_, v)| v.clone()).unwrap_or_default();
     ensure_eq(
         "FX-MSG-5",
-        "attachment urls of the message in history",
-        urls(v.pointer("/events/0/attachments")),
+        "attachment urls of the stored message",
+        urls(last.get("attachments")),
         want.clone(),
     )?;
     let r = ctx
         .get(&format!("/api/messages?roomId={room}&limit=1"), &a.token)
         .await?;
-    let v = r.json().unwrap_or_default();
-    ensure_eq(
-        "FX-HIS-8",
-        "attachment urls of the message on GET /api/messages",
-        urls(v.pointer("/messages/0/attachments")),
-        want,
-    )?;
+    if r.status == 404 {
+        ctx.note(
+            "GET /api/messages answers 404 (history profile absent): legacy record not checked",
+        );
+    } else {
+        let v = r.json().unwrap_or_default();
+        ensure_eq(
+            "FX-HIS-8",
+            "attachment urls of the message on GET /api/messages",
+            urls(v.pointer("/messages/0/attachments")),
+            want,
+        )?;
+    }
     let eleven: Vec<Value> = (0..11)
         .map(|i| att(&format!("https://example.com/{i}.png")))
         .collect();
@@ -426,13 +429,18 @@ async fn announcement_streams(ctx: &Ctx) -> Result<(), CaseError> {
     };
     let room = ctx.room_req(&o, req_).await?;
     let mut cd = ctx.connect(&md, &room).await?;
-    let a = req(
+    let Some(a) = req_optional(
         ctx,
         &mut cd,
         "FX-MSG-8",
         json!({"type":"stream","op":"start","content":"moderator stream"}),
     )
-    .await?;
+    .await?
+    else {
+        return Err(CaseError::Skip(
+            "`stream` frames are answered unknown_type (agents profile not implemented); msg/announcement-room covers messages".into(),
+        ));
+    };
     ensure(
         a.seq.is_some() && a.id.is_some(),
         "FX-AGT-8",

@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 
-use fluxy_protocol::ServerFrame;
+use fluxy_protocol::{ErrorCode, ServerFrame};
 use serde_json::{json, Value};
 
-use super::{msg, pair, req, send};
+use super::{
+    current_seq, errors, has_history, msg, pair, req_optional, send, stored_timeline, ws_timeline,
+};
 use crate::case;
 use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{Ctx, Incoming};
@@ -183,9 +185,9 @@ async fn gap_free(ctx: &Ctx) -> Result<(), CaseError> {
             (1..=n as u64).collect(),
         )?;
     }
-    let h = ctx.walk_forward(&a, &room, 37).await?;
+    let h = stored_timeline(ctx, &a, &room, 37).await?;
     let hs: Vec<u64> = h.iter().map(|(e, _)| e.seq()).collect();
-    ensure_eq("FX-ORD-1", "seqs in history", hs, (1..=n as u64).collect())?;
+    ensure_eq("FX-ORD-1", "seqs stored", hs, (1..=n as u64).collect())?;
     let _ = acked;
     Ok(())
 }
@@ -194,21 +196,22 @@ async fn identical(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, mut cb) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "same everywhere").await?;
     let seq = m.seq.unwrap_or(0);
-    req(
-        ctx,
-        &mut ca,
-        "FX-ORD-5",
+    // A reaction and an edit when the edits profile is there; otherwise a second message, so
+    // the comparison still covers more than one event (FX-ORD-5 is core).
+    let mut last = seq;
+    for f in [
         json!({"type":"reaction","messageId":m.id,"emoji":"✅"}),
-    )
-    .await?;
-    req(
-        ctx,
-        &mut ca,
-        "FX-ORD-5",
         json!({"type":"edit","messageId":m.id,"content":"edited"}),
-    )
-    .await?;
-    cb.wait_seq("FX-ORD-5", seq + 2).await?;
+    ] {
+        last = match req_optional(ctx, &mut ca, "FX-ORD-5", f).await? {
+            Some(a) => a.seq.unwrap_or(last + 1),
+            None => send(ctx, &mut ca, "same everywhere, too")
+                .await?
+                .seq
+                .unwrap_or(last + 1),
+        };
+    }
+    cb.wait_seq("FX-ORD-5", last).await?;
     let live: Vec<Value> = cb.timeline().into_iter().map(|(_, v)| v).collect();
     let check = |path: &str, got: &[Value]| -> Result<(), CaseError> {
         ensure_eq(
@@ -235,17 +238,23 @@ async fn identical(ctx: &Ctx) -> Result<(), CaseError> {
             .unwrap_or_default();
         ensure_eq("FX-RES-2", "events via replay", ev, live.clone())?;
     }
-    let h = ctx.walk_forward(&a, &room, 50).await?;
-    check(
-        "history",
-        &h.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
-    )?;
+    if has_history(ctx, &a, &room).await? {
+        let h = ctx.walk_forward(&a, &room, 50).await?;
+        check(
+            "history",
+            &h.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        )?;
+    }
     let p = ctx
         .get(
             &format!("/rooms/{room}/poll?afterSeq=0&timeoutMs=0"),
             &a.token,
         )
         .await?;
+    if p.status == 404 {
+        ctx.note("long-poll and SSE answer 404 (fallback profile absent): not compared");
+        return Ok(());
+    }
     let pv = p.json().unwrap_or(Value::Null);
     check(
         "long-poll",
@@ -255,7 +264,7 @@ async fn identical(ctx: &Ctx) -> Result<(), CaseError> {
             .unwrap_or_default(),
     )?;
     let mut s = ctx.sse(&a, &room, "", &[("Last-Event-ID", "0")]).await?;
-    s.wait_seq("FX-TRN-2", seq + 2).await?;
+    s.wait_seq("FX-TRN-2", last).await?;
     let sv: Vec<Value> = s.timeline().into_iter().map(|(_, _, v)| v).collect();
     ensure_eq("FX-TRN-2", "events via SSE", sv, live.clone())
 }
@@ -263,11 +272,20 @@ async fn identical(ctx: &Ctx) -> Result<(), CaseError> {
 async fn ephemeral(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, mut cb) = pair(ctx).await?;
     let m = send(ctx, &mut ca, "x").await?;
-    ca.send_json(&json!({"type":"typing","isTyping":true}))?;
-    cb.wait_frame("FX-PRE-5", "typing", |f| {
-        matches!(f, ServerFrame::Typing(_))
-    })
-    .await?;
+    let tr = ctx.r();
+    ca.send_json(&json!({"type":"typing","isTyping":true,"ref":tr}))?;
+    ca.sync("FX-ORD-6").await?;
+    let presence = !errors(&ca)
+        .iter()
+        .any(|e| e.code == ErrorCode::UnknownType && e.reference.as_deref() == Some(tr.as_str()));
+    if presence {
+        cb.wait_frame("FX-PRE-5", "typing", |f| {
+            matches!(f, ServerFrame::Typing(_))
+        })
+        .await?;
+    } else {
+        ctx.note("`typing` answered unknown_type (presence profile not implemented): typing and presence left out");
+    }
     ca.send_text("bad json")?;
     ca.sync("FX-ORD-6").await?;
     let r = ctx.r();
@@ -275,10 +293,14 @@ async fn ephemeral(ctx: &Ctx) -> Result<(), CaseError> {
     ca.answer("FX-ORD-6", &r).await?;
     let c3 = ctx.connect(&a, &room).await?;
     drop(c3);
-    cb.wait_frame("FX-ORD-6", "presence after a disconnect", |f| {
-        matches!(f, ServerFrame::Presence(_))
-    })
-    .await?;
+    if presence {
+        cb.wait_frame("FX-ORD-6", "presence after a disconnect", |f| {
+            matches!(f, ServerFrame::Presence(_))
+        })
+        .await?;
+    } else {
+        cb.sync("FX-ORD-6").await?;
+    }
     // `ack` carries the acknowledged `seq` (FX-ACK-1); FX-ORD-6 does not list it.
     let eph = [
         "welcome",
@@ -309,40 +331,56 @@ async fn ephemeral(ctx: &Ctx) -> Result<(), CaseError> {
             }
         }
     }
-    let h = ctx.history(&a, &room, "").await?;
+    let h = stored_timeline(ctx, &a, &room, 50).await?;
     ensure_eq(
         "FX-PRE-6",
-        "history after a message and typing",
-        h.events.iter().map(|e| e.type_name()).collect::<Vec<_>>(),
+        "stored timeline after a message and typing",
+        h.iter().map(|(e, _)| e.type_name()).collect::<Vec<_>>(),
         vec!["message"],
     )?;
     ensure_eq(
         "FX-PRE-6",
         "currentSeq (typing is not sequenced)",
-        h.current_seq,
+        current_seq(ctx, &a, &room).await?,
         m.seq.unwrap_or(0),
     )
 }
 
 async fn durable(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, b, room, mut ca, mut cb) = pair(ctx).await?;
+    // The history route when the server has it; otherwise a fresh connection's snapshot and
+    // `welcome.currentSeq` (core) read the stored state.
+    let hist = has_history(ctx, &a, &room).await?;
     for i in 0..5 {
         let ack = send(ctx, &mut ca, &format!("durable {i}")).await?;
         let seq = ack.seq.unwrap_or(0);
-        let h = ctx.history(&a, &room, "limit=5").await?;
+        let stored: Vec<u64> = if hist {
+            let h = ctx.history(&a, &room, "limit=5").await?;
+            h.events.iter().map(|e| e.seq()).collect()
+        } else {
+            ws_timeline(ctx, &a, &room)
+                .await?
+                .iter()
+                .map(|(e, _)| e.seq())
+                .collect()
+        };
         ensure(
-            h.events.iter().any(|e| e.seq() == seq),
+            stored.contains(&seq),
             "FX-ACK-1",
-            format!("seq {seq} in history once acked"),
-            format!("history up to {}", h.current_seq),
+            format!("seq {seq} stored once acked"),
+            format!("stored seqs {stored:?}"),
         )?;
         cb.wait_seq("FX-ORD-7", seq).await?;
-        let h = ctx.history(&b, &room, "limit=5").await?;
+        let cur = if hist {
+            ctx.history(&b, &room, "limit=5").await?.current_seq
+        } else {
+            current_seq(ctx, &b, &room).await?
+        };
         ensure(
-            h.current_seq >= seq,
+            cur >= seq,
             "FX-ORD-7",
             format!("seq {seq} readable once delivered"),
-            format!("currentSeq {}", h.current_seq),
+            format!("currentSeq {cur}"),
         )?;
     }
     Ok(())

@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::{pair, req};
 use crate::case;
-use crate::case::{ensure_eq, Case, CaseError};
-use crate::ctx::{Conn, Ctx};
+use crate::case::{ensure_eq, fail, Case, CaseError};
+use crate::ctx::{Conn, Ctx, Incoming};
 use crate::proxy::Proxy;
 
 /// Cases of this group.
@@ -52,14 +52,35 @@ async fn presence(
     what: &str,
     pred: impl Fn(&PresenceFrame) -> bool + Send + Sync,
 ) -> Result<PresenceFrame, CaseError> {
-    match c
+    let got = c
         .wait_frame(
             clause,
             what,
             |f| matches!(f, ServerFrame::Presence(p) if pred(p)),
         )
-        .await?
-    {
+        .await;
+    if let Err(CaseError::Fail(_)) = &got {
+        // `presence` frames that arrived but do not have the shape FX-PRE-1 prescribes
+        // (users, per-user `members` counts, `online`): the evidence is about FX-PRE-1.
+        let malformed = c.log.iter().find_map(|i| match i {
+            Incoming::Text {
+                value: Some(v),
+                frame: None,
+                text,
+            } if v.get("type").and_then(serde_json::Value::as_str) == Some("presence") => {
+                Some(text.clone())
+            }
+            _ => None,
+        });
+        if let Some(t) = malformed {
+            return Err(fail(
+                "FX-PRE-1",
+                "`presence` frames with `users`, per-user `members` counts and `online`",
+                crate::ctx::short(&t, 300),
+            ));
+        }
+    }
+    match got? {
         ServerFrame::Presence(p) => Ok(p),
         _ => Err(CaseError::Error("not presence".into())),
     }

@@ -262,7 +262,41 @@ async fn far_behind(ctx: &Ctx) -> Result<(), CaseError> {
 
 async fn sse_resync(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _, room, mut ca, _) = pair(ctx).await?;
-    send(ctx, &mut ca, "one").await?;
+    let one = send(ctx, &mut ca, "one").await?.seq.unwrap_or(1);
+    // The boundaries first: Last-Event-ID exactly at currentSeq is not ahead of the room (no
+    // error; the next event arrives live), one past it is.
+    let at = one.to_string();
+    let mut s = ctx
+        .sse(&a, &room, "", &[("Last-Event-ID", at.as_str())])
+        .await?;
+    let two = send(ctx, &mut ca, "two").await?.seq.unwrap_or(2);
+    let e = s
+        .wait_event("FX-TRN-3", "the next event live, or event: error", |e| {
+            e.event == "error" || e.id.as_deref() == Some(two.to_string().as_str())
+        })
+        .await?;
+    ensure(
+        e.event != "error",
+        "FX-TRN-3",
+        format!("Last-Event-ID {at} (= currentSeq) continues live"),
+        format!("event: {} {}", e.event, e.data),
+    )?;
+    drop(s);
+    let past = (two + 1).to_string();
+    let mut s = ctx
+        .sse(&a, &room, "", &[("Last-Event-ID", past.as_str())])
+        .await?;
+    let e = s
+        .wait_event("FX-TRN-3", "event: error", |e| e.event == "error")
+        .await?;
+    let v: Value = serde_json::from_str(&e.data).unwrap_or_default();
+    ensure_eq(
+        "FX-TRN-3",
+        &format!("error code for Last-Event-ID {past} (currentSeq + 1)"),
+        v.get("code").cloned(),
+        Some(serde_json::json!("resync_required")),
+    )?;
+    s.wait_end("FX-TRN-3").await?;
     let mut s = ctx.sse(&a, &room, "", &[("Last-Event-ID", "999")]).await?;
     let e = s
         .wait_event("FX-TRN-3", "event: error", |e| e.event == "error")
@@ -480,7 +514,7 @@ async fn batch_opt_in(ctx: &Ctx) -> Result<(), CaseError> {
     for c in [&mut sender, &mut reader, &mut plain] {
         c.wait_count("FX-TRN-10", n).await?;
     }
-    let history = ctx.walk_forward(&a, &room, 100).await?;
+    let history = super::stored_timeline(ctx, &a, &room, 100).await?;
     let hist: Vec<Value> = history.into_iter().map(|(_, v)| v).collect();
     ensure_eq("FX-TRN-10", "events in history", hist.len(), n)?;
     let (plain_events, _, _) = events_and_acks(&plain);
