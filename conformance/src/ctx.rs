@@ -201,6 +201,21 @@ impl Ctx {
             .ok_or_else(|| CaseError::Skip("needs --jwt-secret to sign crafted tokens".into()))
     }
 
+    /// Block unless the server implements `profile` (by the runner's probe): for a case of one
+    /// profile that also needs another (a compat case reading history, say).
+    pub fn need_profile(&self, profile: &str) -> Result<(), CaseError> {
+        match self.env.probes.get().and_then(|m| m.get(profile)) {
+            Some(crate::profile::Probe::NotImplemented(ev)) => {
+                Err(CaseError::Blocked(crate::case::Failure {
+                    clause: "FX-PRF-2".into(),
+                    expected: format!("the {profile} profile, which this case also needs"),
+                    observed: ev.clone(),
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Skip unless a second tenant is configured.
     pub fn need_tenant2(&self) -> Result<(), CaseError> {
         if self.env.target.api_key2.is_some() {

@@ -137,6 +137,8 @@ pub struct Env {
     /// How to restart the server under test (`--restart-cmd`, or the embedded server); the
     /// durability group is skipped without one.
     pub restart: Option<Restarter>,
+    /// What the profile probes found, set by the runner before any case runs.
+    pub probes: std::sync::OnceLock<std::collections::BTreeMap<String, crate::profile::Probe>>,
     counter: AtomicU64,
 }
 
@@ -359,6 +361,7 @@ impl Env {
             tenant2,
             setup_deviations,
             restart: None,
+            probes: std::sync::OnceLock::new(),
             counter: AtomicU64::new(0),
         })
     }

@@ -327,6 +327,7 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
                 .unwrap_or_else(|_| Probe::Unknown("the probe did not finish".into()));
         probes.insert(p.to_string(), found);
     }
+    let _ = env.probes.set(probes.clone());
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
     let mut handles = Vec::new();
     // Cases that restart the server run alone, after every other case has finished.

@@ -20,49 +20,6 @@ use crate::case;
 use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::{urlenc, Conn, Ctx, Incoming, User};
 
-/// The SDK's features rest on the optional profiles: a server without one (FX-PRF-2:
-/// `unknown_type` for its frames) cannot meet the compat case that uses it, which is then
-/// blocked on that profile rather than failed.
-async fn require_frame(
-    ctx: &Ctx,
-    c: &mut Conn,
-    mut frame: Value,
-    profile: &str,
-) -> Result<(), CaseError> {
-    let r = ctx.r();
-    frame["ref"] = json!(r);
-    let ty = frame["type"].as_str().unwrap_or("?").to_string();
-    c.send_json(&frame)?;
-    c.sync("FX-PRF-2").await?;
-    let absent = super::errors(c).iter().any(|e| {
-        e.code == fluxy_protocol::ErrorCode::UnknownType
-            && e.reference.as_deref() == Some(r.as_str())
-    });
-    if absent {
-        return Err(crate::case::blocked(
-            "FX-PRF-2",
-            format!("the {profile} profile, which this compat case builds on"),
-            format!("`{ty}` answered unknown_type"),
-        ));
-    }
-    Ok(())
-}
-
-/// [`require_frame`] for the legacy route of the history profile.
-async fn require_legacy(ctx: &Ctx, u: &User, room: &str) -> Result<(), CaseError> {
-    let r = ctx
-        .get(&format!("/api/messages?roomId={room}&limit=1"), &u.token)
-        .await?;
-    if r.status == 404 {
-        return Err(crate::case::blocked(
-            "FX-PRF-2",
-            "the history profile (GET /api/messages), which this compat case builds on",
-            format!("HTTP 404 {}", crate::ctx::short(&r.text, 150)),
-        ));
-    }
-    Ok(())
-}
-
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
     vec![
@@ -428,7 +385,6 @@ async fn connect_snapshot(ctx: &Ctx) -> Result<(), CaseError> {
 
 async fn snapshot_matches_api(ctx: &Ctx) -> Result<(), CaseError> {
     let (a, _b, room, mut ca, mut cb) = pair(ctx).await?;
-    require_legacy(ctx, &a, &room).await?;
     let m1 = send(ctx, &mut ca, "root").await?.id.unwrap_or(0);
     let cmid = sdk_cmid(ctx);
     super::req(
@@ -696,8 +652,8 @@ async fn burst(ctx: &Ctx, c: &mut Conn, n: usize, tag: &str) -> Result<Vec<u64>,
 }
 
 async fn load_more_before(ctx: &Ctx) -> Result<(), CaseError> {
+    ctx.need_profile("history")?;
     let (a, _b, room, mut ca, _cb) = pair(ctx).await?;
-    require_legacy(ctx, &a, &room).await?;
     let mut all = burst(ctx, &mut ca, 12, "burst").await?;
     all.sort_unstable();
     // The SDK's first load, then loadMore with the oldest loaded createdAt.
@@ -801,14 +757,8 @@ async fn created_at_increases(ctx: &Ctx) -> Result<(), CaseError> {
 }
 
 async fn edit_react_read(ctx: &Ctx) -> Result<(), CaseError> {
-    let (a, b, room, mut ca, _cb) = pair(ctx).await?;
-    require_frame(
-        ctx,
-        &mut ca,
-        json!({"type":"reaction","messageId":1,"emoji":"👍","op":"add"}),
-        "edits",
-    )
-    .await?;
+    ctx.need_profile("edits")?;
+    let (a, b, room, _ca, _cb) = pair(ctx).await?;
     let mut sa = sdk_connect(ctx, &a, &room, 50).await?;
     let mut sb = sdk_connect(ctx, &b, &room, 50).await?;
     let key = sdk_cmid(ctx);
@@ -932,14 +882,8 @@ fn errors_of(c: &Conn) -> Vec<String> {
 }
 
 async fn typing(ctx: &Ctx) -> Result<(), CaseError> {
-    let (a, b, room, mut ca, _cb) = pair(ctx).await?;
-    require_frame(
-        ctx,
-        &mut ca,
-        json!({"type":"typing","isTyping":false}),
-        "presence",
-    )
-    .await?;
+    ctx.need_profile("presence")?;
+    let (a, b, room, _ca, _cb) = pair(ctx).await?;
     let sa = sdk_connect(ctx, &a, &room, 50).await?;
     let mut sb = sdk_connect(ctx, &b, &room, 50).await?;
     for (frame, typing, intent) in [
@@ -989,22 +933,10 @@ async fn typing(ctx: &Ctx) -> Result<(), CaseError> {
 }
 
 async fn presence(ctx: &Ctx) -> Result<(), CaseError> {
+    ctx.need_profile("presence")?;
     let a = ctx.user("a").await?;
     let b = ctx.user("b").await?;
     let room = ctx.room(&a, &[&b]).await?;
-    {
-        // On a room of its own, so that the probe's connection is no presence churn here.
-        let other = ctx.room(&a, &[]).await?;
-        let mut probe = ctx.connect(&a, &other).await?;
-        require_frame(
-            ctx,
-            &mut probe,
-            json!({"type":"typing","isTyping":false}),
-            "presence",
-        )
-        .await?;
-        probe.close();
-    }
     let mut sa = sdk_connect(ctx, &a, &room, 50).await?;
     let mut sb = sdk_connect(ctx, &b, &room, 50).await?;
     let j = sa

@@ -14,7 +14,7 @@ f("FX-HS-6", "snapshot shape (§2.6 history {messages, reactions})", "the snapsh
 f("FX-HS-7", "?lastSeq= not supported (§2.1 connect parameters)", "a connect with lastSeq gets the ordinary history snapshot, never a replay")
 f("FX-HS-9", "unsequenced, reordered live delivery (§10.3, §10.4, §2.8)", "concurrent handlers broadcast out of send order and many events carry no seq, so live events are not delivered in seq order", alt=["FX-ORD-2"])
 f("FX-HS-10", "early frames processed concurrently (§2.3, §2.8)", "frames queued during set-up run as unserialised tasks, so their effects can come out of order")
-f("FX-HS-4", "upgrade-less request answered 400 text 'Expected WebSocket' (§2.1)", "400 with a text body, not an ErrorBody invalid_frame")
+f("FX-HS-4", "upgrade-less request answered 400 text 'Expected WebSocket' (§2.1)", "400 with a text body, not an ErrorBody invalid_frame; the runner reads a body that is no ErrorBody at all under FX-ERR-4", alt=["FX-ERR-4"])
 f("FX-HS-3", "handshake failures refused with HTTP 401/403 (§2.1, §10.15)", "the allowed HTTP refusal must carry an ErrorBody; FluxyChat's are text or free-text JSON", level="SHOULD")
 f("FX-VER-1", "no protocol version (§1.2 /health)", "/health has version 0.2.0 but no protocolVersion; there is no welcome")
 f("FX-VER-2", "v parameter ignored (§2.1)", "v=2 (any v) is accepted; never unsupported_version/4009")
@@ -103,6 +103,7 @@ f("FX-TRN-2", "SSE without ids (§6; Appendix A.8)", "data-only events: no id:, 
 f("FX-TRN-3", "no Last-Event-ID (§6)", "Last-Event-ID is ignored: the stream starts with the latest 50 messages")
 f("FX-TRN-4", "no ready event (§6)", "the first event is data {type:history, messages:[...]}, not event: ready")
 f("FX-TRN-7", "no long-polling route (§6; Appendix A.9)", "GET /rooms/{id}/poll answers 404 text 'Not found'")
+f("FX-TRN-14", "no long-polling route (§6)", "there is no poll to call without a cursor: blocked behind FX-TRN-7", observable=False)
 # --- errors
 f("FX-ERR-1", "error frame shape (§2.5; Appendix A.25)", "error frames carry only message (free text): no code, no retryable")
 f("FX-ERR-2", "no error codes (§2.5)", "no code field; message is free text")
@@ -124,6 +125,10 @@ f("FX-TEN-3", "cross-tenant paths (§7 membership, §10.12)", "room_members has 
 f("FX-TEN-4", "FluxyChat room creation (§1.3 POST /rooms; Appendix A.23)", "type is required (400 without it), success is 200 not 201, re-creating an id of the same tenant merges members (200) instead of 409")
 f("FX-TEN-5", "member changes need a token role (§1.3 members)", "POST/DELETE /rooms/{id}/members require token role owner/admin; the room's owner (room role) gets 403")
 f("FX-TEN-6", "GET /rooms cached 30 s (§1.3)", "rows are FluxyChat's {id,type,name,created_at,pinned_*,unreadCount} (no RoomListResponse), and a membership change within 30 s of a listing is not reflected in the next one")
+# --- compat (section 18, all SHOULD)
+f("FX-ORD-9", "createdAt stamped at processing time (§3 createdAt)", "two messages can share a millisecond; nothing makes room time stamps strictly increasing", level="SHOULD")
+f("FX-CMP-4", "snapshot envelope (§2.1 replay=connect)", "replay=connect|true|1 sends the snapshot as a frame of type replay, not history", level="SHOULD", alt=["FX-CMP-1"])
+f("FX-CMP-6", "identity hints used, not ignored (§10.1)", "the frame userId is used as the author (not ignored); presenceInfo and cache are honoured", level="SHOULD")
 # --- profiles
 f("FX-PRF-2", "unimplemented history profile answered with text 404 (§1.1 fall-through)", "GET /rooms/{id}/history answers 404 with text 'Not found', not an ErrorBody not_found; unimplemented agent frames get 'unknown_event_type' in message, not error unknown_type", alt=["FX-ERR-9"])
 # --- section-10 defects with no Fluxy clause a runner can reach
