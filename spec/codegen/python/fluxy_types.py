@@ -707,6 +707,14 @@ class HistoryFrame(BaseModel):
     """
     True when older events exist (fetch them over HTTP history).
     """
+    messages: list[MessageRecord] | None = None
+    """
+    FluxyChat compatibility `[FX-CMP-1]`: the newest live messages as FluxyChat's message rows, oldest first, folded from the same committed events as `events` `[FX-CMP-2]`. Present only when the client connected with `replay` = `connect`, `true` or `1`.
+    """
+    reactions: dict[str, Any] | None = None
+    """
+    FluxyChat compatibility `[FX-CMP-1]`: reaction counts of the rows in `messages`, per message id (as a string), then per emoji; messages without reactions are absent. Present exactly when `messages` is.
+    """
 
 
 class HistoryPage(BaseModel):

@@ -1342,62 +1342,18 @@ export interface HistoryFrame {
    * True when older events exist (fetch them over HTTP history).
    */
   hasMore: boolean;
-}
-/**
- * `GET /rooms/{roomId}/history` and `GET /rooms/{roomId}/poll` response `[FX-HIS-1]`.
- *
- * This interface was referenced by `FluxyProtocolV1`'s JSON-Schema
- * via the `definition` "HistoryPage".
- */
-export interface HistoryPage {
   /**
-   * Room id.
+   * FluxyChat compatibility `[FX-CMP-1]`: the newest live messages as FluxyChat's message rows, oldest first, folded from the same committed events as `events` `[FX-CMP-2]`. Present only when the client connected with `replay` = `connect`, `true` or `1`.
    */
-  roomId: string;
+  messages?: MessageRecord[] | null;
   /**
-   * Events of this page, always ascending by `seq`.
+   * FluxyChat compatibility `[FX-CMP-1]`: reaction counts of the rows in `messages`, per message id (as a string), then per emoji; messages without reactions are absent. Present exactly when `messages` is.
    */
-  events: TimelineEvent[];
-  /**
-   * True when another page exists in the page's direction.
-   */
-  hasMore: boolean;
-  /**
-   * Cursor for the next page in the same direction; absent when there is none (forward pages and polls always carry one, to wait for newer events).
-   */
-  nextCursor?: string | null;
-  /**
-   * Highest committed `seq` when the page was read.
-   */
-  currentSeq: number;
-}
-/**
- * `GET /api/messages?roomId=&limit=&before=` response (FluxyChat compatible) `[FX-HIS-8]`.
- *
- * This interface was referenced by `FluxyProtocolV1`'s JSON-Schema
- * via the `definition` "LegacyMessagesResponse".
- */
-export interface LegacyMessagesResponse {
-  /**
-   * Live (not deleted) messages, newest first.
-   */
-  messages: MessageRecord[];
-  /**
-   * Reaction counts per message id, then per emoji.
-   */
-  reactions: {
+  reactions?: {
     [k: string]: {
       [k: string]: number;
     };
-  };
-  /**
-   * True when older messages exist.
-   */
-  hasMore: boolean;
-  /**
-   * Pass as `before` to get the next older page without skipping or repeating rows.
-   */
-  nextCursor?: string | null;
+  } | null;
 }
 /**
  * A message's current state, as in FluxyChat's history rows.
@@ -1454,6 +1410,62 @@ export interface MessageRecord {
    * Attachments.
    */
   attachments?: Attachment[] | null;
+}
+/**
+ * `GET /rooms/{roomId}/history` and `GET /rooms/{roomId}/poll` response `[FX-HIS-1]`.
+ *
+ * This interface was referenced by `FluxyProtocolV1`'s JSON-Schema
+ * via the `definition` "HistoryPage".
+ */
+export interface HistoryPage {
+  /**
+   * Room id.
+   */
+  roomId: string;
+  /**
+   * Events of this page, always ascending by `seq`.
+   */
+  events: TimelineEvent[];
+  /**
+   * True when another page exists in the page's direction.
+   */
+  hasMore: boolean;
+  /**
+   * Cursor for the next page in the same direction; absent when there is none (forward pages and polls always carry one, to wait for newer events).
+   */
+  nextCursor?: string | null;
+  /**
+   * Highest committed `seq` when the page was read.
+   */
+  currentSeq: number;
+}
+/**
+ * `GET /api/messages?roomId=&limit=&before=` response (FluxyChat compatible) `[FX-HIS-8]`.
+ *
+ * This interface was referenced by `FluxyProtocolV1`'s JSON-Schema
+ * via the `definition` "LegacyMessagesResponse".
+ */
+export interface LegacyMessagesResponse {
+  /**
+   * Live (not deleted) messages, newest first.
+   */
+  messages: MessageRecord[];
+  /**
+   * Reaction counts per message id, then per emoji.
+   */
+  reactions: {
+    [k: string]: {
+      [k: string]: number;
+    };
+  };
+  /**
+   * True when older messages exist.
+   */
+  hasMore: boolean;
+  /**
+   * Pass as `before` to get the next older page without skipping or repeating rows.
+   */
+  nextCursor?: string | null;
 }
 /**
  * Limits a server advertises in `welcome` `[FX-LIM-5]`.
