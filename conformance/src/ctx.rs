@@ -619,15 +619,17 @@ impl Pacer {
         self.rate = ((rate as f64) * 0.85).max(0.5);
     }
 
+    /// The tokens the bucket holds at `now` (refilled since the last take, at most `burst`).
+    fn refilled(&self, now: Instant) -> f64 {
+        (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst)
+    }
+
     /// How long until the frames already taken have been sent.
     fn backlog(&self) -> Duration {
         if !self.enabled {
             return Duration::ZERO;
         }
-        let now = Instant::now();
-        let tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        let owed = self.queued as f64 - tokens;
+        let owed = self.queued as f64 - self.refilled(Instant::now());
         if owed <= 0.0 {
             Duration::ZERO
         } else {
@@ -641,8 +643,7 @@ impl Pacer {
             return Duration::ZERO;
         }
         let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens = self.refilled(now);
         self.last = now;
         self.tokens -= 1.0;
         if self.tokens >= 0.0 {

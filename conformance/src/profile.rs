@@ -77,12 +77,17 @@ pub async fn probe(ctx: &Ctx, profile: &str) -> Probe {
     r.unwrap_or_else(|e| Probe::Unknown(e.to_string()))
 }
 
-async fn probe_history(ctx: &Ctx) -> Result<Probe, CaseError> {
+/// A new owner and room, with the positive control every route probe needs: the room exists
+/// and its owner may use it (a WebSocket connect succeeds), so a 404 is about the route.
+async fn controlled_room(ctx: &Ctx) -> Result<(crate::ctx::User, String), CaseError> {
     let a = ctx.user("probe").await?;
     let room = ctx.room(&a, &[]).await?;
-    // Positive control: the room exists and its owner may use it (connect succeeds).
-    let c = ctx.connect_q(&a, &room, "replay=off").await?;
-    drop(c);
+    drop(ctx.connect_q(&a, &room, "replay=off").await?);
+    Ok((a, room))
+}
+
+async fn probe_history(ctx: &Ctx) -> Result<Probe, CaseError> {
+    let (a, room) = controlled_room(ctx).await?;
     let r = ctx
         .get(&format!("/rooms/{room}/history?limit=1"), &a.token)
         .await?;
@@ -97,10 +102,7 @@ async fn probe_history(ctx: &Ctx) -> Result<Probe, CaseError> {
 }
 
 async fn probe_fallback(ctx: &Ctx) -> Result<Probe, CaseError> {
-    let a = ctx.user("probe").await?;
-    let room = ctx.room(&a, &[]).await?;
-    let c = ctx.connect_q(&a, &room, "replay=off").await?;
-    drop(c);
+    let (a, room) = controlled_room(ctx).await?;
     let poll = ctx
         .get(
             &format!("/rooms/{room}/poll?afterSeq=0&timeoutMs=0"),

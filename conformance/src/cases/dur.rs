@@ -24,12 +24,17 @@ pub fn restarts(id: &str) -> bool {
     id.starts_with("dur/")
 }
 
-async fn restart(ctx: &Ctx) -> Result<(), CaseError> {
-    let r = ctx.env.restart.clone().ok_or_else(|| {
+/// The restarter, or skip (checked before any set-up, so a skipped case costs nothing).
+fn restarter(ctx: &Ctx) -> Result<crate::env::Restarter, CaseError> {
+    ctx.env.restart.clone().ok_or_else(|| {
         CaseError::Skip(
             "needs --restart-cmd (a command that restarts the server on the same storage)".into(),
         )
-    })?;
+    })
+}
+
+async fn restart(ctx: &Ctx) -> Result<(), CaseError> {
+    let r = restarter(ctx)?;
     ctx.note(&format!("restarting the server ({})", r.describe));
     r.restart()
         .await
@@ -114,9 +119,7 @@ fn contents(events: &[TimelineEvent]) -> Vec<(u64, String)> {
 }
 
 async fn acked_survive(ctx: &Ctx) -> Result<(), CaseError> {
-    if ctx.env.restart.is_none() {
-        return restart(ctx).await;
-    }
+    restarter(ctx)?;
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let mut c = ctx.connect_q(&a, &room, "replay=off").await?;
@@ -155,9 +158,7 @@ async fn acked_survive(ctx: &Ctx) -> Result<(), CaseError> {
 }
 
 async fn idempotency_across(ctx: &Ctx) -> Result<(), CaseError> {
-    if ctx.env.restart.is_none() {
-        return restart(ctx).await;
-    }
+    restarter(ctx)?;
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let mut c = ctx.connect_q(&a, &room, "replay=off").await?;
@@ -226,9 +227,7 @@ async fn idempotency_across(ctx: &Ctx) -> Result<(), CaseError> {
 }
 
 async fn resume_across(ctx: &Ctx) -> Result<(), CaseError> {
-    if ctx.env.restart.is_none() {
-        return restart(ctx).await;
-    }
+    restarter(ctx)?;
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let mut c = ctx.connect_q(&a, &room, "replay=off").await?;
