@@ -442,7 +442,7 @@ class Room:
         elif t == "approval_request":
             self.runs[(ev["agentId"], ev["runId"])]["approvals"][ev["approvalId"]] = "pending"
         elif t == "approval_decision":
-            run = self.runs.get((ev.get("_agent"), ev["runId"]))
+            run = self.runs.get((ev.get("agentId"), ev["runId"]))
             if run is not None:
                 run["approvals"][ev["approvalId"]] = "done"
 
@@ -999,19 +999,23 @@ def fr_approval_decision(conn, room, d, ref):
     reason = opt_str(d, "reason", 0, 4000)
     if "agent" in conn.ident["roles"]:
         raise FxError("forbidden", "agents may not decide approvals")
-    agent = None
-    for (a, r), run in room.runs.items():
-        if r == run_id and run["approvals"].get(appr) == "pending":
-            agent = a
-            break
-    if agent is None:
+    named = opt_str(d, "agentId", 1, 128)
+    # FX-AGT-12: the agents with a pending request of these ids (only the named one, if any).
+    agents = [a for (a, r), run in room.runs.items()
+              if r == run_id and run["approvals"].get(appr) == "pending"
+              and (named is None or a == named)]
+    if not agents:
         raise FxError("invalid_state", "no pending approval %s in run %s" % (appr, run_id))
+    if len(agents) > 1:
+        raise FxError("invalid_state", "several agents wait on approval %s: name one" % appr,
+                      field="agentId")
     fields = [("type", "approval_decision"), ("roomId", room.id), ("userId", conn.ident["sub"]),
-              ("runId", run_id), ("approvalId", appr), ("decision", decision)]
+              ("agentId", agents[0]), ("runId", run_id), ("approvalId", appr),
+              ("decision", decision)]
     if reason is not None:
         fields.append(("reason", reason))
     fields.append(("createdAt", ts(now_ms())))
-    timeline(room, fields, conn, ref, extra={"_agent": agent})
+    timeline(room, fields, conn, ref)
 
 
 def fr_agent_typing(conn, room, d, ref):

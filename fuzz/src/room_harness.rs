@@ -341,14 +341,13 @@ impl Store {
                 );
             }
             TimelineEvent::ApprovalDecision(d) => {
-                let mut found = false;
-                for ((_, r, a), pending) in self.approvals.iter_mut() {
-                    if *r == d.run_id && *a == d.approval_id && *pending {
-                        *pending = false;
-                        found = true;
-                    }
-                }
-                assert!(found, "approval_decision without a pending approval");
+                // [FX-AGT-12] the event names the agent; exactly that request is decided.
+                let k = (d.agent_id.clone(), d.run_id.clone(), d.approval_id.clone());
+                assert_eq!(
+                    self.approvals.insert(k, false),
+                    Some(true),
+                    "approval_decision without a pending approval of the agent it names"
+                );
             }
             TimelineEvent::Reaction(r) => {
                 let m = self

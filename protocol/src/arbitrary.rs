@@ -401,21 +401,23 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 })
             }),
         (
-            agent_id(),
-            agent_id(),
+            (agent_id(), agent_id(), option::of(id())),
             decision(),
             option::of(text(0, 40)),
             r()
         )
-            .prop_map(|(run_id, approval_id, decision, reason, reference)| {
-                ClientFrame::ApprovalDecision(ApprovalDecisionFrame {
-                    run_id,
-                    approval_id,
-                    decision,
-                    reason,
-                    reference,
-                })
-            }),
+            .prop_map(
+                |((run_id, approval_id, agent_id), decision, reason, reference)| {
+                    ClientFrame::ApprovalDecision(ApprovalDecisionFrame {
+                        run_id,
+                        approval_id,
+                        agent_id,
+                        decision,
+                        reason,
+                        reference,
+                    })
+                }
+            ),
         any::<bool>()
             .prop_map(|is_typing| ClientFrame::AgentTyping(AgentTypingFrame { is_typing })),
         (
@@ -625,15 +627,19 @@ pub fn timeline_event() -> impl Strategy<Value = TimelineEvent> {
                 }
             ),
         (
-            (seq(), id(), id(), agent_id()),
+            (seq(), id(), id(), id(), agent_id()),
             (agent_id(), decision(), option::of(text(0, 40)), timestamp())
         )
             .prop_map(
-                |((seq, room_id, user_id, run_id), (approval_id, decision, reason, created_at))| {
+                |(
+                    (seq, room_id, user_id, agent_id, run_id),
+                    (approval_id, decision, reason, created_at),
+                )| {
                     TimelineEvent::ApprovalDecision(ApprovalDecisionEvent {
                         seq,
                         room_id,
                         user_id,
+                        agent_id,
                         run_id,
                         approval_id,
                         decision,

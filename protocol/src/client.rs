@@ -304,6 +304,11 @@ pub struct ApprovalDecisionFrame {
     /// The pending request.
     #[schemars(length(min = 1, max = 128))]
     pub approval_id: String,
+    /// The agent whose request this answers; required only when several agents have a
+    /// pending request with these ids `[FX-AGT-12]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub agent_id: Option<String>,
     /// Decision.
     pub decision: Decision,
     /// Optional explanation.

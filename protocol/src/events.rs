@@ -273,7 +273,7 @@ pub struct ApprovalRequestEvent {
 /// A human answered an approval request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(title = "ApprovalDecisionEvent")]
+#[schemars(title = "ApprovalDecisionEvent", transform = agent_id_required)]
 pub struct ApprovalDecisionEvent {
     /// Per-room sequence number of this event.
     #[schemars(range(min = 1))]
@@ -282,6 +282,10 @@ pub struct ApprovalDecisionEvent {
     pub room_id: String,
     /// Who decided.
     pub user_id: String,
+    /// The agent whose request this answers `[FX-AGT-12]`. Required on the wire; decoding
+    /// tolerates its absence (empty), as in events stored before the clause existed.
+    #[serde(default)]
+    pub agent_id: String,
     /// The run.
     pub run_id: String,
     /// The request answered.
@@ -294,6 +298,25 @@ pub struct ApprovalDecisionEvent {
     /// Server commit time.
     #[schemars(with = "crate::common::Timestamp")]
     pub created_at: String,
+}
+
+/// `agentId` of an [`ApprovalDecisionEvent`] is required on the wire `[FX-AGT-12]`; the decoder's
+/// `default` (for events stored before the clause) is not part of the schema.
+fn agent_id_required(schema: &mut schemars::Schema) {
+    if let Some(serde_json::Value::Object(props)) = schema.get_mut("properties") {
+        if let Some(serde_json::Value::Object(p)) = props.get_mut("agentId") {
+            p.remove("default");
+        }
+    }
+    if let Some(serde_json::Value::Array(req)) = schema.get_mut("required") {
+        if !req.iter().any(|v| v == "agentId") {
+            let at = req
+                .iter()
+                .position(|v| v == "userId")
+                .map_or(req.len(), |i| i + 1);
+            req.insert(at, "agentId".into());
+        }
+    }
 }
 
 /// Any timeline event, tagged by `type` `[FX-ORD-1]`.

@@ -17,6 +17,7 @@ pub fn cases() -> Vec<Case> {
         case!("agt/tool-call-pairing", ["FX-AGT-4", "FX-AGT-5"], "tool calls need an open run and a new id; each gets exactly one result or error", tool_pairing),
         case!("agt/approval", ["FX-AGT-6", "FX-AGT-7"], "approval requests need an open run; one decision, from a non-agent member", approval),
         case!("agt/two-approvals-one-run", ["FX-AGT-6", "FX-AGT-7"], "two approval requests of one run each take their own decision, both acked with a seq", two_approvals),
+        case!("agt/approval-shared-ids", ["FX-AGT-12"], "two agents with pending approvals of the same ids: an unnamed decision decides neither, a named one exactly that agent's, and the event names the agent", shared_ids),
         case!("agt/streaming", ["FX-AGT-8", "FX-AGT-11"], "stream start/delta/end/abort produce message/edit/delete in order with rising versions", streaming),
         case!("agt/persisted-in-history", ["FX-AGT-10"], "agent events are sequenced, acked, persisted and replayed in accepted order", persisted),
         case!("agt/agent-typing", ["FX-AGT-9"], "agentTyping goes to the others with the agent's verified id", agent_typing),
@@ -285,6 +286,92 @@ async fn approval(ctx: &Ctx) -> Result<(), CaseError> {
     )
     .await?;
     Ok(())
+}
+
+async fn shared_ids(ctx: &Ctx) -> Result<(), CaseError> {
+    let h = ctx.user("human").await?;
+    let a = ctx.user_roles("agent-a", &["agent"]).await?;
+    let b = ctx.user_roles("agent-b", &["agent"]).await?;
+    let room = ctx.room(&h, &[&a, &b]).await?;
+    let mut ch = ctx.connect(&h, &room).await?;
+    let dec = |agent: Option<&str>, decision: &str| {
+        let mut d =
+            json!({"type":"approval_decision","runId":"r","approvalId":"x","decision":decision});
+        if let Some(agent) = agent {
+            d["agentId"] = json!(agent);
+        }
+        d
+    };
+    let mut ca = ctx.connect(&a, &room).await?;
+    for f in [
+        json!({"type":"agentRun","runId":"r","status":"started"}),
+        json!({"type":"approval_request","runId":"r","approvalId":"x","prompt":"May I?"}),
+        json!({"type":"approval_request","runId":"r","approvalId":"y","prompt":"And this?"}),
+    ] {
+        req(ctx, &mut ca, "FX-AGT-6", f).await?;
+    }
+    // Positive control: with one agent's request of these ids pending, an unnamed decision
+    // answers it, and the event names that agent.
+    let mut only = dec(None, "approved");
+    only["approvalId"] = json!("y");
+    let ack = req(ctx, &mut ch, "FX-AGT-7", only).await?;
+    check_named(&mut ch, ack.seq.unwrap_or(0), &a.id).await?;
+    let mut cb = ctx.connect(&b, &room).await?;
+    for f in [
+        json!({"type":"agentRun","runId":"r","status":"started"}),
+        json!({"type":"approval_request","runId":"r","approvalId":"x","prompt":"May I?"}),
+    ] {
+        req(ctx, &mut cb, "FX-AGT-6", f).await?;
+    }
+    // Both requests are pending: an unnamed decision is ambiguous.
+    req_err(
+        ctx,
+        &mut ch,
+        "FX-AGT-12",
+        dec(None, "approved"),
+        ErrorCode::InvalidState,
+    )
+    .await?;
+    // Named decisions: each answers exactly the named agent's request (so the refused one
+    // decided neither), once.
+    for (agent, decision) in [(&b.id, "denied"), (&a.id, "approved")] {
+        let ack = req(ctx, &mut ch, "FX-AGT-12", dec(Some(agent), decision)).await?;
+        check_named(&mut ch, ack.seq.unwrap_or(0), agent).await?;
+        req_err(
+            ctx,
+            &mut ch,
+            "FX-AGT-12",
+            dec(Some(agent), decision),
+            ErrorCode::InvalidState,
+        )
+        .await?;
+    }
+    // A named agent without a pending request.
+    req_err(
+        ctx,
+        &mut ch,
+        "FX-AGT-12",
+        dec(Some(&h.id), "approved"),
+        ErrorCode::InvalidState,
+    )
+    .await
+}
+
+/// The `approval_decision` event at `seq` names `agent` [FX-AGT-12].
+async fn check_named(ch: &mut Conn, seq: u64, agent: &str) -> Result<(), CaseError> {
+    ch.wait_seq("FX-AGT-12", seq).await?;
+    let event = ch
+        .timeline()
+        .into_iter()
+        .find(|(e, _)| e.seq() == seq)
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    ensure_eq(
+        "FX-AGT-12",
+        &format!("agentId of the approval_decision event at seq {seq}"),
+        event["agentId"].clone(),
+        json!(agent),
+    )
 }
 
 async fn two_approvals(ctx: &Ctx) -> Result<(), CaseError> {

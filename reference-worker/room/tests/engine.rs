@@ -741,6 +741,74 @@ fn streams_start_delta_end_abort() {
     assert!(matches!(h.timeline(2).last(), Some(TimelineEvent::Delete(d)) if d.id == id2));
 }
 
+/// [FX-AGT-12] Two agents with pending requests of the same ids: a decision without `agentId`
+/// decides neither; one naming an agent decides exactly that agent's request, and the event
+/// names it.
+#[test]
+fn approval_decisions_name_the_agent_when_ids_are_shared() {
+    let mut h = H::new();
+    h.connect(1, "bot-a", &["agent"]);
+    h.connect(2, "bot-b", &["agent"]);
+    h.connect(3, "carol", &["member"]);
+    for c in [1, 2] {
+        h.send(c, json!({"type":"agentRun","runId":"r","status":"started"}));
+        h.send(
+            c,
+            json!({"type":"approval_request","runId":"r","approvalId":"a","prompt":"ok?"}),
+        );
+    }
+    let before = h.timeline(3).len();
+    h.send(
+        3,
+        json!({"type":"approval_decision","runId":"r","approvalId":"a","decision":"approved"}),
+    );
+    assert_eq!(
+        h.last_error(3),
+        ErrorCode::InvalidState,
+        "ambiguous decision"
+    );
+    assert_eq!(
+        h.timeline(3).len(),
+        before,
+        "an ambiguous decision decides none"
+    );
+    h.send(
+        3,
+        json!({"type":"approval_decision","runId":"r","approvalId":"a","agentId":"bot-b","decision":"denied"}),
+    );
+    match h.timeline(3).last() {
+        Some(TimelineEvent::ApprovalDecision(d)) => assert_eq!(d.agent_id, "bot-b"),
+        other => panic!("{other:?}"),
+    }
+    h.send(
+        3,
+        json!({"type":"approval_decision","runId":"r","approvalId":"a","agentId":"bot-b","decision":"approved"}),
+    );
+    assert_eq!(
+        h.last_error(3),
+        ErrorCode::InvalidState,
+        "one decision per request"
+    );
+    h.send(
+        3,
+        json!({"type":"approval_decision","runId":"r","approvalId":"a","agentId":"nobody","decision":"approved"}),
+    );
+    assert_eq!(
+        h.last_error(3),
+        ErrorCode::InvalidState,
+        "no such agent's request"
+    );
+    // Now only bot-a's request is pending: a decision without agentId answers it.
+    h.send(
+        3,
+        json!({"type":"approval_decision","runId":"r","approvalId":"a","decision":"approved"}),
+    );
+    match h.timeline(3).last() {
+        Some(TimelineEvent::ApprovalDecision(d)) => assert_eq!(d.agent_id, "bot-a"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn agent_runs_tools_and_approvals() {
     let mut h = H::new();

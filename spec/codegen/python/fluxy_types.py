@@ -170,6 +170,10 @@ class ApprovalDecisionEvent(BaseModel):
     """
     Who decided.
     """
+    agentId: Annotated[StrictStr, Field(pattern="^[A-Za-z0-9_-]{1,128}$")]
+    """
+    The agent whose request this answers `[FX-AGT-12]`. Required on the wire; decoding tolerates its absence (empty), as in events stored before the clause existed.
+    """
     runId: StrictStr
     """
     The run.
@@ -208,6 +212,13 @@ class ApprovalDecisionFrame(BaseModel):
     approvalId: Annotated[StrictStr, Field(max_length=128, min_length=1)]
     """
     The pending request.
+    """
+    agentId: Annotated[
+        StrictStr | None,
+        Field(max_length=128, min_length=1, pattern="^[A-Za-z0-9_-]{1,128}$"),
+    ] = None
+    """
+    The agent whose request this answers; required only when several agents have a pending request with these ids `[FX-AGT-12]`.
     """
     decision: Decision
     """

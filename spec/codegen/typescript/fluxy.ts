@@ -343,6 +343,10 @@ export interface ApprovalDecisionEvent {
    */
   userId: string;
   /**
+   * The agent whose request this answers `[FX-AGT-12]`. Required on the wire; decoding tolerates its absence (empty), as in events stored before the clause existed.
+   */
+  agentId: string;
+  /**
    * The run.
    */
   runId: string;
@@ -382,6 +386,10 @@ export interface ApprovalDecisionFrame {
    * The pending request.
    */
   approvalId: string;
+  /**
+   * The agent whose request this answers; required only when several agents have a pending request with these ids `[FX-AGT-12]`.
+   */
+  agentId?: string | null;
   /**
    * Decision.
    */

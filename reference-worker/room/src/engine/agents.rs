@@ -202,23 +202,41 @@ impl Room {
                 None,
             ));
         }
-        if self
+        // The agents with a pending request of these ids, narrowed to the one named [FX-AGT-12].
+        let mut agents = self
             .approvals
             .iter()
-            .all(|((_, r, a), p)| !*p || *r != f.run_id || *a != f.approval_id)
-        {
-            return Err(field_err(
-                ErrorCode::InvalidState,
-                "no pending approval with that id",
-                "approvalId",
-            ));
-        }
+            .filter(|((agent, r, a), pending)| {
+                **pending
+                    && *r == f.run_id
+                    && *a == f.approval_id
+                    && f.agent_id.as_ref().is_none_or(|named| named == agent)
+            })
+            .map(|((agent, _, _), _)| agent.clone());
+        let agent_id = match (agents.next(), agents.next()) {
+            (Some(agent), None) => agent,
+            (None, _) => {
+                return Err(field_err(
+                    ErrorCode::InvalidState,
+                    "no pending approval with that id",
+                    "approvalId",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(field_err(
+                    ErrorCode::InvalidState,
+                    "several agents have a pending approval with these ids: name the agent",
+                    "agentId",
+                ))
+            }
+        };
         Ok(Some(Accepted::event(
             ack(f.reference.as_deref(), None),
             TimelineEvent::ApprovalDecision(ApprovalDecisionEvent {
                 seq: 0,
                 room_id: self.room(),
                 user_id: id.user_id.clone(),
+                agent_id,
                 run_id: f.run_id,
                 approval_id: f.approval_id,
                 decision: f.decision,
@@ -254,12 +272,17 @@ impl Room {
                 let k = (a.agent_id.clone(), a.run_id.clone(), a.approval_id.clone());
                 self.approvals.insert(k, true);
             }
-            TimelineEvent::ApprovalDecision(a) => {
+            TimelineEvent::ApprovalDecision(a) if a.agent_id.is_empty() => {
+                // Stored before `agentId` [FX-AGT-12]: it decided every request with these ids.
                 for ((_, r, id), pending) in self.approvals.iter_mut() {
                     if *r == a.run_id && *id == a.approval_id {
                         *pending = false;
                     }
                 }
+            }
+            TimelineEvent::ApprovalDecision(a) => {
+                let k = (a.agent_id.clone(), a.run_id.clone(), a.approval_id.clone());
+                self.approvals.insert(k, false);
             }
             _ => {}
         }
