@@ -37,6 +37,10 @@ pub const NOT_CHECKABLE: &[(&str, &str)] = &[
         "a rule for clients; a server cannot be observed keeping it",
     ),
     (
+        "FX-LIM-11",
+        "a permission for servers (every refused frame MAY count) and a rule for clients; the runner keeps it by pacing every frame it sends",
+    ),
+    (
         "FX-HIS-9",
         "a cost rule; measured by fluxy-bench (docs/benchmarks.md: flat page cost at 1k and 1M events), not timed in a short black-box run",
     ),

@@ -267,6 +267,7 @@ async fn wait_event(
 }
 
 async fn connect_snapshot(ctx: &Ctx) -> Result<(), CaseError> {
+    ctx.need_profile("edits")?;
     let (a, b, room, mut ca, mut cb) = pair(ctx).await?;
     let m1 = send(ctx, &mut ca, "one").await?.id.unwrap_or(0);
     let m2 = send(ctx, &mut ca, "two").await?.id.unwrap_or(0);
@@ -278,12 +279,12 @@ async fn connect_snapshot(ctx: &Ctx) -> Result<(), CaseError> {
         json!({"type":"reaction","messageId":m2,"emoji":"🎉"}),
         json!({"type":"delete","messageId":m3}),
     ] {
-        super::req(ctx, &mut ca, "FX-CMP-2", frame).await?;
+        super::req(ctx, &mut ca, "FX-EDT-1", frame).await?;
     }
     super::req(
         ctx,
         &mut cb,
-        "FX-CMP-2",
+        "FX-EDT-5",
         json!({"type":"reaction","messageId":m2,"emoji":"👍"}),
     )
     .await?;
@@ -384,6 +385,7 @@ async fn connect_snapshot(ctx: &Ctx) -> Result<(), CaseError> {
 }
 
 async fn snapshot_matches_api(ctx: &Ctx) -> Result<(), CaseError> {
+    ctx.need_profile("edits")?;
     let (a, _b, room, mut ca, mut cb) = pair(ctx).await?;
     let m1 = send(ctx, &mut ca, "root").await?.id.unwrap_or(0);
     let cmid = sdk_cmid(ctx);
@@ -401,12 +403,12 @@ async fn snapshot_matches_api(ctx: &Ctx) -> Result<(), CaseError> {
         json!({"type":"edit","messageId":m1,"content":"root, edited"}),
         json!({"type":"delete","messageId":m3}),
     ] {
-        super::req(ctx, &mut ca, "FX-CMP-5", frame).await?;
+        super::req(ctx, &mut ca, "FX-EDT-1", frame).await?;
     }
     super::req(
         ctx,
         &mut cb,
-        "FX-CMP-5",
+        "FX-EDT-5",
         json!({"type":"reaction","messageId":m1,"emoji":"❤️"}),
     )
     .await?;

@@ -5,12 +5,13 @@ use serde_json::{json, Value};
 
 use super::{pair, req, req_err, send};
 use crate::case;
-use crate::case::{ensure, ensure_eq, Case, CaseError};
+use crate::case::{ensure, ensure_eq, fail, Case, CaseError};
 use crate::ctx::Ctx;
 
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
     vec![
+        case!("edt/ack-created-at-is-event-time", ["FX-ACK-9"], "the ack of an edit, reaction, read and delete carries that event's commit time (editedAt, createdAt, deletedAt), not the message's", created_at_is_event_time),
         case!("edt/edit-author-only", ["FX-EDT-1", "FX-EDT-9", "FX-EDT-2"], "only the author edits; the edit event carries the editor's verified id", edit_author),
         case!("edt/edit-versions", ["FX-EDT-2"], "each edit raises version by one; a stale expectedVersion gets conflict", edit_versions),
         case!("edt/delete-authorisation", ["FX-EDT-3", "FX-EDT-9"], "author, room owner/admin/moderator or a token with role owner, admin or moderator may delete; others get forbidden", delete_auth),
@@ -478,4 +479,46 @@ async fn reads(ctx: &Ctx) -> Result<(), CaseError> {
         "a read event when advancing again",
         format!("{r3:?}"),
     )
+}
+
+async fn created_at_is_event_time(ctx: &Ctx) -> Result<(), CaseError> {
+    let (_, _, _, mut ca, mut cb) = pair(ctx).await?;
+    let m = send(ctx, &mut ca, "time me").await?;
+    let id = m.id.unwrap_or(0);
+    for (frame, field) in [
+        (
+            json!({"type":"edit","messageId":id,"content":"time me again"}),
+            "editedAt",
+        ),
+        (
+            json!({"type":"reaction","messageId":id,"emoji":"⏱"}),
+            "createdAt",
+        ),
+        (json!({"type":"read","messageId":id}), "createdAt"),
+        (json!({"type":"delete","messageId":id}), "deletedAt"),
+    ] {
+        let kind = frame["type"].as_str().unwrap_or("?").to_string();
+        let a = req(ctx, &mut ca, "FX-EDT-1", frame).await?;
+        let Some(seq) = a.seq else {
+            return Err(fail(
+                "FX-ACK-1",
+                format!("a seq in the ack of the {kind}"),
+                format!("{a:?}"),
+            ));
+        };
+        cb.wait_seq("FX-ORD-1", seq).await?;
+        let event = cb
+            .timeline()
+            .into_iter()
+            .find(|(e, _)| e.seq() == seq)
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        ensure_eq(
+            "FX-ACK-9",
+            &format!("createdAt of the {kind} ack = the event's {field}"),
+            json!(a.created_at),
+            event[field].clone(),
+        )?;
+    }
+    Ok(())
 }
