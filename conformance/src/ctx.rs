@@ -1657,6 +1657,18 @@ impl Conn {
         Ok(())
     }
 
+    /// Wait for the live timeline event with `seq` (as [`Conn::wait_seq`]) and return it as JSON
+    /// (`null` when a later event arrived but not that one).
+    pub async fn event_at(&mut self, clause: &str, seq: u64) -> Result<Value, CaseError> {
+        self.wait_seq(clause, seq).await?;
+        Ok(self
+            .timeline()
+            .into_iter()
+            .find(|(e, _)| e.seq() == seq)
+            .map(|(_, v)| v)
+            .unwrap_or_default())
+    }
+
     /// Wait until `n` live timeline events have arrived in total.
     pub async fn wait_count(&mut self, clause: &str, n: usize) -> Result<(), CaseError> {
         let what = format!("{n} live timeline events");

@@ -359,13 +359,7 @@ async fn shared_ids(ctx: &Ctx) -> Result<(), CaseError> {
 
 /// The `approval_decision` event at `seq` names `agent` [FX-AGT-12].
 async fn check_named(ch: &mut Conn, seq: u64, agent: &str) -> Result<(), CaseError> {
-    ch.wait_seq("FX-AGT-12", seq).await?;
-    let event = ch
-        .timeline()
-        .into_iter()
-        .find(|(e, _)| e.seq() == seq)
-        .map(|(_, v)| v)
-        .unwrap_or_default();
+    let event = ch.event_at("FX-AGT-12", seq).await?;
     ensure_eq(
         "FX-AGT-12",
         &format!("agentId of the approval_decision event at seq {seq}"),

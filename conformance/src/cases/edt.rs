@@ -506,13 +506,7 @@ async fn created_at_is_event_time(ctx: &Ctx) -> Result<(), CaseError> {
                 format!("{a:?}"),
             ));
         };
-        cb.wait_seq("FX-ORD-1", seq).await?;
-        let event = cb
-            .timeline()
-            .into_iter()
-            .find(|(e, _)| e.seq() == seq)
-            .map(|(_, v)| v)
-            .unwrap_or_default();
+        let event = cb.event_at("FX-ORD-1", seq).await?;
         ensure_eq(
             "FX-ACK-9",
             &format!("createdAt of the {kind} ack = the event's {field}"),
