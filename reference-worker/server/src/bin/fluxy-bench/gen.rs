@@ -5,8 +5,8 @@
 //! approvals), with a simulated clock that ends at the current time. Every [`Effect::Persist`]
 //! is executed on the SQLite file exactly as a shell would, so event bodies are the engine's
 //! own `TimelineEvent` JSON and the `messages`, `reactions`, `read_positions` and `idempotency`
-//! rows agree with the timeline. Idempotency keys older than 24 h are pruned the way the
-//! native shell prunes them, so only those of the last simulated day remain.
+//! rows agree with the timeline. Idempotency keys older than 24 h are pruned with the engine's
+//! own prune statement, so only those of the last simulated day remain.
 //!
 //! The same file layout serves both shells: the native server's `--db`, and the SQLite file
 //! behind wrangler's local D1 (`.wrangler/.../d1/miniflare-D1DatabaseObject/*.sqlite`).
@@ -122,9 +122,13 @@ const AGENTS: usize = 3;
 const RECENT: usize = 64;
 /// One agent run per this many events (a run writes about 6-10 events).
 const RUN_EVERY: u64 = 500;
-/// Expired idempotency keys pruned per simulated minute, as the native shell does.
-const PRUNE_EVERY_MS: u64 = 60_000;
-const PRUNE_ROWS: u64 = 1_000;
+/// Expired idempotency keys are pruned once per simulated hour (the native shell prunes at
+/// most 1,000 per minute of wall time; the prune query scans the room's keys, so pruning per
+/// simulated minute would dominate the generator's time). The stored keys are the same, give
+/// or take the last hour's expired ones.
+const PRUNE_EVERY_MS: u64 = 3_600_000;
+/// Upper bound of one prune (more than an hour of keys at any step).
+const PRUNE_ROWS: u64 = 100_000;
 /// Commit the SQLite transaction every this many events.
 const TX_EVENTS: u64 = 50_000;
 
