@@ -85,7 +85,13 @@ pub enum GenError {
     /// The engine refused a frame it must accept.
     #[error("the engine refused a generated frame: {0}")]
     Refused(String),
+    /// The engine stopped sequencing events.
+    #[error("no event sequenced after seq {0} for {STALL_FRAMES} frames: does the engine wait for an effect the generator does not carry out?")]
+    Stalled(u64),
 }
+
+/// Frames without a new event after which the generator gives up (normally a few at most).
+const STALL_FRAMES: u32 = 10_000;
 
 /// Small deterministic PRNG (xorshift64*): no dependency, reproducible mixes.
 struct Rng(u64);
@@ -507,8 +513,8 @@ fn count(c: &Connection, table: &str, tenant: &str, room: &str) -> rusqlite::Res
 
 /// Generate the room of `spec` into the SQLite file at `path` (created and migrated if needed).
 ///
-/// The mix, per event: about 80 % messages (8 % of them replies), 5 % edits, 2 % deletes, 7 %
-/// reaction changes, 5 % read-position updates, plus one agent run per 500 events (tool call
+/// The mix, per event: about 79 % messages (8 % of them replies), 6 % edits, 2 % deletes, 7 %
+/// reaction changes, 6 % read events, plus one agent run per 500 events (tool call
 /// with result or error, an approval every fourth run, a streamed answer, then completed or
 /// failed). At the end two agent runs are left open (each with a pending tool call and a
 /// message still streaming), so the room has open runs and streams to restore on wake-up.
@@ -630,8 +636,17 @@ pub fn generate(path: &Path, spec: &GenSpec) -> Result<GenReport, GenError> {
     let mut report = GenReport::default();
     c.execute_batch("BEGIN")?;
     let mut next_commit = TX_EVENTS;
+    let (mut last_seq, mut idle_frames) = (0, 0u32);
     while g.room.committed_seq() < body_events {
         let seq = g.room.committed_seq();
+        if seq == last_seq {
+            idle_frames += 1;
+            if idle_frames > STALL_FRAMES {
+                return Err(GenError::Stalled(seq));
+            }
+        } else {
+            (last_seq, idle_frames) = (seq, 0);
+        }
         if seq >= next_commit {
             c.execute_batch("COMMIT; BEGIN")?;
             next_commit += TX_EVENTS;
