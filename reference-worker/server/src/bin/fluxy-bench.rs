@@ -8,7 +8,11 @@
 //! tests: run them in release mode, e.g.
 //! `nice cargo run --release -p fluxy-server --bin fluxy-bench -- wakeup`.
 
+// The wake-up benchmark's modules live next to this file, in a directory without `main.rs`
+// (so Cargo does not take it for another binary).
+#[path = "wakebench/gen.rs"]
 mod gen;
+#[path = "wakebench/wakeup.rs"]
 mod wakeup;
 
 use std::path::PathBuf;
