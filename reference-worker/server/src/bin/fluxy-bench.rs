@@ -1,14 +1,25 @@
-//! `fluxy-bench`: throughput, latency and history-page benchmarks of the native shell.
+//! `fluxy-bench`: throughput, latency, history-page and wake-up benchmarks of the native shell.
 //!
-//! Runs the server in-process on a temporary SQLite file (WAL) and drives it over real
-//! loopback sockets. Not a test: run it in release mode, e.g.
-//! `nice cargo run --release -p fluxy-server --bin fluxy-bench`.
+//! Without a subcommand: runs the server in-process on a temporary SQLite file (WAL) and drives
+//! it over real loopback sockets (ingest, fan-out, history pages). `wakeup` measures how long a
+//! fresh server process takes to wake a room with 1k, 100k or 1M stored events, and the memory
+//! it then holds; `gen-room` writes such a room into any SQLite file with the schema (also the
+//! local D1 file of `wrangler dev`, for the Durable Object shell's wake-up benchmark). Not
+//! tests: run them in release mode, e.g.
+//! `nice cargo run --release -p fluxy-server --bin fluxy-bench -- wakeup`.
+
+// The wake-up benchmark's modules live next to this file, in a directory without `main.rs`
+// (so Cargo does not take it for another binary).
+#[path = "wakebench/gen.rs"]
+mod gen;
+#[path = "wakebench/wakeup.rs"]
+mod wakeup;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use fluxy_protocol::common::format_timestamp;
 use fluxy_protocol::events::{MessageEvent, TimelineEvent};
 use fluxy_server::{start, ServerConfig};
@@ -16,9 +27,64 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Benchmark options.
+/// Fluxy native shell benchmarks.
 #[derive(Debug, Parser)]
-#[command(about = "Fluxy native shell benchmarks")]
+#[command(
+    about = "Fluxy native shell benchmarks",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// A benchmark other than the default throughput run.
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Options of the default throughput run.
+    #[command(flatten)]
+    throughput: Args,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Wake-up time and memory of a room with N stored events (fresh server process per wake).
+    Wakeup(wakeup::WakeArgs),
+    /// Write a room with N stored events into a SQLite file (native database or local D1).
+    GenRoom(GenArgs),
+    /// Serve a database until stdin closes (the measured process of `wakeup`).
+    #[command(hide = true)]
+    Serve(wakeup::ServeArgs),
+}
+
+/// Options of `gen-room`.
+#[derive(Debug, clap::Args)]
+struct GenArgs {
+    /// SQLite file (created and migrated if needed; the room must not exist in it).
+    #[arg(long)]
+    db: PathBuf,
+    /// Number of stored events.
+    #[arg(long)]
+    events: u64,
+    /// Tenant id (inserted if absent).
+    #[arg(long, default_value = wakeup::TENANT)]
+    tenant: String,
+    /// The tenant's JWT secret (used only if the tenant is inserted).
+    #[arg(long, default_value = wakeup::JWT_SECRET)]
+    jwt_secret: String,
+    /// An API key for the tenant (inserted as its SHA-256 digest if absent).
+    #[arg(long, default_value = wakeup::API_KEY)]
+    api_key: String,
+    /// Room id.
+    #[arg(long, default_value = wakeup::ROOM)]
+    room: String,
+    /// Owner of the room (the user the benchmarks connect as).
+    #[arg(long, default_value = wakeup::OWNER)]
+    owner: String,
+    /// Simulated time between two events, in ms (the last event is now).
+    #[arg(long, default_value_t = 5_000)]
+    step_ms: u64,
+}
+
+/// Options of the default throughput run.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Messages sent in the ingest benchmark (split over the ingest clients).
     #[arg(long, default_value_t = 50_000)]
@@ -343,9 +409,69 @@ async fn history(ctx: &Ctx, token: &str, room: &str, rows: u64) {
     );
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Some(Cmd::GenRoom(a)) = cli.cmd {
+        let spec = gen::GenSpec {
+            tenant: a.tenant,
+            jwt_secret: a.jwt_secret,
+            api_key: a.api_key,
+            room: a.room,
+            owner: a.owner,
+            events: a.events,
+            step_ms: a.step_ms,
+            seed: 0x5eed_0000 ^ a.events,
+        };
+        return match gen::generate(&a.db, &spec) {
+            Ok(r) => {
+                println!(
+                    "{}",
+                    json!({
+                        "events": r.events, "messages": r.messages, "reactions": r.reactions,
+                        "reads": r.reads, "idempotency": r.idempotency,
+                        "agentEvents": r.agent_events, "openRuns": r.open_runs,
+                        "openStreams": r.open_streams, "seconds": r.seconds,
+                    })
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fluxy-bench gen-room: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fluxy-bench: runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let res = match cli.cmd {
+        Some(Cmd::Wakeup(a)) => rt.block_on(wakeup::run(a)),
+        Some(Cmd::Serve(a)) => rt.block_on(wakeup::serve(a)),
+        Some(Cmd::GenRoom(_)) => Ok(()),
+        None => {
+            rt.block_on(throughput(cli.throughput));
+            Ok(())
+        }
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fluxy-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The default run: ingest, fan-out and history pages against an in-process server.
+async fn throughput(args: Args) {
     let dir = args.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("fluxy-bench-{}", std::process::id()))
     });
