@@ -485,6 +485,7 @@ impl Gen<'_> {
                 ClientFrame::ApprovalDecision(ApprovalDecisionFrame {
                     run_id: run_id.clone(),
                     approval_id,
+                    agent_id: None,
                     decision: Decision::Approved,
                     reason: None,
                     reference: None,
