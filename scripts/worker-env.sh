@@ -2,7 +2,7 @@
 # Environment for wasm32 (Cloudflare Worker) builds of Fluxy.
 #
 #   . scripts/worker-env.sh        # after scripts/worker-setup has run once
-#   "$FLUXY_WORKER_BUILD" --release
+#   "$FLUXY_WORKER_BUILD" --release  # worker-build alone; scripts/worker-build adds wasm-opt
 #
 # Source this ONLY in a shell or script that builds the worker. Never use it for
 # host builds, `cargo test` or `cargo install`: RUSTC_BOOTSTRAP=1 together with
@@ -94,10 +94,13 @@ export ESBUILD_BIN="$FLUXY_REPO_ROOT/node_modules/.bin/esbuild"
 if [ -x "$FLUXY_REPO_ROOT/node_modules/.bin/wasm-opt" ]; then
   export WASM_OPT_BIN="$FLUXY_REPO_ROOT/node_modules/.bin/wasm-opt"
 fi
-# Without WASM_OPT_BIN, wasm-opt must be off for --release builds, otherwise
-# worker-build tries to download binaryen from GitHub (fails here after ~30 s):
+# worker-build's own wasm-opt step stays off in Cargo.toml
 #   [package.metadata.wasm-pack.profile.release]
 #   wasm-opt = false
+# because it always adds --debuginfo (keeps the name section) and, without WASM_OPT_BIN,
+# downloads binaryen from GitHub (fails here after ~30 s). scripts/worker-build runs
+# node_modules/.bin/wasm-opt itself after worker-build.
+# FLUXY_WORKER_BUILD is worker-build itself (no wasm-opt); build with scripts/worker-build.
 export FLUXY_WORKER_BUILD="$FLUXY_TOOLS_DIR/bin/worker-build"
 export FLUXY_WRANGLER="$FLUXY_REPO_ROOT/node_modules/.bin/wrangler"
 
