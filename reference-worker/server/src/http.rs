@@ -909,7 +909,7 @@ async fn sse(
     let (reply, current) = oneshot::channel();
     let _ = h.send(RoomMsg::Sse { tx, reply }).await;
     drop(h);
-    let current = current
+    let (current, gone) = current
         .await
         .map_err(|_| ApiError::new(ErrorCode::Unavailable, "room unavailable"))?;
     // A short relay to the body: the listener's real bound is its room queue above.
@@ -919,6 +919,8 @@ async fn sse(
     let app2 = app.clone();
     let mut stop = app.stop.clone();
     tokio::spawn(async move {
+        // Tells the room, when this relay ends however it ends, to forget the listener.
+        let _gone = gone;
         match last {
             Some(pos) if pos > current => {
                 let mut e = ErrorFrame::new(
@@ -987,6 +989,10 @@ async fn sse(
                         return;
                     }
                 }
+                // The client went away: hyper noticed the socket close (end of stream while
+                // the response is in flight) and dropped the body. End now, not at the next
+                // event or ping that would fail to send.
+                _ = btx.closed() => return,
                 _ = stopped(&mut stop) => return,
             }
         }

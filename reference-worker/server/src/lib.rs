@@ -219,6 +219,15 @@ impl RunningServer {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// SSE listeners currently registered with a room, over all rooms. A listener leaves when
+    /// its stream ends: its client closed the connection (seen by the HTTP layer at once), its
+    /// queue overflowed, or the server stops.
+    pub fn sse_listeners(&self) -> usize {
+        self.app
+            .sse_listeners
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Resolves when the server stopped by itself (it normally never does).
     pub async fn wait(&mut self) {
         let _ = (&mut self.task).await;
@@ -247,6 +256,8 @@ pub(crate) struct App {
     pub(crate) room_loads: std::sync::atomic::AtomicU64,
     /// SSE listeners dropped for a full queue.
     pub(crate) sse_dropped: std::sync::atomic::AtomicU64,
+    /// SSE listeners registered with a room (all rooms).
+    pub(crate) sse_listeners: std::sync::atomic::AtomicUsize,
     /// Identity of the next room task's inbox (see `rooms::RoomHandle`).
     pub(crate) next_room: std::sync::atomic::AtomicU64,
 }
@@ -369,6 +380,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         room_tasks: std::sync::atomic::AtomicUsize::new(0),
         room_loads: std::sync::atomic::AtomicU64::new(0),
         sse_dropped: std::sync::atomic::AtomicU64::new(0),
+        sse_listeners: std::sync::atomic::AtomicUsize::new(0),
         next_room: std::sync::atomic::AtomicU64::new(1),
     });
     let router = http::router(app.clone());
