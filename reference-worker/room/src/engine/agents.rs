@@ -1,0 +1,267 @@
+//! Agents: runs, tool calls and results, approvals, and how agent events update run state.
+
+use super::*;
+
+impl Room {
+    pub(super) fn require_agent(&self, id: &Identity) -> Result<(), ErrorFrame> {
+        if id.is_agent() || self.cfg.faults.non_agent_tool_call {
+            Ok(())
+        } else {
+            Err(err(
+                ErrorCode::Forbidden,
+                "agent frames need the agent role",
+                None,
+            ))
+        }
+    }
+
+    pub(super) fn active_run(&self, id: &Identity, run_id: &str) -> Result<(), ErrorFrame> {
+        match self.runs.get(&(id.user_id.clone(), run_id.to_owned())) {
+            Some(r) if !r.terminal => Ok(()),
+            _ => Err(field_err(
+                ErrorCode::InvalidState,
+                "no active run with that id",
+                "runId",
+            )),
+        }
+    }
+
+    pub(super) fn on_agent_run(&mut self, now_ms: u64, id: &Identity, f: AgentRunFrame) -> Outcome {
+        self.require_agent(id)?;
+        match (
+            self.runs.get(&(id.user_id.clone(), f.run_id.clone())),
+            f.status,
+        ) {
+            (None, RunStatus::Started) => {}
+            (None, _) => {
+                return Err(field_err(
+                    ErrorCode::InvalidState,
+                    "the run was not started",
+                    "runId",
+                ))
+            }
+            (Some(_), RunStatus::Started) => {
+                return Err(field_err(
+                    ErrorCode::InvalidState,
+                    "the run already exists",
+                    "runId",
+                ))
+            }
+            (Some(_), _) => self.active_run(id, &f.run_id)?,
+        }
+        Ok(Some(Accepted::event(
+            ack(f.reference.as_deref(), None),
+            TimelineEvent::AgentRun(AgentRunEvent {
+                seq: 0,
+                room_id: self.room(),
+                agent_id: id.user_id.clone(),
+                run_id: f.run_id,
+                status: f.status,
+                error: f.error,
+                created_at: format_timestamp(now_ms),
+            }),
+        )))
+    }
+
+    pub(super) fn on_tool_call(&mut self, now_ms: u64, id: &Identity, f: ToolCallFrame) -> Outcome {
+        self.require_agent(id)?;
+        self.active_run(id, &f.run_id)?;
+        if self.tool_calls.contains_key(&(
+            id.user_id.clone(),
+            f.run_id.clone(),
+            f.tool_call_id.clone(),
+        )) {
+            return Err(field_err(
+                ErrorCode::InvalidState,
+                "toolCallId already used",
+                "toolCallId",
+            ));
+        }
+        Ok(Some(Accepted::event(
+            ack(f.reference.as_deref(), None),
+            TimelineEvent::ToolCall(ToolCallEvent {
+                seq: 0,
+                room_id: self.room(),
+                agent_id: id.user_id.clone(),
+                run_id: f.run_id,
+                tool_call_id: f.tool_call_id,
+                name: f.name,
+                arguments: f.arguments,
+                created_at: format_timestamp(now_ms),
+            }),
+        )))
+    }
+
+    pub(super) fn pending_call(
+        &self,
+        id: &Identity,
+        run: &str,
+        call: &str,
+    ) -> Result<(), ErrorFrame> {
+        match self
+            .tool_calls
+            .get(&(id.user_id.clone(), run.to_owned(), call.to_owned()))
+        {
+            Some(true) => Ok(()),
+            _ => Err(field_err(
+                ErrorCode::InvalidState,
+                "no pending tool call with that id",
+                "toolCallId",
+            )),
+        }
+    }
+
+    pub(super) fn on_tool_result(
+        &mut self,
+        now_ms: u64,
+        id: &Identity,
+        f: ToolResultFrame,
+    ) -> Outcome {
+        self.require_agent(id)?;
+        self.pending_call(id, &f.run_id, &f.tool_call_id)?;
+        Ok(Some(Accepted::event(
+            ack(f.reference.as_deref(), None),
+            TimelineEvent::ToolResult(ToolResultEvent {
+                seq: 0,
+                room_id: self.room(),
+                agent_id: id.user_id.clone(),
+                run_id: f.run_id,
+                tool_call_id: f.tool_call_id,
+                result: f.result,
+                created_at: format_timestamp(now_ms),
+            }),
+        )))
+    }
+
+    pub(super) fn on_tool_error(
+        &mut self,
+        now_ms: u64,
+        id: &Identity,
+        f: ToolErrorFrame,
+    ) -> Outcome {
+        self.require_agent(id)?;
+        self.pending_call(id, &f.run_id, &f.tool_call_id)?;
+        Ok(Some(Accepted::event(
+            ack(f.reference.as_deref(), None),
+            TimelineEvent::ToolError(ToolErrorEvent {
+                seq: 0,
+                room_id: self.room(),
+                agent_id: id.user_id.clone(),
+                run_id: f.run_id,
+                tool_call_id: f.tool_call_id,
+                error: f.error,
+                created_at: format_timestamp(now_ms),
+            }),
+        )))
+    }
+
+    pub(super) fn on_approval_request(
+        &mut self,
+        now_ms: u64,
+        id: &Identity,
+        f: ApprovalRequestFrame,
+    ) -> Outcome {
+        self.require_agent(id)?;
+        self.active_run(id, &f.run_id)?;
+        if self.approvals.contains_key(&(
+            id.user_id.clone(),
+            f.run_id.clone(),
+            f.approval_id.clone(),
+        )) {
+            return Err(field_err(
+                ErrorCode::InvalidState,
+                "approvalId already used",
+                "approvalId",
+            ));
+        }
+        Ok(Some(Accepted::event(
+            ack(f.reference.as_deref(), None),
+            TimelineEvent::ApprovalRequest(ApprovalRequestEvent {
+                seq: 0,
+                room_id: self.room(),
+                agent_id: id.user_id.clone(),
+                run_id: f.run_id,
+                approval_id: f.approval_id,
+                tool_call_id: f.tool_call_id,
+                prompt: f.prompt,
+                created_at: format_timestamp(now_ms),
+            }),
+        )))
+    }
+
+    pub(super) fn on_approval_decision(
+        &mut self,
+        now_ms: u64,
+        id: &Identity,
+        f: ApprovalDecisionFrame,
+    ) -> Outcome {
+        if id.is_agent() {
+            return Err(err(
+                ErrorCode::Forbidden,
+                "agents may not decide approvals",
+                None,
+            ));
+        }
+        if self
+            .approvals
+            .iter()
+            .all(|((_, r, a), p)| !*p || *r != f.run_id || *a != f.approval_id)
+        {
+            return Err(field_err(
+                ErrorCode::InvalidState,
+                "no pending approval with that id",
+                "approvalId",
+            ));
+        }
+        Ok(Some(Accepted::event(
+            ack(f.reference.as_deref(), None),
+            TimelineEvent::ApprovalDecision(ApprovalDecisionEvent {
+                seq: 0,
+                room_id: self.room(),
+                user_id: id.user_id.clone(),
+                run_id: f.run_id,
+                approval_id: f.approval_id,
+                decision: f.decision,
+                reason: f.reason,
+                created_at: format_timestamp(now_ms),
+            }),
+        )))
+    }
+
+    pub(super) fn apply_agent_event(&mut self, e: &TimelineEvent) {
+        match e {
+            TimelineEvent::AgentRun(r) => {
+                self.runs.insert(
+                    (r.agent_id.clone(), r.run_id.clone()),
+                    Run {
+                        terminal: r.status.is_terminal(),
+                    },
+                );
+            }
+            TimelineEvent::ToolCall(c) => {
+                let k = (c.agent_id.clone(), c.run_id.clone(), c.tool_call_id.clone());
+                self.tool_calls.insert(k, true);
+            }
+            TimelineEvent::ToolResult(c) => {
+                let k = (c.agent_id.clone(), c.run_id.clone(), c.tool_call_id.clone());
+                self.tool_calls.insert(k, false);
+            }
+            TimelineEvent::ToolError(c) => {
+                let k = (c.agent_id.clone(), c.run_id.clone(), c.tool_call_id.clone());
+                self.tool_calls.insert(k, false);
+            }
+            TimelineEvent::ApprovalRequest(a) => {
+                let k = (a.agent_id.clone(), a.run_id.clone(), a.approval_id.clone());
+                self.approvals.insert(k, true);
+            }
+            TimelineEvent::ApprovalDecision(a) => {
+                for ((_, r, id), pending) in self.approvals.iter_mut() {
+                    if *r == a.run_id && *id == a.approval_id {
+                        *pending = false;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
