@@ -76,6 +76,29 @@ pub struct ServerConfig {
     /// full is dropped: its stream ends after what is queued, and the client resumes with
     /// `Last-Event-ID`.
     pub sse_queue: usize,
+    /// Test hook (`None` in normal use): awaited by every WebSocket handshake after it read
+    /// the user's membership and before the room registers the connection.
+    #[doc(hidden)]
+    pub handshake_hook: Option<HandshakeHook>,
+}
+
+/// A test hook awaited by a WebSocket handshake between its membership read and the room's
+/// `Open`, given the user id: lets a test run a kick or role change exactly there.
+#[doc(hidden)]
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct HandshakeHook(
+    pub  Arc<
+        dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for HandshakeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandshakeHook")
+    }
 }
 
 impl Default for ServerConfig {
@@ -101,6 +124,7 @@ impl Default for ServerConfig {
             room_idle_unload_ms: 60_000,
             room_inbox: 4096,
             sse_queue: 4096,
+            handshake_hook: None,
         }
     }
 }

@@ -193,10 +193,10 @@ pub enum RoomMsg {
         /// Wake-up.
         reply: oneshot::Sender<()>,
     },
-    /// Close a user's connections (membership removed).
-    Kick(String),
-    /// A user's room role changed.
-    SetRole(String, Option<MemberRole>),
+    /// Close a user's connections (membership removed): user, membership version after it.
+    Kick(String, u64),
+    /// A user's room role changed: user, role, membership version after it.
+    SetRole(String, Option<MemberRole>, u64),
     /// Server shutdown: close everything with 1001.
     Shutdown,
 }
@@ -231,7 +231,7 @@ impl std::fmt::Debug for RoomMsg {
             RoomMsg::Post { .. } => "Post",
             RoomMsg::Sse { .. } => "Sse",
             RoomMsg::Poll { .. } => "Poll",
-            RoomMsg::Kick(_) => "Kick",
+            RoomMsg::Kick(..) => "Kick",
             RoomMsg::SetRole(..) => "SetRole",
             RoomMsg::Shutdown => "Shutdown",
         })
@@ -707,12 +707,13 @@ impl Shell {
                     self.waiters.push((after, reply));
                 }
             }
-            RoomMsg::Kick(user_id) => room.handle(now, Input::Kick { user_id }),
-            RoomMsg::SetRole(user_id, member_role) => room.handle(
+            RoomMsg::Kick(user_id, version) => room.handle(now, Input::Kick { user_id, version }),
+            RoomMsg::SetRole(user_id, member_role, version) => room.handle(
                 now,
                 Input::SetRole {
                     user_id,
                     member_role,
+                    version,
                 },
             ),
             RoomMsg::Shutdown => {
