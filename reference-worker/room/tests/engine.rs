@@ -1763,6 +1763,15 @@ fn handshake_that_read_a_role_before_a_demotion_registers_demoted() {
         version: 2,
     });
     open_as_read(&mut h, 2, "bob", MemberRole::Moderator, 1);
+    assert_eq!(
+        h.identities
+            .iter()
+            .filter(|(c, _)| *c == 2)
+            .map(|(_, i)| i.member_role)
+            .collect::<Vec<_>>(),
+        vec![Some(MemberRole::Member)],
+        "the shell is told the corrected identity"
+    );
     h.send(2, json!({"type":"delete","messageId":id}));
     assert_eq!(
         h.last_error(2),

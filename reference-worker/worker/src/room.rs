@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluxy_protocol::common::{MAX_PAGE_LIMIT, SUBPROTOCOL};
+use fluxy_protocol::common::{MemberRole, MAX_PAGE_LIMIT, SUBPROTOCOL};
 use fluxy_protocol::cursor::Cursor;
 use fluxy_protocol::events::TimelineEvent;
 use fluxy_protocol::http::{Direction, PostMessageResponse};
@@ -894,6 +894,27 @@ impl Shell {
         subprotocol: bool,
         batch: bool,
     ) -> ApiResult<Response> {
+        // Membership again, from inside the object (issue 13: the handshake race). The object
+        // cannot be evicted while this request is in flight, so any kick or role change written
+        // after this read reaches this engine with a newer version than the one read here. One
+        // written since the Worker's read (and maybe applied by an instance evicted since) is
+        // given to the engine now, as its latest knowledge of the user; the `Open` below, with
+        // the Worker's older version, then takes that newer state (or is closed 4003).
+        let (role, version) = self
+            .fresh_membership(tenant, room, &identity.user_id)
+            .await?;
+        if version > options.membership_version {
+            let user_id = identity.user_id.clone();
+            let input = match role {
+                None if identity.member_role.is_some() => Input::Kick { user_id, version },
+                member_role => Input::SetRole {
+                    user_id,
+                    member_role,
+                    version,
+                },
+            };
+            self.drive(input).await;
+        }
         let pair = WebSocketPair::new()?;
         let now = now_ms();
         let conn = {
@@ -935,6 +956,33 @@ impl Shell {
             return Ok(resp.with_headers(h));
         }
         Ok(resp)
+    }
+
+    /// A user's room role and membership version as D1 has them now (one statement).
+    async fn fresh_membership(
+        &self,
+        tenant: &str,
+        room: &str,
+        user: &str,
+    ) -> ApiResult<(Option<MemberRole>, u64)> {
+        let db = self.db()?;
+        let r = prepare(
+            &db,
+            sql::MEMBER_ROLE_VERSION,
+            &[tenant.into(), room.into(), user.into()],
+        )?
+        .all()
+        .await?;
+        let row = first(&r)?;
+        let role = row
+            .as_ref()
+            .and_then(|row| text(row, "role"))
+            .and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok());
+        let version = row
+            .as_ref()
+            .and_then(|row| int(row, "version"))
+            .unwrap_or(0);
+        Ok((role, version))
     }
 
     async fn post(

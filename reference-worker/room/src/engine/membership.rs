@@ -62,8 +62,15 @@ impl Room {
                 });
             }
             Some(Membership::Role(role)) => {
+                let changed = identity.member_role != role;
                 identity.member_role = role;
-                self.open(now_ms, conn, identity, options);
+                self.open(now_ms, conn, identity.clone(), options);
+                if changed && self.conns.contains_key(&conn) {
+                    // Shells that keep a copy of the identity (the worker's socket attachment)
+                    // must not keep the stale role.
+                    self.effects
+                        .push_back(Effect::IdentityChanged { conn, identity });
+                }
             }
             None => self.open(now_ms, conn, identity, options),
         }
