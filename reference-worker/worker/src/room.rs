@@ -1184,23 +1184,34 @@ impl Shell {
         let ping = Duration::from_millis(self.cfg.sse_ping_ms);
         wasm_bindgen_futures::spawn_local(async move {
             let t0 = now_ms();
-            let why = loop {
-                match select(worker::Delay::from(ping), &mut gone).await {
+            let release = |why: &str| {
+                let mut core = shell.core.borrow_mut();
+                core.sse.retain(|s| s.id != id);
+                worker::console_log!(
+                    "fluxy-worker: SSE listener {id} released (open {} ms): {why}; {} left",
+                    now_ms().saturating_sub(t0),
+                    core.sse.len()
+                );
+            };
+            loop {
+                let mut delay = worker::Delay::from(ping);
+                match select(&mut delay, &mut gone).await {
                     Either::Left(_) => {
                         if tx.unbounded_send(Ok(b": ping\n\n".to_vec())).is_err() {
-                            break "a ping could not be queued";
+                            release("a ping could not be queued");
+                            return;
                         }
                     }
-                    Either::Right(_) => break "its body was dropped",
+                    Either::Right(_) => {
+                        release("its body was dropped");
+                        // Let the pending timer fire before it is dropped: dropping it now
+                        // would clear it from the context of whatever dropped the body,
+                        // which workerd refuses (a critical error that resets the object).
+                        delay.await;
+                        return;
+                    }
                 }
-            };
-            let mut core = shell.core.borrow_mut();
-            core.sse.retain(|s| s.id != id);
-            worker::console_log!(
-                "fluxy-worker: SSE listener {id} released (open {} ms): {why}; {} left",
-                now_ms().saturating_sub(t0),
-                core.sse.len()
-            );
+            }
         });
         sse_response(rx)
     }
