@@ -1102,6 +1102,9 @@ impl Harness {
                     replay_limit: [50, 1, 0, 600][(opts >> 1) as usize % 4],
                     last_seq: last_seq.map(|l| u64::from(l) % (self.store.events.len() as u64 + 2)),
                     compat: false,
+                    // Unversioned (0): the model's handshakes never race a membership change;
+                    // the race itself is covered by the engine tests (`handshake_*`).
+                    membership_version: 0,
                 };
                 let open_resume = options.last_seq.map(|l| self.resumable(l));
                 self.conns.push(ConnState {
@@ -1280,6 +1283,7 @@ impl Harness {
                 self.input(Input::SetRole {
                     user_id: u.into(),
                     member_role,
+                    version: 0,
                 });
                 for c in &mut self.conns {
                     if c.user == u {
@@ -1290,7 +1294,10 @@ impl Harness {
             Op::Evict { exact_rx, probe } => self.evict(*exact_rx, *probe),
             Op::Kick { user } => {
                 let u = USERS[*user as usize % USERS.len()].0;
-                self.input(Input::Kick { user_id: u.into() });
+                self.input(Input::Kick {
+                    user_id: u.into(),
+                    version: 0,
+                });
                 for c in &self.conns {
                     assert!(
                         !(c.open && c.user == u),

@@ -7,10 +7,16 @@
 use std::sync::Arc;
 
 /// The schema migrations, in order: `(file name, SQL)`. The same files apply to D1.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_initial.sql",
-    include_str!("../../migrations/0001_initial.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_initial.sql",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        "0002_member_versions.sql",
+        include_str!("../../migrations/0002_member_versions.sql"),
+    ),
+];
 
 /// A bound parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,6 +334,12 @@ pub const DELETE_MEMBER: &str =
 /// One member's role: tenant, room, user.
 pub const MEMBER_ROLE: &str =
     "SELECT role FROM room_members WHERE tenant_id = ?1 AND room_id = ?2 AND user_id = ?3";
+/// One user's role (NULL when not a member) and membership version (NULL when never
+/// written), read together in one statement: tenant, room, user. Always one row.
+pub const MEMBER_ROLE_VERSION: &str = "SELECT (SELECT role FROM room_members WHERE tenant_id = ?1 AND room_id = ?2 AND user_id = ?3) AS role, (SELECT version FROM room_member_versions WHERE tenant_id = ?1 AND room_id = ?2 AND user_id = ?3) AS version";
+/// Increment one user's membership version and return it: tenant, room, user. Run in the
+/// same transaction (or D1 batch) as the membership write it versions.
+pub const BUMP_MEMBER_VERSION: &str = "INSERT INTO room_member_versions (tenant_id, room_id, user_id, version) VALUES (?1, ?2, ?3, 1) ON CONFLICT (tenant_id, room_id, user_id) DO UPDATE SET version = version + 1 RETURNING version";
 /// Every member: user, role, joined at, by user id.
 pub const LIST_MEMBERS: &str = "SELECT user_id, role, joined_at FROM room_members WHERE tenant_id = ?1 AND room_id = ?2 ORDER BY user_id";
 /// A server-wide setting.

@@ -1102,6 +1102,7 @@ fn kick_closes_4003() {
     h.connect(1, "alice", &["member"]);
     h.input(Input::Kick {
         user_id: "alice".into(),
+        version: 1,
     });
     assert_eq!(h.closes, vec![(1, CloseCode::Forbidden)]);
 }
@@ -1303,6 +1304,7 @@ fn set_role_gives_open_connections_the_new_privileges() {
     h.input(Input::SetRole {
         user_id: "bob".into(),
         member_role: Some(MemberRole::Moderator),
+        version: 1,
     });
     h.send(2, json!({"type":"delete","messageId":id,"ref":"d"}));
     let a = h.acks(2);
@@ -1312,6 +1314,7 @@ fn set_role_gives_open_connections_the_new_privileges() {
     h.input(Input::SetRole {
         user_id: "bob".into(),
         member_role: Some(MemberRole::Member),
+        version: 2,
     });
     h.send(2, json!({"type":"delete","messageId":id2}));
     assert_eq!(h.last_error(2), ErrorCode::Forbidden);
@@ -1568,6 +1571,7 @@ fn identity_changed_follows_in_band_auth_and_set_role() {
     h.input(Input::SetRole {
         user_id: "bob".into(),
         member_role: Some(MemberRole::Moderator),
+        version: 3,
     });
     let conns: Vec<ConnId> = h.identities.iter().map(|(c, _)| *c).collect();
     assert_eq!(conns, vec![2, 3]);
@@ -1581,6 +1585,7 @@ fn identity_changed_follows_in_band_auth_and_set_role() {
     h.input(Input::SetRole {
         user_id: "nobody".into(),
         member_role: None,
+        version: 4,
     });
     assert!(h.identities.is_empty());
 }
@@ -1761,4 +1766,154 @@ fn compat_snapshot_carries_fluxychat_rows_and_reactions_fx_cmp_1() {
         json!({"type":"edit","messageId":c,"content":"third, edited"}),
     );
     assert!(matches!(h.timeline(4).last(), Some(TimelineEvent::Edit(e)) if e.id == c));
+}
+
+// ---------------------------------------------- handshake against kicks and role changes
+
+/// Open `user` as the handshake saw them: `role` read at membership `version`.
+fn open_as_read(h: &mut H, conn: ConnId, user: &str, role: MemberRole, version: u64) {
+    let mut id = ident(user, &[]);
+    id.member_role = Some(role);
+    h.connect_with(
+        conn,
+        id,
+        ConnectOptions {
+            membership_version: version,
+            ..ConnectOptions::default()
+        },
+    );
+}
+
+#[test]
+fn handshake_that_read_membership_before_a_kick_is_closed_4003() {
+    let mut h = H::new();
+    h.connect(1, "alice", &[]);
+    h.take(1);
+    // bob's handshake read "member" at version 1; then the kick (version 2) reached the room
+    // first; then the handshake's Open.
+    h.input(Input::Kick {
+        user_id: "bob".into(),
+        version: 2,
+    });
+    open_as_read(&mut h, 2, "bob", MemberRole::Member, 1);
+    assert_eq!(
+        h.closes,
+        vec![(2, CloseCode::Forbidden)],
+        "the stale handshake is closed 4003"
+    );
+    let got = h.take(2);
+    assert!(
+        !got.iter().any(|f| matches!(f, ServerFrame::Welcome(_))),
+        "no welcome for a kicked user: {got:?}"
+    );
+    assert!(
+        matches!(got.as_slice(), [ServerFrame::Error(e)] if e.code == ErrorCode::NotMember),
+        "one not_member error: {got:?}"
+    );
+    assert!(
+        !h.take(1)
+            .iter()
+            .any(|f| matches!(f, ServerFrame::MemberJoined(_))),
+        "the others never saw bob join"
+    );
+    assert_eq!(h.room.connection_count(), 1);
+}
+
+#[test]
+fn handshake_that_read_a_role_before_a_demotion_registers_demoted() {
+    let mut h = H::new();
+    h.connect(1, "alice", &[]);
+    let id = h.msg(1, "alice's");
+    // bob was a moderator at version 1; demoted to member (version 2) before his Open.
+    h.input(Input::SetRole {
+        user_id: "bob".into(),
+        member_role: Some(MemberRole::Member),
+        version: 2,
+    });
+    open_as_read(&mut h, 2, "bob", MemberRole::Moderator, 1);
+    assert_eq!(
+        h.identities
+            .iter()
+            .filter(|(c, _)| *c == 2)
+            .map(|(_, i)| i.member_role)
+            .collect::<Vec<_>>(),
+        vec![Some(MemberRole::Member)],
+        "the shell is told the corrected identity"
+    );
+    h.send(2, json!({"type":"delete","messageId":id}));
+    assert_eq!(
+        h.last_error(2),
+        ErrorCode::Forbidden,
+        "registered with the newer role, not the one read"
+    );
+}
+
+#[test]
+fn handshake_that_read_a_role_before_a_promotion_registers_promoted() {
+    let mut h = H::new();
+    h.connect(1, "alice", &[]);
+    let id = h.msg(1, "alice's");
+    h.input(Input::SetRole {
+        user_id: "bob".into(),
+        member_role: Some(MemberRole::Moderator),
+        version: 5,
+    });
+    open_as_read(&mut h, 2, "bob", MemberRole::Member, 4);
+    h.send(2, json!({"type":"delete","messageId":id,"ref":"d"}));
+    assert_eq!(
+        h.acks(2).last().and_then(|a| a.reference.as_deref()),
+        Some("d")
+    );
+}
+
+#[test]
+fn handshake_that_read_a_newer_membership_keeps_it() {
+    let mut h = H::new();
+    h.connect(1, "alice", &[]);
+    let id = h.msg(1, "alice's");
+    // Kicked at version 2, re-added at version 3: a handshake that read version 3 is a member.
+    h.input(Input::Kick {
+        user_id: "bob".into(),
+        version: 2,
+    });
+    open_as_read(&mut h, 2, "bob", MemberRole::Member, 3);
+    assert!(h.closes.is_empty(), "{:?}", h.closes);
+    // Promoted at version 4, then the handshake read "member" at version 5: member.
+    h.input(Input::SetRole {
+        user_id: "carol".into(),
+        member_role: Some(MemberRole::Moderator),
+        version: 4,
+    });
+    open_as_read(&mut h, 3, "carol", MemberRole::Member, 5);
+    h.send(3, json!({"type":"delete","messageId":id}));
+    assert_eq!(h.last_error(3), ErrorCode::Forbidden);
+    // Unversioned opens (version 0, e.g. a shell without versions) behave as before.
+    open_as_read(&mut h, 4, "dave", MemberRole::Member, 0);
+    assert!(h.closes.is_empty());
+}
+
+#[test]
+fn a_membership_change_delivered_after_a_newer_one_is_ignored() {
+    let mut h = H::new();
+    h.connect(1, "alice", &[]);
+    let id = h.msg(1, "alice's");
+    h.connect(2, "bob", &[]);
+    h.input(Input::SetRole {
+        user_id: "bob".into(),
+        member_role: Some(MemberRole::Member),
+        version: 3,
+    });
+    // The promotion written before the demotion arrives last: bob stays a member.
+    h.input(Input::SetRole {
+        user_id: "bob".into(),
+        member_role: Some(MemberRole::Moderator),
+        version: 2,
+    });
+    h.send(2, json!({"type":"delete","messageId":id}));
+    assert_eq!(h.last_error(2), ErrorCode::Forbidden);
+    h.input(Input::Kick {
+        user_id: "bob".into(),
+        version: 1,
+    });
+    assert!(h.closes.is_empty(), "a stale kick closes nothing");
 }

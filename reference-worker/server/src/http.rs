@@ -269,6 +269,51 @@ fn room_json(r: &RoomRow) -> Room {
 pub(crate) struct Access {
     pub(crate) room: RoomRow,
     pub(crate) role: Option<MemberRole>,
+    /// The membership version read together with `role` (0: never written).
+    pub(crate) version: u64,
+}
+
+/// A user's room role and membership version, read together (one statement).
+fn read_membership(
+    c: &rusqlite::Connection,
+    tenant: &str,
+    room: &str,
+    user: &str,
+) -> rusqlite::Result<(Option<MemberRole>, u64)> {
+    c.query_row(sql::MEMBER_ROLE_VERSION, params![tenant, room, user], |r| {
+        let role: Option<String> = r.get(0)?;
+        let version: Option<i64> = r.get(1)?;
+        Ok((
+            role.as_deref().and_then(db::parse_role),
+            version.map_or(0, db::from_sql_int),
+        ))
+    })
+}
+
+/// The caller's room role and membership version, read now. The WebSocket handshake reads
+/// them again while it holds the room's handle: the room cannot unload before the `Open`, so
+/// every membership change written after this read reaches that same room, with a newer
+/// version.
+pub(crate) async fn membership(
+    app: &Arc<App>,
+    room: &RoomRow,
+    user: &str,
+) -> ApiResult<(Option<MemberRole>, u64)> {
+    let (t, r, u) = (room.tenant.clone(), room.id.clone(), user.to_owned());
+    Ok(app.db.read(move |c| read_membership(c, &t, &r, &u)).await?)
+}
+
+/// Increment a user's membership version (in the transaction of the membership write).
+fn bump_membership(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    room: &str,
+    user: &str,
+) -> rusqlite::Result<u64> {
+    tx.query_row(sql::BUMP_MEMBER_VERSION, params![tenant, room, user], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(db::from_sql_int)
 }
 
 /// Look a room up for the caller's tenant and check membership.
@@ -293,20 +338,19 @@ pub(crate) async fn access(app: &Arc<App>, claims: &Claims, room_id: &str) -> Ap
                     .optional()?
             };
             let Some(room) = room else { return Ok(None) };
-            let role = c
-                .query_row(sql::MEMBER_ROLE, params![room.tenant, room.id, user], |r| {
-                    r.get::<_, String>(0)
-                })
-                .optional()?;
-            Ok(Some((room, role)))
+            let (role, version) = read_membership(c, &room.tenant, &room.id, &user)?;
+            Ok(Some((room, role, version)))
         })
         .await?;
-    let Some((room, role)) = found else {
+    let Some((room, role, version)) = found else {
         return Err(ApiError::new(ErrorCode::NotFound, "no such room"));
     };
-    let role = role.as_deref().and_then(db::parse_role);
     request::check_room_access(claims, room.room_type, role)?;
-    Ok(Access { room, role })
+    Ok(Access {
+        room,
+        role,
+        version,
+    })
 }
 
 /// The task of the room behind an access check.
@@ -379,12 +423,14 @@ async fn create_room(
                         sql::UPSERT_MEMBER,
                         params![r.tenant, r.id, m.user_id, role, t],
                     )?;
+                    bump_membership(tx, &r.tenant, &r.id, &m.user_id)?;
                 }
             }
             tx.execute(
                 sql::UPSERT_MEMBER,
                 params![r.tenant, r.id, r.created_by, "owner", t],
             )?;
+            bump_membership(tx, &r.tenant, &r.id, &r.created_by)?;
             Ok(true)
         })
         .await?;
@@ -487,13 +533,14 @@ async fn add_member(
         a.room.id.clone(),
         spec.user_id.clone(),
     );
-    app.db
+    let version = app
+        .db
         .write(move |tx| {
             tx.execute(
                 sql::UPSERT_MEMBER,
                 params![t, r, u, db::role_str(role), db::sql_int(now_ms())],
             )?;
-            Ok(())
+            Ok(bump_membership(tx, &t, &r, &u)?)
         })
         .await?;
     // Open connections of that user get the new privileges at once (a new member has none;
@@ -501,7 +548,7 @@ async fn add_member(
     // starts later reads roles at connect.
     if let Some(h) = running_room(&app, &a.room.tenant, &a.room.id) {
         let _ = h
-            .send(RoomMsg::SetRole(spec.user_id.clone(), Some(role)))
+            .send(RoomMsg::SetRole(spec.user_id.clone(), Some(role), version))
             .await;
     }
     Ok((
@@ -526,15 +573,20 @@ async fn remove_member(
     let a = access(&app, &claims, &room_id).await?;
     request::check_member_management(&claims, a.role, Some(&user_id))?;
     let (t, r, u) = (a.room.tenant.clone(), a.room.id.clone(), user_id.clone());
-    let n = app
+    let version = app
         .db
-        .write(move |tx| Ok(tx.execute(sql::DELETE_MEMBER, params![t, r, u])?))
+        .write(move |tx| {
+            if tx.execute(sql::DELETE_MEMBER, params![t, r, u])? == 0 {
+                return Ok(None);
+            }
+            Ok(Some(bump_membership(tx, &t, &r, &u)?))
+        })
         .await?;
-    if n == 0 {
+    let Some(version) = version else {
         return Err(ApiError::new(ErrorCode::NotFound, "no such member"));
-    }
+    };
     let h = handle_for(&app, &a).await?;
-    let _ = h.send(RoomMsg::Kick(user_id.clone())).await;
+    let _ = h.send(RoomMsg::Kick(user_id.clone(), version)).await;
     drop(h);
     Ok(Json(MemberResponse {
         ok: true,
@@ -909,7 +961,7 @@ async fn sse(
     let (reply, current) = oneshot::channel();
     let _ = h.send(RoomMsg::Sse { tx, reply }).await;
     drop(h);
-    let current = current
+    let (current, gone) = current
         .await
         .map_err(|_| ApiError::new(ErrorCode::Unavailable, "room unavailable"))?;
     // A short relay to the body: the listener's real bound is its room queue above.
@@ -919,6 +971,8 @@ async fn sse(
     let app2 = app.clone();
     let mut stop = app.stop.clone();
     tokio::spawn(async move {
+        // Tells the room, when this relay ends however it ends, to forget the listener.
+        let _gone = gone;
         match last {
             Some(pos) if pos > current => {
                 let mut e = ErrorFrame::new(
@@ -987,6 +1041,10 @@ async fn sse(
                         return;
                     }
                 }
+                // The client went away: hyper noticed the socket close (end of stream while
+                // the response is in flight) and dropped the body. End now, not at the next
+                // event or ping that would fail to send.
+                _ = btx.closed() => return,
                 _ = stopped(&mut stop) => return,
             }
         }

@@ -76,6 +76,29 @@ pub struct ServerConfig {
     /// full is dropped: its stream ends after what is queued, and the client resumes with
     /// `Last-Event-ID`.
     pub sse_queue: usize,
+    /// Test hook (`None` in normal use): awaited by every WebSocket handshake after it read
+    /// the user's membership and before the room registers the connection.
+    #[doc(hidden)]
+    pub handshake_hook: Option<HandshakeHook>,
+}
+
+/// A test hook awaited by a WebSocket handshake between its membership read and the room's
+/// `Open`, given the user id: lets a test run a kick or role change exactly there.
+#[doc(hidden)]
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct HandshakeHook(
+    pub  Arc<
+        dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for HandshakeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandshakeHook")
+    }
 }
 
 impl Default for ServerConfig {
@@ -101,6 +124,7 @@ impl Default for ServerConfig {
             room_idle_unload_ms: 60_000,
             room_inbox: 4096,
             sse_queue: 4096,
+            handshake_hook: None,
         }
     }
 }
@@ -219,6 +243,15 @@ impl RunningServer {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// SSE listeners currently registered with a room, over all rooms. A listener leaves when
+    /// its stream ends: its client closed the connection (seen by the HTTP layer at once), its
+    /// queue overflowed, or the server stops.
+    pub fn sse_listeners(&self) -> usize {
+        self.app
+            .sse_listeners
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Resolves when the server stopped by itself (it normally never does).
     pub async fn wait(&mut self) {
         let _ = (&mut self.task).await;
@@ -247,6 +280,8 @@ pub(crate) struct App {
     pub(crate) room_loads: std::sync::atomic::AtomicU64,
     /// SSE listeners dropped for a full queue.
     pub(crate) sse_dropped: std::sync::atomic::AtomicU64,
+    /// SSE listeners registered with a room (all rooms).
+    pub(crate) sse_listeners: std::sync::atomic::AtomicUsize,
     /// Identity of the next room task's inbox (see `rooms::RoomHandle`).
     pub(crate) next_room: std::sync::atomic::AtomicU64,
 }
@@ -369,6 +404,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         room_tasks: std::sync::atomic::AtomicUsize::new(0),
         room_loads: std::sync::atomic::AtomicU64::new(0),
         sse_dropped: std::sync::atomic::AtomicU64::new(0),
+        sse_listeners: std::sync::atomic::AtomicUsize::new(0),
         next_room: std::sync::atomic::AtomicU64::new(1),
     });
     let router = http::router(app.clone());

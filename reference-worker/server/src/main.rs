@@ -108,6 +108,7 @@ async fn main() -> std::process::ExitCode {
         room_idle_unload_ms: cli.room_idle_unload_ms,
         room_inbox: cli.room_inbox,
         sse_queue: cli.sse_queue,
+        handshake_hook: None,
     };
     let server = match start(config).await {
         Ok(s) => s,

@@ -138,6 +138,18 @@ pub struct SseItem {
     pub frame: Arc<str>,
 }
 
+/// Raised (on drop) by an SSE listener's relay when it ends, so that its room forgets the
+/// listener at once instead of at its next broadcast or idleness check: the relay ends as soon
+/// as the HTTP body is dropped, which hyper does when it sees the client's socket close.
+pub struct SseGone(Arc<tokio::sync::Notify>);
+
+impl Drop for SseGone {
+    fn drop(&mut self) {
+        // Stores a permit when the room is not waiting right now: never lost.
+        self.0.notify_one();
+    }
+}
+
 /// Messages to a room task.
 pub enum RoomMsg {
     /// A connection opened.
@@ -166,12 +178,13 @@ pub enum RoomMsg {
         /// Reply.
         reply: oneshot::Sender<Result<PostOutcome, ErrorFrame>>,
     },
-    /// Subscribe an SSE listener; replies with the committed seq at subscription time.
+    /// Subscribe an SSE listener; replies with the committed seq at subscription time and
+    /// the room's [`SseGone`] signal, which the listener's relay raises when it ends.
     Sse {
         /// Listener (bounded: a full queue drops the listener, `ServerConfig::sse_queue`).
         tx: mpsc::Sender<SseItem>,
         /// Reply.
-        reply: oneshot::Sender<u64>,
+        reply: oneshot::Sender<(u64, SseGone)>,
     },
     /// Wake me when something with seq > `after` is committed.
     Poll {
@@ -180,10 +193,10 @@ pub enum RoomMsg {
         /// Wake-up.
         reply: oneshot::Sender<()>,
     },
-    /// Close a user's connections (membership removed).
-    Kick(String),
-    /// A user's room role changed.
-    SetRole(String, Option<MemberRole>),
+    /// Close a user's connections (membership removed): user, membership version after it.
+    Kick(String, u64),
+    /// A user's room role changed: user, role, membership version after it.
+    SetRole(String, Option<MemberRole>, u64),
     /// Server shutdown: close everything with 1001.
     Shutdown,
 }
@@ -218,7 +231,7 @@ impl std::fmt::Debug for RoomMsg {
             RoomMsg::Post { .. } => "Post",
             RoomMsg::Sse { .. } => "Sse",
             RoomMsg::Poll { .. } => "Poll",
-            RoomMsg::Kick(_) => "Kick",
+            RoomMsg::Kick(..) => "Kick",
             RoomMsg::SetRole(..) => "SetRole",
             RoomMsg::Shutdown => "Shutdown",
         })
@@ -396,6 +409,10 @@ struct Shell {
     /// Last time expired idempotency keys were pruned from storage.
     last_prune_ms: u64,
     sse: Vec<mpsc::Sender<SseItem>>,
+    /// How many of `sse` are counted in `App::sse_listeners`.
+    sse_counted: usize,
+    /// Raised by a listener's relay when it ends ([`SseGone`]).
+    sse_gone: Arc<tokio::sync::Notify>,
     waiters: Vec<(u64, oneshot::Sender<()>)>,
     posts: HashMap<u64, oneshot::Sender<Result<PostOutcome, ErrorFrame>>>,
     next_post: u64,
@@ -471,11 +488,14 @@ async fn room_task(
         overflowed: Vec::new(),
         last_prune_ms: now_ms(),
         sse: Vec::new(),
+        sse_counted: 0,
+        sse_gone: Arc::new(tokio::sync::Notify::new()),
         waiters: Vec::new(),
         posts: HashMap::new(),
         next_post: 1,
         reset: false,
     };
+    let sse_gone = shell.sse_gone.clone();
     let idle_after = app.config.room_idle_unload_ms;
     // Since when the room has been idle (reset by any inbox message).
     let mut idle_since: Option<Instant> = None;
@@ -525,6 +545,7 @@ async fn room_task(
                     n += 1;
                 }
             }
+            _ = sse_gone.notified() => shell.prune_sse(),
             _ = tokio::time::sleep_until(engine_at.unwrap_or_else(far)), if engine_at.is_some() => {
                 room.handle_timeout(now_ms());
             }
@@ -552,6 +573,7 @@ async fn room_task(
         if shell.reset {
             shell.reset = false;
             shell.sse.clear();
+            shell.count_sse();
             room = load(&app, &cfg).await;
         }
         if stop {
@@ -560,7 +582,32 @@ async fn room_task(
     }
 }
 
+impl Drop for Shell {
+    fn drop(&mut self) {
+        self.sse.clear();
+        self.count_sse();
+    }
+}
+
 impl Shell {
+    /// Forget SSE listeners whose stream ended.
+    fn prune_sse(&mut self) {
+        self.sse.retain(|s| !s.is_closed());
+        self.count_sse();
+    }
+
+    /// Bring `App::sse_listeners` in line with `sse` after it changed.
+    fn count_sse(&mut self) {
+        let n = self.sse.len();
+        let g = &self.app.sse_listeners;
+        if n > self.sse_counted {
+            g.fetch_add(n - self.sse_counted, Ordering::SeqCst);
+        } else {
+            g.fetch_sub(self.sse_counted - n, Ordering::SeqCst);
+        }
+        self.sse_counted = n;
+    }
+
     /// Tell the engine a batch finished.
     fn on_done(&mut self, room: &mut Room, d: PersistDone) {
         self.persisting = self.persisting.saturating_sub(1);
@@ -583,7 +630,7 @@ impl Shell {
         {
             return Idleness::Active;
         }
-        self.sse.retain(|s| !s.is_closed());
+        self.prune_sse();
         self.waiters.retain(|(_, w)| !w.is_closed());
         if self.sse.is_empty() && self.waiters.is_empty() {
             Idleness::Idle
@@ -646,7 +693,12 @@ impl Shell {
             }
             RoomMsg::Sse { tx, reply } => {
                 self.sse.push(tx);
-                let _ = reply.send(room.committed_seq());
+                self.count_sse();
+                let gone = SseGone(self.sse_gone.clone());
+                if reply.send((room.committed_seq(), gone)).is_err() {
+                    // The request went away before its stream started.
+                    self.prune_sse();
+                }
             }
             RoomMsg::Poll { after, reply } => {
                 if room.committed_seq() > after {
@@ -655,12 +707,13 @@ impl Shell {
                     self.waiters.push((after, reply));
                 }
             }
-            RoomMsg::Kick(user_id) => room.handle(now, Input::Kick { user_id }),
-            RoomMsg::SetRole(user_id, member_role) => room.handle(
+            RoomMsg::Kick(user_id, version) => room.handle(now, Input::Kick { user_id, version }),
+            RoomMsg::SetRole(user_id, member_role, version) => room.handle(
                 now,
                 Input::SetRole {
                     user_id,
                     member_role,
+                    version,
                 },
             ),
             RoomMsg::Shutdown => {
@@ -669,6 +722,7 @@ impl Shell {
                     out.close(CloseCode::GoingAway, max);
                 }
                 self.sse.clear();
+                self.count_sse();
                 for (_, w) in self.waiters.drain(..) {
                     let _ = w.send(());
                 }
@@ -759,6 +813,7 @@ impl Shell {
                                 false
                             }
                         });
+                        self.count_sse();
                     }
                     if let Some(s) = seq {
                         if !self.waiters.is_empty() {

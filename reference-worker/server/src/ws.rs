@@ -17,7 +17,7 @@ use fluxy_room::ConnectOptions;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 
-use crate::http::{access, handle_for, identity, request_token, verify, ApiError};
+use crate::http::{access, handle_for, identity, membership, request_token, verify, ApiError};
 use crate::rooms::{out_queue, ConnRx, Out, RoomMsg};
 use crate::App;
 
@@ -100,11 +100,12 @@ async fn session(
         }
     };
     let hq = HandshakeQuery::parse(&q);
-    let options = ConnectOptions {
+    let mut options = ConnectOptions {
         replay: hq.replay,
         replay_limit: hq.replay_limit,
         last_seq: hq.last_seq,
         compat: hq.compat,
+        membership_version: a.version,
     };
     // `?batch=1`: consecutive queued timeline events may go out as one `batch` frame
     // `[FX-TRN-9]`.
@@ -118,6 +119,26 @@ async fn session(
         )
         .await;
     };
+    // Membership again, now that the room cannot unload before our `Open`: any kick or role
+    // change written after this read reaches this room with a newer version, and the room
+    // applies the newer state to the `Open` (issue 13: the handshake race).
+    let role = match membership(&app, &a.room, &claims.sub).await {
+        Ok((role, version)) => {
+            options.membership_version = version;
+            role
+        }
+        Err(e) => {
+            let close = request::handshake_close_code(e.code());
+            return reject(socket, e.code(), &e.0.message, close).await;
+        }
+    };
+    if let Err(e) = request::check_room_access(&claims, a.room.room_type, role) {
+        let close = request::handshake_close_code(e.code);
+        return reject(socket, e.code, &e.message, close).await;
+    }
+    if let Some(hook) = &app.config.handshake_hook {
+        (hook.0)(claims.sub.clone()).await;
+    }
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     app.live_sessions.fetch_add(1, Ordering::Relaxed);
     let (out_tx, out_rx) = out_queue(app.config.out_queue_frames);
@@ -126,7 +147,7 @@ async fn session(
     let _ = h
         .send(RoomMsg::Open {
             conn,
-            identity: identity(&claims, a.role),
+            identity: identity(&claims, role),
             options,
             out: out_tx,
         })

@@ -558,3 +558,62 @@ async fn websocket_burst_larger_than_the_room_inbox_is_fully_acked() {
     assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
     assert_eq!(s.all_history(&alice, "burst").await.len() as u64, n);
 }
+
+/// Wait (with a deadline) until `cond` holds and return how long that took.
+async fn timed(what: &str, cond: impl FnMut() -> bool) -> Duration {
+    let t0 = tokio::time::Instant::now();
+    eventually(what, cond).await;
+    t0.elapsed()
+}
+
+/// How soon a closed SSE connection must be released: well under the 15 s keep-alive ping,
+/// whose failed write was until now the only way the server noticed.
+const SSE_RELEASE_BOUND: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_listener_whose_client_closed_is_released_promptly() {
+    let s = Srv::embedded(config()).await;
+    let server = s.embedded_server();
+    let alice = s.token("alice", &[]).await;
+    s.room(&alice, "gone", &[]).await;
+
+    // Two listeners over real sockets, each past its `ready` event (registered in the room).
+    let mut first = RawSse::open(&s, "/rooms/gone/stream", &alice).await;
+    first.until(b"event: ready").await.expect("ready (first)");
+    let mut second = RawSse::open(&s, "/rooms/gone/stream", &alice).await;
+    second.until(b"event: ready").await.expect("ready (second)");
+    eventually("both listeners are registered", || {
+        server.sse_listeners() == 2
+    })
+    .await;
+
+    // The first client goes away. Nothing is broadcast meanwhile and the next ping is 15 s
+    // off: only noticing the closed socket can release it.
+    drop(first);
+    let took = timed("the closed listener is released", || {
+        server.sse_listeners() == 1
+    })
+    .await;
+    eprintln!("SSE listener released {took:?} after its socket closed");
+    assert!(
+        took < SSE_RELEASE_BOUND,
+        "released after {took:?}, want under {SSE_RELEASE_BOUND:?}"
+    );
+
+    // The other listener is untouched and still live.
+    let (st, body) = post(&s, &alice, "gone", "still here", None).await;
+    assert_eq!(st, 201, "{body}");
+    second
+        .until(b"still here")
+        .await
+        .expect("the remaining listener gets live events");
+    assert_eq!(server.sse_listeners(), 1);
+
+    drop(second);
+    let took = timed("the last listener is released", || {
+        server.sse_listeners() == 0
+    })
+    .await;
+    eprintln!("last SSE listener released {took:?} after its socket closed");
+    assert!(took < SSE_RELEASE_BOUND, "released after {took:?}");
+}

@@ -95,6 +95,9 @@ async fn route(mut req: Request, env: Env) -> ApiResult<Response> {
         (["messages"], _) => Err(not_allowed()),
         (["api", "messages"], Get) => legacy_messages(&cx, &req).await,
         (["api", "messages"], _) => Err(not_allowed()),
+        (["rooms", id, "debug", "stats"], Get) if config(&cx.env).debug => {
+            debug_stats(&cx, &req, id).await
+        }
         (["ws", "room", id], Get) => websocket(&cx, &req, id).await,
         (["ws", "room", _], _) => Err(not_allowed()),
         _ => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
@@ -254,6 +257,8 @@ fn room_json(r: &RoomRow) -> Room {
 struct Access {
     room: RoomRow,
     role: Option<MemberRole>,
+    /// The membership version read with `role` (0: never written).
+    version: u64,
 }
 
 /// Look a room up in the caller's tenant and check membership `[FX-AUTH-11]` `[FX-TEN-3]`.
@@ -273,7 +278,7 @@ async fn access(cx: &Ctx, claims: &Claims, room_id: &str) -> ApiResult<Access> {
     };
     let role_stmt = prepare(
         &cx.db,
-        sql::MEMBER_ROLE,
+        sql::MEMBER_ROLE_VERSION,
         &[
             claims.tid.as_str().into(),
             room_id.into(),
@@ -288,19 +293,33 @@ async fn access(cx: &Ctx, claims: &Claims, room_id: &str) -> ApiResult<Access> {
         .flatten()
         .and_then(|r| room_row(&r))
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such room"))?;
-    let mut role = res
-        .get(1)
-        .map(first)
-        .transpose()?
-        .flatten()
-        .and_then(|r| text(&r, "role"))
+    let member = res.get(1).map(first).transpose()?.flatten();
+    let mut role = member
+        .as_ref()
+        .and_then(|r| text(r, "role"))
         .and_then(|s| parse_role(&s));
+    let mut version = member.as_ref().and_then(|r| int(r, "version")).unwrap_or(0);
     if room.tenant != claims.tid {
         // Only with the cross-tenant-leak fault: membership was read in the caller's tenant.
         role = None;
+        version = 0;
     }
     request::check_room_access(claims, room.room_type, role)?;
-    Ok(Access { room, role })
+    Ok(Access {
+        room,
+        role,
+        version,
+    })
+}
+
+/// The version `BUMP_MEMBER_VERSION` returned (the second statement of a membership batch).
+fn bumped_version(res: &[worker::D1Result]) -> ApiResult<u64> {
+    res.get(1)
+        .map(first)
+        .transpose()?
+        .flatten()
+        .and_then(|r| int(&r, "version"))
+        .ok_or_else(|| ApiError::internal("membership version", "no version returned"))
 }
 
 fn identity(claims: &Claims, role: Option<MemberRole>) -> IdentityWire {
@@ -365,11 +384,27 @@ async fn create_room(cx: &Ctx, req: &mut Request) -> ApiResult<Response> {
                 t.clone(),
             ],
         )?);
+        stmts.push(prepare(
+            &cx.db,
+            sql::BUMP_MEMBER_VERSION,
+            &[tv.clone(), rv.clone(), m.user_id.as_str().into()],
+        )?);
     }
     stmts.push(prepare(
         &cx.db,
         sql::UPSERT_MEMBER,
-        &[tv, rv, room.created_by.as_str().into(), "owner".into(), t],
+        &[
+            tv.clone(),
+            rv.clone(),
+            room.created_by.as_str().into(),
+            "owner".into(),
+            t,
+        ],
+    )?);
+    stmts.push(prepare(
+        &cx.db,
+        sql::BUMP_MEMBER_VERSION,
+        &[tv, rv, room.created_by.as_str().into()],
     )?);
     // INSERT_ROOM fails on the primary key if a concurrent create won: the batch rolls back.
     if cx.db.batch(stmts).await.is_err() {
@@ -442,19 +477,31 @@ async fn add_member(cx: &Ctx, req: &mut Request, id: &str) -> ApiResult<Response
     let spec: MemberSpec = decode_body(&body_text(req).await?, MAX_BODY_BYTES)?;
     request::check_user_id(&spec.user_id)?;
     let role = spec.role.unwrap_or_default();
-    prepare(
+    let (tv, rv, uv): (SqlValue, SqlValue, SqlValue) = (
+        a.room.tenant.as_str().into(),
+        a.room.id.as_str().into(),
+        spec.user_id.as_str().into(),
+    );
+    // The write and its membership version in one batch (one transaction).
+    let res = db::batch(
         &cx.db,
-        sql::UPSERT_MEMBER,
-        &[
-            a.room.tenant.as_str().into(),
-            a.room.id.as_str().into(),
-            spec.user_id.as_str().into(),
-            role_str(role).into(),
-            now_ms().into(),
+        vec![
+            prepare(
+                &cx.db,
+                sql::UPSERT_MEMBER,
+                &[
+                    tv.clone(),
+                    rv.clone(),
+                    uv.clone(),
+                    role_str(role).into(),
+                    now_ms().into(),
+                ],
+            )?,
+            prepare(&cx.db, sql::BUMP_MEMBER_VERSION, &[tv, rv, uv])?,
         ],
-    )?
-    .run()
+    )
     .await?;
+    let version = bumped_version(&res)?;
     // Live connections of that user take the new role (moderation, announcement posting).
     let fwd = Forward {
         tenant: a.room.tenant.clone(),
@@ -462,6 +509,7 @@ async fn add_member(cx: &Ctx, req: &mut Request, id: &str) -> ApiResult<Response
         op: Op::SetRole {
             user_id: spec.user_id.clone(),
             member_role: Some(role),
+            version,
         },
     };
     let _ = fwd.send(&cx.env, None, None).await?;
@@ -480,18 +528,31 @@ async fn remove_member(cx: &Ctx, req: &Request, id: &str, user: &str) -> ApiResu
     let claims = authenticate(cx, req).await?;
     let a = access(cx, &claims, id).await?;
     request::check_member_management(&claims, a.role, Some(user))?;
-    let r = prepare(
+    let (tv, rv, uv): (SqlValue, SqlValue, SqlValue) = (
+        a.room.tenant.as_str().into(),
+        a.room.id.as_str().into(),
+        user.into(),
+    );
+    // The removal and its membership version in one batch (a version bumped for a user who
+    // was no member changes nothing: no kick is sent then).
+    let res = db::batch(
         &cx.db,
-        sql::DELETE_MEMBER,
-        &[
-            a.room.tenant.as_str().into(),
-            a.room.id.as_str().into(),
-            user.into(),
+        vec![
+            prepare(
+                &cx.db,
+                sql::DELETE_MEMBER,
+                &[tv.clone(), rv.clone(), uv.clone()],
+            )?,
+            prepare(&cx.db, sql::BUMP_MEMBER_VERSION, &[tv, rv, uv])?,
         ],
-    )?
-    .run()
+    )
     .await?;
-    let changed = r.meta()?.and_then(|m| m.changes).unwrap_or(0);
+    let changed = res
+        .first()
+        .and_then(|r| r.meta().ok().flatten())
+        .and_then(|m| m.changes)
+        .unwrap_or(0);
+    let version = bumped_version(&res)?;
     if changed == 0 {
         return Err(ApiError::new(ErrorCode::NotFound, "no such member"));
     }
@@ -501,6 +562,7 @@ async fn remove_member(cx: &Ctx, req: &Request, id: &str, user: &str) -> ApiResu
         room: a.room.id.clone(),
         op: Op::Kick {
             user_id: user.to_owned(),
+            version,
         },
     };
     let _ = fwd.send(&cx.env, None, None).await?;
@@ -818,6 +880,19 @@ async fn sse(cx: &Ctx, req: &Request, id: &str) -> ApiResult<Response> {
     Ok(fwd.send(&cx.env, None, None).await?)
 }
 
+/// `GET /rooms/{id}/debug/stats` (`FLUXY_DEBUG=1` only): the room object's live counts
+/// (SSE listeners, sockets, long-poll waiters), for tests of the object's bookkeeping.
+async fn debug_stats(cx: &Ctx, req: &Request, id: &str) -> ApiResult<Response> {
+    let claims = authenticate(cx, req).await?;
+    let a = access(cx, &claims, id).await?;
+    let fwd = Forward {
+        tenant: a.room.tenant.clone(),
+        room: a.room.id.clone(),
+        op: Op::Stats,
+    };
+    Ok(fwd.send(&cx.env, None, None).await?)
+}
+
 async fn poll(cx: &Ctx, req: &Request, id: &str) -> ApiResult<Response> {
     let claims = authenticate(cx, req).await?;
     let a = access(cx, &claims, id).await?;
@@ -918,6 +993,7 @@ async fn websocket(cx: &Ctx, req: &Request, room_id: &str) -> ApiResult<Response
         room: a.room.id.clone(),
         op: Op::Connect {
             identity: identity(&claims, a.role),
+            membership_version: a.version,
             replay: hq.replay,
             replay_limit: hq.replay_limit,
             last_seq: hq.last_seq,

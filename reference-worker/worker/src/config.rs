@@ -7,6 +7,8 @@
 //! | `FLUXY_RATE_BURST` / `FLUXY_RATE_PER_SECOND` | per-connection token bucket | 200 / 100 |
 //! | `FLUXY_RESUME_WINDOW` | events `resume` can replay (at least 100) | 1000 |
 //! | `FLUXY_FAULTS` | comma-separated deliberate faults (conformance self-test only) | none |
+//! | `FLUXY_SSE_PING_MS` | SSE keep-alive comment period: a listener whose client went away is released within about 3 of them (see `room.rs`) | 3000 |
+//! | `FLUXY_DEBUG` | `1`: serve `GET /rooms/{id}/debug/stats` (the room object's live counts, for tests) | off |
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -42,6 +44,12 @@ pub struct Config {
     pub resume_window: u32,
     /// Enabled faults.
     pub faults: Faults,
+    /// SSE keep-alive comment period, ms (at least 100). workerd notices a closed client only
+    /// when a write to it fails, one hop at a time (client socket, then Worker → object), so
+    /// this period bounds how long a gone listener lingers: about 3 periods.
+    pub sse_ping_ms: u64,
+    /// Serve the debug routes (`FLUXY_DEBUG=1`; tests only).
+    pub debug: bool,
 }
 
 thread_local! {
@@ -91,6 +99,11 @@ pub fn config(env: &Env) -> Rc<Config> {
         // FX-RES-5: at least 100 events.
         resume_window: num(env, "FLUXY_RESUME_WINDOW", 1000u32).max(100),
         faults,
+        sse_ping_ms: num(env, "FLUXY_SSE_PING_MS", 3_000u64).max(100),
+        debug: matches!(
+            var(env, "FLUXY_DEBUG").as_deref().map(str::trim),
+            Some("1" | "true")
+        ),
     });
     CONFIG.with(|slot| *slot.borrow_mut() = Some(c.clone()));
     c

@@ -53,6 +53,9 @@ pub enum Op {
     Connect {
         /// Identity.
         identity: IdentityWire,
+        /// Membership version read with `identity.member_role` (issue 13: the handshake race).
+        #[serde(default)]
+        membership_version: u64,
         /// Send the `history` snapshot.
         replay: bool,
         /// Snapshot size.
@@ -93,12 +96,20 @@ pub enum Op {
         user_id: String,
         /// New room role.
         member_role: Option<MemberRole>,
+        /// Membership version after the change.
+        #[serde(default)]
+        version: u64,
     },
     /// Membership removed: close the user's connections.
     Kick {
         /// User id.
         user_id: String,
+        /// Membership version after the removal.
+        #[serde(default)]
+        version: u64,
     },
+    /// The object's live counts (`GET /rooms/{id}/debug/stats`, with `FLUXY_DEBUG=1` only).
+    Stats,
 }
 
 /// A request to the object of (tenant, room).

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluxy_protocol::common::{MAX_PAGE_LIMIT, SUBPROTOCOL};
+use fluxy_protocol::common::{MemberRole, MAX_PAGE_LIMIT, SUBPROTOCOL};
 use fluxy_protocol::cursor::Cursor;
 use fluxy_protocol::events::TimelineEvent;
 use fluxy_protocol::http::{Direction, PostMessageResponse};
@@ -46,8 +46,6 @@ use crate::forward::{Forward, IdentityWire, Op};
 
 /// Idempotency keys are honoured for at least this long `[FX-ACK-5]`.
 const IDEMPOTENCY_MS: u64 = 24 * 3600 * 1000;
-/// SSE keep-alive comment period `[FX-TRN-6]`.
-const SSE_PING: Duration = Duration::from_secs(15);
 
 #[wasm_bindgen]
 extern "C" {
@@ -139,8 +137,30 @@ fn send_raw(ws: &WebSocket, js: &JsValue) {
 }
 
 struct SseSub {
+    /// Which listener (to remove it when its stream ends).
+    id: u64,
     tx: mpsc::UnboundedSender<Result<Vec<u8>, worker::Error>>,
     last: u64,
+}
+
+/// An SSE response body. The runtime drops it when the stream is cancelled (the client went
+/// away: workerd cancels the body it was piping to the closed connection, across the Worker →
+/// object hop); dropping `_gone` then wakes the listener's keep-alive task, which removes the
+/// listener from the room at once rather than at the next ping that would fail.
+struct SseBody {
+    rx: mpsc::UnboundedReceiver<Result<Vec<u8>, worker::Error>>,
+    _gone: oneshot::Sender<()>,
+}
+
+impl futures_util::Stream for SseBody {
+    type Item = Result<Vec<u8>, worker::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.rx).poll_next(cx)
+    }
 }
 
 #[derive(Default)]
@@ -158,6 +178,7 @@ struct Core {
     posts: HashMap<u64, oneshot::Sender<Result<PostOutcome, ErrorFrame>>>,
     next_request: u64,
     sse: Vec<SseSub>,
+    next_sse: u64,
     pollers: Vec<(u64, oneshot::Sender<()>)>,
     alarm_at: Option<u64>,
     stats: CommitStats,
@@ -793,6 +814,7 @@ impl Shell {
         match fwd.op {
             Op::Connect {
                 identity,
+                membership_version,
                 replay,
                 replay_limit,
                 last_seq,
@@ -809,6 +831,7 @@ impl Shell {
                         replay_limit,
                         last_seq,
                         compat,
+                        membership_version,
                     },
                     subprotocol,
                     batch,
@@ -833,19 +856,30 @@ impl Shell {
             Op::SetRole {
                 user_id,
                 member_role,
+                version,
             } => {
                 // The engine answers with `IdentityChanged` per socket of the user (kept in
                 // their attachments).
                 self.drive(Input::SetRole {
                     user_id,
                     member_role,
+                    version,
                 })
                 .await;
                 Ok(Response::empty()?.with_status(204))
             }
-            Op::Kick { user_id } => {
-                self.drive(Input::Kick { user_id }).await;
+            Op::Kick { user_id, version } => {
+                self.drive(Input::Kick { user_id, version }).await;
                 Ok(Response::empty()?.with_status(204))
+            }
+            Op::Stats => {
+                let core = self.core.borrow();
+                let stats = serde_json::json!({
+                    "sseListeners": core.sse.len(),
+                    "sockets": core.sockets.len(),
+                    "pollers": core.pollers.len(),
+                });
+                Ok(json_response(200, &stats)?)
             }
         }
     }
@@ -860,6 +894,27 @@ impl Shell {
         subprotocol: bool,
         batch: bool,
     ) -> ApiResult<Response> {
+        // Membership again, from inside the object (issue 13: the handshake race). The object
+        // cannot be evicted while this request is in flight, so any kick or role change written
+        // after this read reaches this engine with a newer version than the one read here. One
+        // written since the Worker's read (and maybe applied by an instance evicted since) is
+        // given to the engine now, as its latest knowledge of the user; the `Open` below, with
+        // the Worker's older version, then takes that newer state (or is closed 4003).
+        let (role, version) = self
+            .fresh_membership(tenant, room, &identity.user_id)
+            .await?;
+        if version > options.membership_version {
+            let user_id = identity.user_id.clone();
+            let input = match role {
+                None if identity.member_role.is_some() => Input::Kick { user_id, version },
+                member_role => Input::SetRole {
+                    user_id,
+                    member_role,
+                    version,
+                },
+            };
+            self.drive(input).await;
+        }
         let pair = WebSocketPair::new()?;
         let now = now_ms();
         let conn = {
@@ -901,6 +956,33 @@ impl Shell {
             return Ok(resp.with_headers(h));
         }
         Ok(resp)
+    }
+
+    /// A user's room role and membership version as D1 has them now (one statement).
+    async fn fresh_membership(
+        &self,
+        tenant: &str,
+        room: &str,
+        user: &str,
+    ) -> ApiResult<(Option<MemberRole>, u64)> {
+        let db = self.db()?;
+        let r = prepare(
+            &db,
+            sql::MEMBER_ROLE_VERSION,
+            &[tenant.into(), room.into(), user.into()],
+        )?
+        .all()
+        .await?;
+        let row = first(&r)?;
+        let role = row
+            .as_ref()
+            .and_then(|row| text(row, "role"))
+            .and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok());
+        let version = row
+            .as_ref()
+            .and_then(|row| int(row, "version"))
+            .unwrap_or(0);
+        Ok((role, version))
     }
 
     async fn post(
@@ -1024,6 +1106,13 @@ impl Shell {
         last: Option<u64>,
     ) -> ApiResult<Response> {
         let (tx, rx) = mpsc::unbounded::<Result<Vec<u8>, worker::Error>>();
+        let (gone_tx, mut gone) = oneshot::channel::<()>();
+        let rx = SseBody { rx, _gone: gone_tx };
+        let id = {
+            let mut core = self.core.borrow_mut();
+            core.next_sse += 1;
+            core.next_sse
+        };
         let with_id = !self.cfg.faults.sse_no_id;
         match last {
             None => {
@@ -1031,6 +1120,7 @@ impl Shell {
                 let ready = format!("{{\"currentSeq\":{current}}}");
                 let _ = tx.unbounded_send(Ok(sse_bytes(None, "ready", &ready)));
                 self.core.borrow_mut().sse.push(SseSub {
+                    id,
                     tx: tx.clone(),
                     last: current,
                 });
@@ -1065,6 +1155,7 @@ impl Shell {
                             tx.unbounded_send(Ok(sse_bytes(with_id.then_some(seq), kind, &body)));
                     }
                     self.core.borrow_mut().sse.push(SseSub {
+                        id,
                         tx: tx.clone(),
                         last: current,
                     });
@@ -1082,12 +1173,43 @@ impl Shell {
                 }
             },
         }
-        // Keep-alive comments until the client goes away [FX-TRN-6].
+        // Keep-alive comments [FX-TRN-6] until the client goes away: its body is dropped
+        // (`gone` resolves) or, failing that, a ping cannot be sent. Either way the listener
+        // leaves the room now. The pings are also what makes workerd notice a closed client:
+        // it learns of it only from a failed write, one hop at a time (the client's socket,
+        // then the Worker → object stream), so a gone listener is released about 3 periods
+        // (`FLUXY_SSE_PING_MS`, default 3 s) after its client left; measured by
+        // bench/sse-release.mjs in scripts/ci-worker.
+        let shell = self.clone();
+        let ping = Duration::from_millis(self.cfg.sse_ping_ms);
         wasm_bindgen_futures::spawn_local(async move {
+            let t0 = now_ms();
+            let release = |why: &str| {
+                let mut core = shell.core.borrow_mut();
+                core.sse.retain(|s| s.id != id);
+                worker::console_log!(
+                    "fluxy-worker: SSE listener {id} released (open {} ms): {why}; {} left",
+                    now_ms().saturating_sub(t0),
+                    core.sse.len()
+                );
+            };
             loop {
-                worker::Delay::from(SSE_PING).await;
-                if tx.unbounded_send(Ok(b": ping\n\n".to_vec())).is_err() {
-                    break;
+                let mut delay = worker::Delay::from(ping);
+                match select(&mut delay, &mut gone).await {
+                    Either::Left(_) => {
+                        if tx.unbounded_send(Ok(b": ping\n\n".to_vec())).is_err() {
+                            release("a ping could not be queued");
+                            return;
+                        }
+                    }
+                    Either::Right(_) => {
+                        release("its body was dropped");
+                        // Let the pending timer fire before it is dropped: dropping it now
+                        // would clear it from the context of whatever dropped the body,
+                        // which workerd refuses (a critical error that resets the object).
+                        delay.await;
+                        return;
+                    }
                 }
             }
         });
@@ -1139,9 +1261,7 @@ impl Shell {
     }
 }
 
-fn sse_response(
-    rx: mpsc::UnboundedReceiver<Result<Vec<u8>, worker::Error>>,
-) -> ApiResult<Response> {
+fn sse_response(rx: SseBody) -> ApiResult<Response> {
     let h = Headers::new();
     h.set("content-type", "text/event-stream")?;
     h.set("cache-control", "no-cache")?;

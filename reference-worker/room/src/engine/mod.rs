@@ -7,6 +7,7 @@
 
 mod agents;
 mod conn;
+mod membership;
 mod msg;
 mod seq;
 
@@ -141,6 +142,11 @@ pub struct ConnectOptions {
     /// `replay` = `connect`, `true` or `1` (FluxyChat's SDK): the `history` frame also carries
     /// FluxyChat's `messages` and `reactions` `[FX-CMP-1]` `[FX-CMP-2]`.
     pub compat: bool,
+    /// The membership version read together with `Identity::member_role` at the handshake
+    /// (`room_member_versions`; 0 when the user's membership was never written). A kick or
+    /// role change the room already applied with a newer version wins over the role read
+    /// here: the handshake raced with it.
+    pub membership_version: u64,
 }
 
 impl Default for ConnectOptions {
@@ -150,6 +156,7 @@ impl Default for ConnectOptions {
             replay_limit: 50,
             last_seq: None,
             compat: false,
+            membership_version: 0,
         }
     }
 }
@@ -271,6 +278,8 @@ pub enum Input {
     Kick {
         /// User id.
         user_id: String,
+        /// The user's membership version after the removal.
+        version: u64,
     },
     /// The user's room role changed (`POST /rooms/{id}/members` on an existing member): their
     /// open connections get the new privileges at once. Produces one
@@ -281,6 +290,8 @@ pub enum Input {
         /// The new room role (`None`: no longer a member, without closing; use
         /// [`Input::Kick`] to close).
         member_role: Option<MemberRole>,
+        /// The user's membership version after the change.
+        version: u64,
     },
 }
 
@@ -444,6 +455,8 @@ pub struct Room {
     /// `createdAt` (epoch ms) of the newest sequenced event: the next one gets at least this
     /// plus one `[FX-ORD-9]`. Learned from the stored events on load.
     last_created_ms: u64,
+    /// Latest membership change applied per user, with its version (see `membership`).
+    memberships: HashMap<String, (u64, membership::Membership)>,
 }
 
 fn text_of(frame: &ServerFrame) -> Arc<str> {
@@ -507,6 +520,7 @@ impl Room {
             fault_state: FaultState::default(),
             failed: false,
             last_created_ms: 0,
+            memberships: HashMap::new(),
             cfg,
         };
         for body in loaded.recent {
@@ -662,7 +676,7 @@ impl Room {
                 conn,
                 identity,
                 options,
-            } => self.open(now_ms, conn, identity, options),
+            } => self.open_versioned(now_ms, conn, identity, options),
             Input::Restore {
                 conn,
                 identity,
@@ -714,7 +728,11 @@ impl Room {
                 let r = self.on_message(t, &identity, None, frame);
                 self.finish(who, r);
             }
-            Input::Kick { user_id } => {
+            Input::Kick { user_id, version } => {
+                if !self.note_membership(&user_id, version, membership::Membership::Removed) {
+                    self.flush();
+                    return;
+                }
                 let ids: Vec<ConnId> = self
                     .conns
                     .iter()
@@ -729,7 +747,13 @@ impl Room {
             Input::SetRole {
                 user_id,
                 member_role,
+                version,
             } => {
+                let m = membership::Membership::Role(member_role);
+                if !self.note_membership(&user_id, version, m) {
+                    self.flush();
+                    return;
+                }
                 for (id, c) in self.conns.iter_mut() {
                     if c.identity.user_id == user_id {
                         c.identity.member_role = member_role;
