@@ -87,8 +87,7 @@ impl Api {
     /// Connect with `replay=off` and read up to `subscription_succeeded`; returns the socket
     /// and the `welcome` frame.
     pub async fn ws_subscribed(&self, room: &str, token: &str) -> Result<(Ws, Value), BenchError> {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(self.ws_url(room, token, "replay=off")).await?;
+        let (mut ws, _) = crate::connect_ws(self.ws_url(room, token, "replay=off")).await?;
         let mut welcome = Value::Null;
         while let Some(m) = ws.next().await {
             if let Message::Text(t) = m? {

@@ -215,7 +215,7 @@ pub async fn run(server: &ServerProc, o: &C10kOptions) -> Result<Vec<Row>, Bench
 
 /// Connect and read up to `subscription_succeeded`.
 async fn connect(url: &str) -> Result<crate::Ws, BenchError> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let (mut ws, _) = crate::connect_ws(url).await?;
     while let Some(m) = ws.next().await {
         if let Message::Text(t) = m? {
             if t.contains("\"type\":\"subscription_succeeded\"") {

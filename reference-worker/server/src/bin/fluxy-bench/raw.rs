@@ -1,7 +1,9 @@
 //! The raw baseline: a plain `tokio-tungstenite` broadcast server with no persistence, no
 //! acks and no validation. Every text frame received is forwarded to every connection
 //! (the sender included, as Fluxy echoes a `message` to its sender). It is the physical
-//! limit the native shell is compared against in the fan-out benchmark.
+//! limit the native shell is compared against in the fan-out benchmark. It uses the same
+//! WebSocket read buffer as fluxy-server (`crate::ws_config`), so the comparison is between
+//! equally tuned transports.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,7 +51,8 @@ pub async fn start() -> std::io::Result<RawServer> {
 }
 
 async fn connection(tcp: tokio::net::TcpStream, id: u64, peers: Peers) {
-    let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(crate::ws_config())).await
+    else {
         return;
     };
     let (mut sink, mut stream) = ws.split();

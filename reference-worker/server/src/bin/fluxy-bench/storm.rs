@@ -225,7 +225,7 @@ async fn client(
     done: tokio::sync::mpsc::UnboundedSender<Result<Outcome, String>>,
 ) {
     let url = api.ws_url(&room, &token, &format!("lastSeq={last_seq}"));
-    let mut ws = match tokio_tungstenite::connect_async(url).await {
+    let mut ws = match crate::connect_ws(url).await {
         Ok((ws, _)) => ws,
         Err(e) => {
             let _ = done.send(Err(format!("connect: {e}")));
