@@ -131,5 +131,5 @@ pub fn raise_nofile(want: u64) -> Result<u64, BenchError> {
             }
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
