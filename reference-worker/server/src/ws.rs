@@ -36,7 +36,8 @@ const READ_BUFFER: usize = 8 * 1024;
 /// buffered until this many bytes are queued, then written. One group commit releases
 /// hundreds of events to every connection at once; with 128 KiB the buffer is written in
 /// large partial writes and tungstenite moves the unsent rest to the front after each one,
-/// which cost about 13 % of the CPU per delivery in `fluxy-bench`'s fan-out.
+/// which cost about a tenth of the CPU per delivery in one A/B pair of `fluxy-bench` fan-out
+/// runs (docs/benchmarks.md).
 const WRITE_BUFFER: usize = 16 * 1024;
 
 pub(crate) async fn ws_route(
