@@ -36,18 +36,10 @@ pub struct RoomRow {
     pub tenant: String,
 }
 
-/// Engine batches waiting for the next shared commit, and whether a committer runs.
-#[derive(Default)]
-struct Pending {
-    batches: Vec<(Vec<Stmt>, tokio::sync::oneshot::Sender<Result<(), String>>)>,
-    committing: bool,
-}
-
 /// The database: a writer and readers (the same connection for an in-memory database).
 #[derive(Clone)]
 pub struct Db {
     writer: Arc<Mutex<Connection>>,
-    pending: Arc<Mutex<Pending>>,
     readers: Arc<Vec<Arc<Mutex<Connection>>>>,
     next: Arc<AtomicUsize>,
 }
@@ -61,30 +53,6 @@ impl ToSql for P<'_> {
             SqlValue::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
             SqlValue::Text(t) => ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes())),
         })
-    }
-}
-
-/// Commit `batches` in one transaction, one savepoint each; the result of each batch.
-fn commit_batches(conn: &mut Connection, batches: &[Vec<Stmt>]) -> Vec<Result<(), String>> {
-    let all_failed = |e: rusqlite::Error| vec![Err(e.to_string()); batches.len()];
-    let mut tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => return all_failed(e),
-    };
-    let mut results = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let r = tx.savepoint().and_then(|sp| {
-            for s in batch {
-                exec(&sp, s)?;
-            }
-            sp.commit()
-        });
-        // A failed batch's savepoint rolled back when it was dropped.
-        results.push(r.map_err(|e| e.to_string()));
-    }
-    match tx.commit() {
-        Ok(()) => results,
-        Err(e) => all_failed(e),
     }
 }
 
@@ -166,7 +134,6 @@ impl Db {
         };
         Ok(Db {
             writer,
-            pending: Arc::default(),
             readers: Arc::new(readers),
             next: Arc::new(AtomicUsize::new(0)),
         })
@@ -204,52 +171,15 @@ impl Db {
         .map_err(|_| ServerError::Poisoned)?
     }
 
-    /// Commit one engine batch atomically, and return once it is committed.
-    ///
-    /// Batches of all rooms that arrive while a commit is in flight are committed together
-    /// in the next transaction (one fsync for all of them), each inside its own savepoint:
-    /// a batch whose statements fail is rolled back alone and reported as failed, the others
-    /// still commit. A batch is reported committed only after the transaction commits.
+    /// Commit one engine batch in a single transaction.
     pub async fn persist(&self, statements: Vec<Stmt>) -> Result<(), ServerError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut p = self.pending.lock().map_err(|_| ServerError::Poisoned)?;
-            p.batches.push((statements, tx));
-            !std::mem::replace(&mut p.committing, true)
-        };
-        if start {
-            let db = self.clone();
-            tokio::task::spawn_blocking(move || db.commit_pending());
-        }
-        rx.await
-            .map_err(|_| ServerError::Poisoned)?
-            .map_err(ServerError::Commit)
-    }
-
-    /// Commit what is pending, in rounds, until nothing is left (runs on the blocking pool;
-    /// at most one at a time).
-    fn commit_pending(&self) {
-        loop {
-            let batches = match self.pending.lock() {
-                Ok(mut p) => {
-                    if p.batches.is_empty() {
-                        p.committing = false;
-                        return;
-                    }
-                    std::mem::take(&mut p.batches)
-                }
-                // A poisoned queue drops the waiting senders: their callers see `Poisoned`.
-                Err(_) => return,
-            };
-            let (stmts, replies): (Vec<_>, Vec<_>) = batches.into_iter().unzip();
-            let results = match self.writer.lock() {
-                Ok(mut g) => commit_batches(&mut g, &stmts),
-                Err(_) => vec![Err("writer lock poisoned".to_owned()); stmts.len()],
-            };
-            for (reply, r) in replies.into_iter().zip(results) {
-                let _ = reply.send(r);
+        self.write(move |tx| {
+            for s in &statements {
+                exec(tx, s)?;
             }
-        }
+            Ok(())
+        })
+        .await
     }
 
     /// Load everything a room engine needs.
@@ -377,36 +307,4 @@ pub fn sql_int(v: u64) -> i64 {
 /// Convert from SQL integer.
 pub fn from_sql_int(v: i64) -> u64 {
     to_u64(v)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn insert(v: i64) -> Stmt {
-        Stmt {
-            sql: "INSERT INTO t (v) VALUES (?1)",
-            params: vec![SqlValue::Int(v)],
-        }
-    }
-
-    #[test]
-    fn a_failing_batch_rolls_back_alone() {
-        let mut c = Connection::open_in_memory().expect("open");
-        c.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)")
-            .expect("table");
-        // The second batch fails on its second statement (duplicate key 1).
-        let r = commit_batches(
-            &mut c,
-            &[vec![insert(1)], vec![insert(2), insert(1)], vec![insert(3)]],
-        );
-        assert!(r[0].is_ok() && r[1].is_err() && r[2].is_ok(), "{r:?}");
-        let mut st = c.prepare("SELECT v FROM t ORDER BY v").expect("select");
-        let rows: Vec<i64> = st
-            .query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows");
-        assert_eq!(rows, vec![1, 3]);
-    }
 }

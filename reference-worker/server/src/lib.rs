@@ -137,9 +137,6 @@ pub enum ServerError {
     /// Unknown fault name.
     #[error(transparent)]
     Fault(#[from] fluxy_room::UnknownFault),
-    /// A shared commit failed (the batch was not committed).
-    #[error("commit: {0}")]
-    Commit(String),
     /// A lock was poisoned or a blocking task panicked.
     #[error("internal task failure")]
     Poisoned,
