@@ -17,15 +17,20 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{now_ms, App};
+use axum::extract::ws::Utf8Bytes;
 
 /// What a room sends to one WebSocket connection's writer.
+///
+/// Frames are `Utf8Bytes` (reference-counted bytes, the type the socket writes): a broadcast
+/// converts the engine's `Arc<str>` once and every connection's queue holds a clone, so the
+/// writers send the same bytes without copying them per connection.
 #[derive(Debug)]
 pub enum Out {
     /// A text frame.
-    Text(Arc<str>),
+    Text(Utf8Bytes),
     /// A timeline event (a text frame the writer may coalesce into a `batch` frame for a
     /// connection that opted in, `[FX-TRN-10]`).
-    Event(Arc<str>),
+    Event(Utf8Bytes),
     /// Close with this code.
     Close(CloseCode),
 }
@@ -740,7 +745,7 @@ impl Shell {
         let Some(o) = self.conns.get(&conn) else {
             return;
         };
-        if o.push(Out::Text(frame), max).is_err() {
+        if o.push(Out::Text(Utf8Bytes::from(&*frame)), max).is_err() {
             self.drop_slow(conn);
         }
     }
@@ -783,11 +788,13 @@ impl Shell {
                 } => {
                     let max = self.app.config.out_queue_bytes;
                     let mut full = Vec::new();
+                    // One copy per broadcast, not per connection.
+                    let bytes = Utf8Bytes::from(&*frame);
                     for (id, o) in &self.conns {
                         let out = if seq.is_some() {
-                            Out::Event(frame.clone())
+                            Out::Event(bytes.clone())
                         } else {
-                            Out::Text(frame.clone())
+                            Out::Text(bytes.clone())
                         };
                         if Some(*id) != except && o.push(out, max).is_err() {
                             full.push(*id);

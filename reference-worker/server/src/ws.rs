@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,21 @@ use crate::App;
 /// a `payload_too_large` error and the connection stays open.
 const TRANSPORT_LIMIT: usize = 1 << 20;
 
+/// Read buffer of each WebSocket (tungstenite's default is 128 KiB). tungstenite zeroes the
+/// buffer's free space up to this size before every read and keeps it allocated for the life
+/// of the connection, so the default costs about 128 KiB of resident memory per connection
+/// and a 128 KiB memset per read. The buffer still grows for a larger frame (up to
+/// [`TRANSPORT_LIMIT`]); only the size of a single read is bounded.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// Write buffer threshold of each WebSocket (tungstenite's default is 128 KiB): frames are
+/// buffered until this many bytes are queued, then written. One group commit releases
+/// hundreds of events to every connection at once; with 128 KiB the buffer is written in
+/// large partial writes and tungstenite moves the unsent rest to the front after each one,
+/// which cost about a tenth of the CPU per delivery in one A/B pair of `fluxy-bench` fan-out
+/// runs (docs/benchmarks.md).
+const WRITE_BUFFER: usize = 16 * 1024;
+
 pub(crate) async fn ws_route(
     State(app): State<Arc<App>>,
     Path(room_id): Path<String>,
@@ -43,6 +58,8 @@ pub(crate) async fn ws_route(
     ws.protocols([SUBPROTOCOL])
         .max_message_size(TRANSPORT_LIMIT)
         .max_frame_size(TRANSPORT_LIMIT)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| session(app, room_id, q, token, socket))
 }
 
@@ -203,15 +220,18 @@ enum WriterEnd {
 /// Feed the coalesced timeline events: one `batch` frame, or the event itself when alone.
 async fn feed_events(
     sink: &mut SplitSink<WebSocket, Message>,
-    events: &mut Vec<Arc<str>>,
+    events: &mut Vec<Utf8Bytes>,
 ) -> Result<(), axum::Error> {
     let text = match events.as_slice() {
         [] => return Ok(()),
-        [one] => one.to_string(),
-        many => BatchFrame::join(many),
+        [one] => one.clone(),
+        many => {
+            let texts: Vec<&str> = many.iter().map(Utf8Bytes::as_str).collect();
+            BatchFrame::join(&texts).into()
+        }
     };
     events.clear();
-    sink.feed(Message::Text(text.into())).await
+    sink.feed(Message::Text(text)).await
 }
 
 /// How long a dropped slow consumer gets to take its close frame.
@@ -253,7 +273,7 @@ async fn write_loop(
     let work = async {
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
-            let mut events: Vec<Arc<str>> = Vec::new();
+            let mut events: Vec<Utf8Bytes> = Vec::new();
             // Feed everything queued, then flush once.
             while let Some(o) = next.take() {
                 match o {
@@ -264,7 +284,7 @@ async fn write_loop(
                     Out::Text(t) | Out::Event(t) => {
                         bytes.fetch_sub(t.len(), Ordering::Relaxed);
                         if feed_events(&mut sink, &mut events).await.is_err()
-                            || sink.feed(Message::Text((&*t).into())).await.is_err()
+                            || sink.feed(Message::Text(t)).await.is_err()
                         {
                             return WriterEnd::Gone;
                         }
