@@ -1236,6 +1236,16 @@ impl Conn {
         }
     }
 
+    /// Pace this connection as if the server advertised `burst` and `rate` (a little inside
+    /// them, as always), whatever its `welcome` said: for FX-LIM-9's floor.
+    pub fn pace_at(&self, burst: u64, rate: u64) {
+        if let Ok(mut p) = self.pacer.lock() {
+            p.enabled = true;
+            p.set_limits(burst, rate);
+            p.tokens = p.tokens.min(p.burst);
+        }
+    }
+
     /// Stop the keepalive pings (to test the idle timeout).
     pub fn stop_keepalive(&mut self) {
         if let Some(k) = self.keepalive.take() {
@@ -1495,7 +1505,10 @@ impl Conn {
                     Err(fail(
                         clause,
                         format!("an `ack` with ref {reference}"),
-                        format!("refused with an error frame without `ref`: {}", short(&text, 300)),
+                        format!(
+                            "refused with an error frame without `ref`: {}",
+                            short(&text, 300)
+                        ),
                     ))
                 }
                 Err(e) => Err(e),
@@ -1515,7 +1528,26 @@ impl Conn {
     ) -> Result<ServerFrame, CaseError> {
         match self.answer_or_stand_in(clause, reference).await? {
             Ok(f) => Ok(f),
-            Err(StandIn::RefLess(v, text)) => self.refless_frame(reference, &v, &text),
+            Err(StandIn::RefLess(v, text)) => match self.refless_frame(reference, &v, &text) {
+                Err(_) if ty_of(&v) == "error" => {
+                    // A refusal whose code the client cannot read: not the answer the caller
+                    // needs (the code is FX-ERR-1's business).
+                    self.tr.observe(
+                        "FX-ERR-1",
+                        "an `error` frame carries `code`, `message` and `retryable`",
+                        &short(&text, 300),
+                    );
+                    Err(fail(
+                        clause,
+                        format!("the answer to the frame with ref {reference}"),
+                        format!(
+                            "refused with an error frame without `code`: {}",
+                            short(&text, 300)
+                        ),
+                    ))
+                }
+                other => other,
+            },
             Err(StandIn::OwnCopy(_, text)) => Err(fail(
                 "FX-ACK-1",
                 format!("an `ack` with ref {reference} for the request"),
@@ -1529,18 +1561,32 @@ impl Conn {
 
     /// An answer without `ref`: the decoded frame (FX-FRM-7 observed), or a failure of the
     /// clause that owns the shape of a frame of its type.
-    fn refless_frame(&self, reference: &str, v: &Value, text: &str) -> Result<ServerFrame, CaseError> {
+    fn refless_frame(
+        &self,
+        reference: &str,
+        v: &Value,
+        text: &str,
+    ) -> Result<ServerFrame, CaseError> {
         self.tr.observe(
             "FX-FRM-7",
             "the answer to a frame with `ref` echoes that ref",
-            &format!("no frame with ref {reference}; a `ref`-less answer arrived: {}", short(text, 300)),
+            &format!(
+                "no frame with ref {reference}; a `ref`-less answer arrived: {}",
+                short(text, 300)
+            ),
         );
         match ServerFrame::decode(text) {
             Ok(f) => Ok(f),
             Err(e) => {
                 let (owner, what) = match ty_of(v).as_str() {
-                    "error" => ("FX-ERR-1", "an `error` frame with `code`, `message` and `retryable`"),
-                    "replay" => ("FX-RES-1", "a `replay` frame (fromSeq, events, hasMore, currentSeq)"),
+                    "error" => (
+                        "FX-ERR-1",
+                        "an `error` frame with `code`, `message` and `retryable`",
+                    ),
+                    "replay" => (
+                        "FX-RES-1",
+                        "a `replay` frame (fromSeq, events, hasMore, currentSeq)",
+                    ),
                     "ack" => ("FX-ACK-1", "an `ack` frame"),
                     "token_refreshed" => ("FX-AUTH-9", "a `token_refreshed` frame"),
                     _ => ("FX-FRM-7", "an answer echoing the ref"),
@@ -1657,9 +1703,14 @@ impl Conn {
                 .iter()
                 .rposition(|f| f.reference.as_deref() == Some(reference))?;
             // Frames sent without a ref since then may legitimately get ref-less answers, and
-            // so may those sent before it that were not answered before it was sent.
+            // so may those sent back to back just before it (nothing received in between).
             let refless = sent[k..].iter().filter(|f| f.reference.is_none()).count();
-            let before = sent[..k].iter().filter(|f| f.reference.is_none()).count();
+            let before = sent[..k]
+                .iter()
+                .rev()
+                .take_while(|f| f.at == sent[k].at)
+                .filter(|f| f.reference.is_none())
+                .count();
             (
                 sent[k].at,
                 refless + before,
@@ -1673,12 +1724,7 @@ impl Conn {
                 "error" | "ack" | "replay" | "token_refreshed"
             ) && v.get("ref").is_none_or(Value::is_null)
         };
-        let answered_before = self
-            .log
-            .get(..start)?
-            .iter()
-            .filter(|i| matches!(i, Incoming::Text { value: Some(v), .. } if is_refless_answer(v)))
-            .count();
+
         // Raw JSON, so that answers which do not decode (no `code`, no `seq`) count too.
         let later: Vec<(&Value, &str)> = self
             .log
@@ -1698,7 +1744,7 @@ impl Conn {
             .filter(|(v, _)| is_refless_answer(v))
             .copied()
             .collect();
-        if let Some((v, t)) = refless.get(refless_sent.saturating_sub(answered_before)) {
+        if let Some((v, t)) = refless.get(refless_sent) {
             return Some(StandIn::RefLess((*v).clone(), t.to_string()));
         }
         if later.iter().any(|(v, _)| ty_of(v) == "ack") {
@@ -1729,8 +1775,8 @@ impl Conn {
     ///
     /// No error but the request's own broadcast copy (no ack at all) means the request was
     /// carried out: that fails `clause`. An error without `ref` is taken as the answer
-    /// (FX-FRM-7 observed); one without a `code` fails FX-ERR-1 (the client cannot tell which
-    /// error it is).
+    /// (FX-FRM-7 observed); one without a `code` is taken as the refusal asked for, with
+    /// FX-ERR-1 observed (the code, which the client cannot read, is that clause's business).
     pub async fn expect_error(
         &mut self,
         clause: &str,
@@ -1739,7 +1785,25 @@ impl Conn {
     ) -> Result<ErrorFrame, CaseError> {
         let got = match self.answer_or_stand_in(clause, reference).await? {
             Ok(f) => f,
-            Err(StandIn::RefLess(v, text)) => self.refless_frame(reference, &v, &text)?,
+            Err(StandIn::RefLess(v, text)) => match self.refless_frame(reference, &v, &text) {
+                Ok(f) => f,
+                Err(_) if ty_of(&v) == "error" => {
+                    // Refused as asked, but without a `code` to tell which error it is: the
+                    // refusal is what `clause` requires; the missing code is FX-ERR-1's.
+                    self.tr.observe(
+                        "FX-ERR-1",
+                        "an `error` frame carries `code`, `message` and `retryable`",
+                        &short(&text, 300),
+                    );
+                    let message = v
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    return Ok(ErrorFrame::new(code, message));
+                }
+                Err(e) => return Err(e),
+            },
             Err(StandIn::OwnCopy(_, text)) => {
                 return Err(fail(
                     clause,
@@ -1810,7 +1874,9 @@ impl Conn {
             .await
         {
             Ok(_) => Ok(()),
-            Err(CaseError::Fail(f)) => Err(self.unechoed_pong(start, ts).unwrap_or(CaseError::Fail(f))),
+            Err(CaseError::Fail(f)) => {
+                Err(self.unechoed_pong(start, ts).unwrap_or(CaseError::Fail(f)))
+            }
             Err(e) => Err(e),
         }
     }
@@ -1867,15 +1933,71 @@ impl Conn {
     }
 
     /// Wait until `n` live timeline events have arrived in total.
+    ///
+    /// When they do not all arrive but enough frames of timeline types did, some without a
+    /// `seq` (so they are no timeline events the runner can count), that is FX-ORD-1's
+    /// evidence, not the caller's.
     pub async fn wait_count(&mut self, clause: &str, n: usize) -> Result<(), CaseError> {
         let what = format!("{n} live timeline events");
         loop {
             if self.timeline().len() >= n {
                 return Ok(());
             }
-            self.wait_frame(clause, &what, |f| f.clone().into_timeline().is_some())
-                .await?;
+            if let Err(e) = self
+                .wait_frame(clause, &what, |f| f.clone().into_timeline().is_some())
+                .await
+            {
+                return Err(self.unsequenced_events(n).unwrap_or(e));
+            }
         }
+    }
+
+    /// FX-ORD-1's failure when at least `n` frames of timeline types arrived, some without
+    /// `seq`.
+    fn unsequenced_events(&self, n: usize) -> Option<CaseError> {
+        let raw: Vec<&str> = self
+            .log
+            .iter()
+            .filter_map(|i| match i {
+                Incoming::Text {
+                    value: Some(v),
+                    text,
+                    ..
+                } if matches!(
+                    ty_of(v).as_str(),
+                    "message" | "edit" | "delete" | "reaction" | "read"
+                ) =>
+                {
+                    Some(text.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        let unsequenced = self.log.iter().find_map(|i| match i {
+            Incoming::Text {
+                value: Some(v),
+                text,
+                ..
+            } if matches!(
+                ty_of(v).as_str(),
+                "message" | "edit" | "delete" | "reaction" | "read"
+            ) && v.get("seq").and_then(Value::as_u64).is_none() =>
+            {
+                Some(text.clone())
+            }
+            _ => None,
+        })?;
+        (raw.len() >= n).then(|| {
+            fail(
+                "FX-ORD-1",
+                "every timeline event carries a `seq`",
+                format!(
+                    "{} timeline frames arrived, some without seq: {}",
+                    raw.len(),
+                    short(&unsequenced, 300)
+                ),
+            )
+        })
     }
 
     /// Every frame received so far, decoded.
