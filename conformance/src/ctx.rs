@@ -1623,6 +1623,24 @@ impl Conn {
             .log
             .iter()
             .any(|i| matches!(i, Incoming::Text { value: Some(v), .. } if ty_of(v) == "ack"));
+        // What the request's own broadcast copy would look like (its content, or its type for
+        // a request without content), so that only such a frame ends the wait early.
+        let (sent_ty, sent_content) = self
+            .sent_refs
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.iter()
+                    .rev()
+                    .find(|f| f.reference.as_deref() == Some(reference))
+                    .map(|f| {
+                        (
+                            f.ty.clone(),
+                            f.content.as_deref().map(|c| c.trim().to_owned()),
+                        )
+                    })
+            })
+            .unwrap_or_default();
         loop {
             if let Some(stand) = self.stand_in(reference) {
                 // A short grace period for the frame with the ref itself, until this
@@ -1668,7 +1686,13 @@ impl Conn {
                             && matches!(
                                 t.as_str(),
                                 "message" | "edit" | "delete" | "reaction" | "read" | "stream"
-                            );
+                            )
+                            && match &sent_content {
+                                Some(c) => {
+                                    v.get("content").and_then(Value::as_str) == Some(c.as_str())
+                                }
+                                None => sent_ty.as_deref() == Some(t.as_str()),
+                            };
                         if refless_answer || maybe_copy {
                             candidate = true;
                             return true;
