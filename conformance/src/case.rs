@@ -130,6 +130,20 @@ pub fn as_precondition(e: CaseError) -> CaseError {
     }
 }
 
+/// The outcome of a provocation a case needs (an error it makes the server produce, say),
+/// whose correctness belongs to `owner`, not to the case's own clauses: a failure becomes a
+/// block on `owner` (the case could not judge what it checks).
+pub fn provocation(owner: &str, e: CaseError) -> CaseError {
+    match e {
+        CaseError::Fail(f) => CaseError::Blocked(Failure {
+            clause: owner.to_string(),
+            expected: format!("the provocation: {}", f.expected),
+            observed: f.observed,
+        }),
+        other => other,
+    }
+}
+
 /// Fail unless `cond`.
 pub fn ensure(
     cond: bool,

@@ -45,12 +45,20 @@ async fn exchange(c: &mut Conn, text: &str, ts: u64) -> Result<Vec<ServerFrame>,
     let before = c.log.len();
     c.send_text(text)?;
     c.send_json(&json!({"type":"ping","ts":ts}))?;
-    c.wait_frame(
-        "FX-ERR-7",
-        "the server to keep answering (pong after a fuzz frame)",
-        |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(ts)),
-    )
-    .await?;
+    match c
+        .wait_frame(
+            "FX-ERR-7",
+            "the server to keep answering (pong after a fuzz frame)",
+            |f| matches!(f, ServerFrame::Pong(p) if p.echo == Some(ts)),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(CaseError::Fail(f)) => {
+            return Err(c.unechoed_pong(before, ts).unwrap_or(CaseError::Fail(f)))
+        }
+        Err(e) => return Err(e),
+    }
     Ok(c.log[before..]
         .iter()
         .filter_map(|i| i.frame().cloned())

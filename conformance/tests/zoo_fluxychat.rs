@@ -132,7 +132,6 @@ fn explain(case: &Value) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "the runner does not yet judge this server correctly; see conformance/zoo/fluxychat/FINDINGS.md"]
 async fn fluxychat_shaped_server_yields_exactly_the_expected_findings() {
     let expected = load_expected();
     let (guard, dev) = start_server();

@@ -469,8 +469,10 @@ async fn error_only_to_sender(ctx: &Ctx) -> Result<(), CaseError> {
     let (_, _, _, mut c, mut o) = pair(ctx).await?;
     c.send_text("garbage")?;
     c.send_json(&json!({"type":"message","content":"x","parentId":424242,"ref":"e1"}))?;
+    // Refusing an unknown parent is FX-MSG-4's business; this case needs the error.
     c.expect_error("FX-FRM-10", "e1", ErrorCode::NotFound)
-        .await?;
+        .await
+        .map_err(|e| crate::case::provocation("FX-MSG-4", e))?;
     let a = send(ctx, &mut c, "barrier").await?;
     o.wait_seq("FX-FRM-10", a.seq.unwrap_or(0)).await?;
     o.sync("FX-FRM-10").await?;

@@ -17,6 +17,7 @@ pub fn cases() -> Vec<Case> {
         case!("lim/frame-too-large", ["FX-LIM-1"], "a frame over maxFrameBytes gets payload_too_large and the connection stays open; HTTP bodies over 1 MiB get 413", too_large),
         case!("lim/rate-limit", ["FX-LIM-3", "FX-ERR-3"], "frames over the rate limit get rate_limited with retryAfterMs, are not processed, and the connection recovers", rate_limit),
         case!("lim/retry-after-honoured", ["FX-LIM-3"], "after the smallest over-limit burst, a counted frame sent once retryAfterMs has passed is not rate_limited", retry_after_honoured),
+        case!("lim/rate-floor", ["FX-LIM-9"], "a connection paced at the floor (a burst of 20 frames, then 10 per second) is never refused, also past one minute's worth of a per-minute limit", rate_floor),
         case!("lim/ping-not-limited", ["FX-LIM-4"], "pings do not count towards the rate limit", ping_not_limited),
         case!("lim/rate-abuse-close", ["FX-LIM-6", "FX-ERR-5"], "a connection that keeps sending far over its limit may be closed, and then only with 4008 rate_limited after rate_limited answers", rate_abuse_close),
         case!("lim/http-rate-limit", ["FX-LIM-7"], "where HTTP is rate-limited, 429 rate_limited carries retryAfterMs and Retry-After", http_rate_limit),
@@ -515,4 +516,38 @@ async fn retry_after_honoured(ctx: &Ctx) -> Result<(), CaseError> {
         ),
         late.join(" | "),
     )
+}
+
+/// Frames sent by `lim/rate-floor`: more than 60, so a per-minute limit of 60 (1 per second,
+/// under the floor) is exceeded within seconds.
+const FLOOR_FRAMES: usize = 64;
+
+async fn rate_floor(ctx: &Ctx) -> Result<(), CaseError> {
+    let (_, _, _, mut ca, _) = pair(ctx).await?;
+    // The floor itself, whatever the server advertises: FX-LIM-9 guarantees it to every client.
+    ca.pace_at(20, 10);
+    let refs: Vec<String> = (0..FLOOR_FRAMES).map(|_| ctx.r()).collect();
+    for (i, r) in refs.iter().enumerate() {
+        ca.send_json(&json!({"type":"message","content":format!("floor {i}"),"ref":r}))?;
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let got = ca.ack("FX-LIM-9", r).await;
+        match got {
+            Ok(_) => {}
+            // The first frames, well within any burst, are the positive control: a refusal
+            // there is not about the rate.
+            Err(CaseError::Fail(f)) if i < 10 => {
+                return Err(crate::case::provocation("FX-MSG-1", CaseError::Fail(f)))
+            }
+            Err(CaseError::Fail(f)) => {
+                return Err(fail(
+                    "FX-LIM-9",
+                    format!("every frame of a connection paced at 20 + 10/s accepted (frame {} of {FLOOR_FRAMES})", i + 1),
+                    f.observed,
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -215,6 +215,33 @@ async fn attachments(ctx: &Ctx) -> Result<(), CaseError> {
         json!({"type":"message","content":"ten","attachments":ok}),
     )
     .await?;
+    // The limits first: judged on the answers alone, before the read-back (which needs a
+    // stored-timeline route owned by other clauses).
+    let eleven: Vec<Value> = (0..11)
+        .map(|i| att(&format!("https://example.com/{i}.png")))
+        .collect();
+    req_err(
+        ctx,
+        &mut ca,
+        "FX-MSG-5",
+        json!({"type":"message","content":"eleven","attachments":eleven}),
+        ErrorCode::InvalidFrame,
+    )
+    .await?;
+    for bad in [
+        "ftp://example.com/x",
+        "javascript:alert(1)",
+        &format!("https://example.com/{}", "a".repeat(2100)),
+    ] {
+        req_err(
+            ctx,
+            &mut ca,
+            "FX-MSG-5",
+            json!({"type":"message","content":"bad","attachments":[att(bad)]}),
+            ErrorCode::InvalidFrame,
+        )
+        .await?;
+    }
     // Read back on both history routes: the event and the legacy message record.
     let urls = |v: Option<&Value>| -> Vec<String> {
         v.and_then(Value::as_array)
@@ -251,31 +278,6 @@ async fn attachments(ctx: &Ctx) -> Result<(), CaseError> {
             urls(v.pointer("/messages/0/attachments")),
             want,
         )?;
-    }
-    let eleven: Vec<Value> = (0..11)
-        .map(|i| att(&format!("https://example.com/{i}.png")))
-        .collect();
-    req_err(
-        ctx,
-        &mut ca,
-        "FX-MSG-5",
-        json!({"type":"message","content":"eleven","attachments":eleven}),
-        ErrorCode::InvalidFrame,
-    )
-    .await?;
-    for bad in [
-        "ftp://example.com/x",
-        "javascript:alert(1)",
-        &format!("https://example.com/{}", "a".repeat(2100)),
-    ] {
-        req_err(
-            ctx,
-            &mut ca,
-            "FX-MSG-5",
-            json!({"type":"message","content":"bad","attachments":[att(bad)]}),
-            ErrorCode::InvalidFrame,
-        )
-        .await?;
     }
     Ok(())
 }

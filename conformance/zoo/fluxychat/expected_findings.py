@@ -65,15 +65,15 @@ f("FX-ACK-7", "no dedup of reactions and reads (§8, §10.9)", "adding an existi
 f("FX-ACK-8", "errors carry no ref (§2.5)", "a failing request's error has no ref", alt=["FX-FRM-7"])
 # --- resume
 f("FX-RES-1", "FluxyChat resume (§2.4 resume)", "replay is {events:[log rows], lastSeq, currentSeq}: no fromSeq/hasMore, capped at 200, and the log misses REST, stream and race-lost events")
-f("FX-RES-2", "replay events are log rows (§2.4 resume)", "replayed items are {seq,messageId,eventType,version,createdAt,payload}, not the delivered events")
-f("FX-RES-3", "holes in the seq space (§10.3)", "a lost seq is neither replayed nor delivered live with that seq")
+f("FX-RES-2", "replay events are log rows (§2.4 resume)", "replayed items are {seq,messageId,eventType,version,createdAt,payload}, not the delivered events. The same replay frame is not a Fluxy replay at all (FX-RES-1), which the resume cases check first", alt=["FX-RES-1"])
+f("FX-RES-3", "holes in the seq space (§10.3)", "a lost seq is neither replayed nor delivered live with that seq. The replay cannot be judged (FX-RES-1); the holes show live as gaps, which the resume cases report under FX-ORD-2", alt=["FX-ORD-2"])
 f("FX-RES-4", "no resync_required (§2.4 resume)", "lastSeq > currentSeq gives an empty replay; too far back gives a partial replay of 200")
 f("FX-RES-5", "resumeWindow not advertised (no welcome)", "without limits in a welcome there is no resumeWindow to check; reported as FX-LIM-5", observable=False)
 # --- history
 f("FX-HIS-1", "no GET /rooms/{id}/history (§4; Appendix A.7)", "the route answers 404 text 'Not found'; reported either as an FX-HIS-1 failure or as the history profile 'not implemented'", profile="history")
 for c in ["FX-HIS-2", "FX-HIS-3", "FX-HIS-4", "FX-HIS-5", "FX-HIS-6", "FX-HIS-10"]:
     f(c, "no cursor history route (§4)", "the route does not exist: every check of it is blocked behind FX-HIS-1", observable=False)
-f("FX-HIS-8", "legacy pagination (§4, §10.17)", "GET /api/messages (which exists) has no hasMore and no nextCursor; before is a timestamp that skips rows sharing its millisecond")
+f("FX-HIS-8", "legacy pagination (§4, §10.17)", "GET /api/messages (which exists) has no hasMore and no nextCursor; before is a timestamp that skips rows sharing its millisecond. FX-HIS-8 is a clause of the history profile (spec section 17), which FluxyChat does not implement (no /rooms/{id}/history): by FX-PRF-2 its clauses then do not apply, so the profile reported not implemented meets this entry", profile="history")
 f("FX-HIS-11", "before compared as a string (§4)", "'...05Z' sorts after '...05.678Z'; a non-timestamp before is not rejected", level="SHOULD")
 # --- presence
 f("FX-PRE-1", "presence shape and ghosts (§2.6 presence, §10.13)", "users holds recovered (read-receipt) users and is not sorted; members has no per-user connection counts", alt=["FX-PRE-3"])
@@ -84,7 +84,11 @@ f("FX-AGT-2", "agent frames not role-gated (§2.4 agentTyping; §2.6)", "agentTy
 f("FX-AGT-8", "FluxyChat streams (§2.4 stream)", "start answers {type:stream, op:started}, not an ack; end sends streaming:false; another user's delta gets stream_not_active, not forbidden")
 f("FX-AGT-11", "stream edits unversioned (§2.4 stream; §3)", "stream delta/end edits carry no version")
 for c in ["FX-AGT-3", "FX-AGT-4", "FX-AGT-5", "FX-AGT-6", "FX-AGT-7", "FX-AGT-10"]:
-    f(c, "agent events unsupported over WS (§2.4 allowlist; §10.8)", "agentRun, tool_*, approval_* are unknown_event_type even for a token with role agent; observable only with a token crafted with roles [agent] (jwtSecret), since /auth/token drops the role")
+    # FX-AGT-5 (tool results) and FX-AGT-7 (decisions) sit behind the refusal of the frames
+    # that open them (tool_call, approval_request): the cases that check them report that
+    # refusal under FX-AGT-4 / FX-AGT-6, the clause they check first.
+    alt = {"FX-AGT-5": ["FX-AGT-4"], "FX-AGT-7": ["FX-AGT-6"]}.get(c, [])
+    f(c, "agent events unsupported over WS (§2.4 allowlist; §10.8)", "agentRun, tool_*, approval_* are unknown_event_type even for a token with role agent; observable only with a token crafted with roles [agent] (jwtSecret), since /auth/token drops the role", alt=alt)
 f("FX-AGT-9", "agentTyping broadcast as-is (§2.4)", "the frame's agentId is echoed (not the verified id) and the sender gets it too; needs a crafted agent token")
 # --- edits
 f("FX-EDT-1", "edit by non-author broadcast (§2.4 edit; §10.1)", "the UPDATE matches no row but the edit is broadcast anyway, with no error")
@@ -106,8 +110,8 @@ f("FX-TRN-7", "no long-polling route (§6; Appendix A.9)", "GET /rooms/{id}/poll
 f("FX-TRN-14", "no long-polling route (§6)", "there is no poll to call without a cursor: blocked behind FX-TRN-7", observable=False)
 # --- errors
 f("FX-ERR-1", "error frame shape (§2.5; Appendix A.25)", "error frames carry only message (free text): no code, no retryable")
-f("FX-ERR-2", "no error codes (§2.5)", "no code field; message is free text")
-f("FX-ERR-3", "no retryable (§2.5)", "retryable is never sent")
+f("FX-ERR-2", "no error codes (§2.5)", "no code field; message is free text. The same frames violate FX-ERR-1 (no code, no retryable), which err/error-frame-shape checks first: one case reports one clause", alt=["FX-ERR-1"])
+f("FX-ERR-3", "no retryable (§2.5)", "retryable is never sent. The same frames violate FX-ERR-1 (no code, no retryable), which err/error-frame-shape checks first", alt=["FX-ERR-1"])
 f("FX-ERR-4", "three error body shapes (§1.1)", "HTTP errors are text (401 'Unauthorized', 404 'Not found') or {traceId, error:<free text>}")
 f("FX-ERR-9", "unknown routes (§1.1)", "404 with text 'Not found'; a wrong method also gets 404, never 405")
 f("FX-ERR-5", "close codes (§2.2)", "FluxyChat only closes on moderator termination (4001) or a DO re-check (1008) that a Fluxy runner cannot trigger", observable=False)
