@@ -22,7 +22,8 @@ pub mod faults;
 pub mod sql;
 
 pub use engine::{
-    ConnId, ConnectOptions, Effect, IdempotencyRow, Identity, Input, LoadedRoom, MessageRow,
-    PostOutcome, Room, RoomConfig, RoomPolicy, IDEMPOTENCY_TTL_MS,
+    ConnId, ConnectOptions, Effect, FetchFailed, Found, IdempotencyRow, Identity, Input,
+    LoadedRoom, Lookup, MessageRow, PostOutcome, Room, RoomConfig, RoomPolicy, RunRow,
+    IDEMPOTENCY_TTL_MS,
 };
 pub use faults::{Faults, UnknownFault, FAULTS};

@@ -9,7 +9,8 @@ use fluxy_protocol::server::{AckFrame, ErrorFrame};
 use fluxy_protocol::{CloseCode, ErrorCode, ServerFrame};
 use fluxy_room::sql::{self, Stmt};
 use fluxy_room::{
-    ConnId, ConnectOptions, Effect, Faults, Identity, Input, LoadedRoom, Room, RoomConfig,
+    ConnId, ConnectOptions, Effect, Faults, FetchFailed, Found, Identity, Input, LoadedRoom,
+    Lookup, Room, RoomConfig,
 };
 use serde_json::json;
 
@@ -29,6 +30,14 @@ struct H {
     posts: Vec<(u64, Result<fluxy_room::PostOutcome, ErrorFrame>)>,
     resets: usize,
     identities: Vec<(ConnId, Identity)>,
+    /// Fetches emitted and not answered yet (only when `auto_fetch` is off).
+    fetches: VecDeque<(u64, Lookup)>,
+    /// Answer every fetch at once from `store` (absent when not there).
+    auto_fetch: bool,
+    /// What storage holds, for `auto_fetch`.
+    store: BTreeMap<Lookup, Found>,
+    /// Every lookup emitted, in order.
+    looked_up: Vec<Lookup>,
 }
 
 fn cfg(faults: Faults) -> RoomConfig {
@@ -71,6 +80,10 @@ impl H {
             posts: Vec::new(),
             resets: 0,
             identities: Vec::new(),
+            fetches: VecDeque::new(),
+            auto_fetch: true,
+            store: BTreeMap::new(),
+            looked_up: Vec::new(),
         }
     }
     fn input(&mut self, i: Input) {
@@ -102,6 +115,23 @@ impl H {
                     Effect::IdentityChanged { conn, identity } => {
                         self.identities.push((conn, identity))
                     }
+                    Effect::Fetch { fetch, lookup, .. } => {
+                        self.looked_up.push(lookup.clone());
+                        self.fetches.push_back((fetch, lookup));
+                    }
+                }
+            }
+            if self.auto_fetch {
+                if let Some((fetch, lookup)) = self.fetches.pop_front() {
+                    let found = self.stored(&lookup);
+                    self.room.handle(
+                        self.now,
+                        Input::Fetched {
+                            fetch,
+                            result: Ok(found),
+                        },
+                    );
+                    continue;
                 }
             }
             if !self.auto_commit {
@@ -113,6 +143,25 @@ impl H {
             self.committed.push(s);
             self.room.handle(self.now, Input::Committed { batch: b });
         }
+    }
+    /// What `store` says for a lookup (absent when it holds nothing).
+    fn stored(&self, lookup: &Lookup) -> Found {
+        self.store
+            .get(lookup)
+            .cloned()
+            .unwrap_or_else(|| lookup.found(None).expect("absent answer"))
+    }
+    /// Answer the oldest fetch from `store`, or with a failure.
+    fn answer_fetch(&mut self, ok: bool) -> Lookup {
+        let (fetch, lookup) = self.fetches.pop_front().expect("a fetch in flight");
+        let result = if ok {
+            Ok(self.stored(&lookup))
+        } else {
+            Err(FetchFailed)
+        };
+        self.room.handle(self.now, Input::Fetched { fetch, result });
+        self.pump();
+        lookup
     }
     fn commit_one(&mut self) {
         let (b, s) = self.batches.pop_front().expect("a batch in flight");
