@@ -424,11 +424,24 @@ async fn expired_idempotency_keys_are_pruned_from_storage_on_load() {
         .load_room("t1".into(), "r1".into(), 100, now)
         .await
         .unwrap();
-    assert_eq!(
-        loaded.idempotency.len(),
-        1,
-        "only the key younger than 24 h"
+    assert!(
+        loaded.idempotency.is_empty(),
+        "wake-up reads no idempotency key (they are looked up on demand)"
     );
+    // The lookup honours the 24 h: only the key younger than that is found.
+    for (i, want) in [(1u64, false), (2, false), (3, true)] {
+        let lookup = fluxy_room::Lookup::Idempotency {
+            user_id: "u".into(),
+            client_message_id: format!("key-{i:08}"),
+        };
+        let stmt = lookup.statement(&t, &r, now);
+        let found = db.fetch(lookup, stmt).await.unwrap();
+        assert_eq!(
+            matches!(found, fluxy_room::Found::Idempotency(Some(ref k)) if k.seq == i),
+            want,
+            "key {i}: {found:?}"
+        );
+    }
     assert_eq!(count(&db).await, 1, "keys 24 h old or older were deleted");
     // The commit-time statement prunes the same way (bounded by its limit).
     db.persist(vec![sql::prune_idempotency(&t, &other, now, 10)])
