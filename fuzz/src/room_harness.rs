@@ -24,7 +24,8 @@
 //!
 //! Eviction ([`Op::Evict`]) does what the Durable Object shell does after its object was evicted
 //! with hibernated sockets: the commit loop finishes first (the object is only evicted idle), the
-//! engine is dropped and rebuilt from the storage model (the `LOAD_*` rows), and every open
+//! engine is dropped and rebuilt from the storage model (the bounded `LOAD_*` rows; anything
+//! else it looks up with `Effect::Fetch`, which the model answers), and every open
 //! connection is re-registered with `Input::Restore` from its "attachment" (identity as kept
 //! from `IdentityChanged`, idle clock as the DO refreshes it). Restores must emit nothing, and
 //! a differential probe checks that the old and the rebuilt engine answer the same requests
