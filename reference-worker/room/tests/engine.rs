@@ -2228,3 +2228,153 @@ fn wake_up_failed_commit_answers_waiting_posts() {
     answer_all(&mut h);
     assert_eq!(h.posts.iter().filter(|(r, _)| *r == 3).count(), 1);
 }
+
+#[test]
+fn lookup_rows_turn_into_answers() {
+    use fluxy_room::sql::SqlValue as V;
+    let t = |s: &str| V::Text(s.into());
+    let m = Lookup::Message { id: 9 };
+    assert_eq!(m.columns().len(), 4);
+    assert_eq!(
+        m.found(Some(&[t("bob"), V::Int(3), V::Int(1), V::Int(0)])),
+        Ok(Found::Message(Some(fluxy_room::MessageRow {
+            id: 9,
+            user_id: "bob".into(),
+            version: 3,
+            deleted: true,
+            streaming: false,
+        })))
+    );
+    assert_eq!(
+        m.found(Some(&[t("bob"), V::Int(1), V::Int(0), V::Int(1)])),
+        Ok(Found::Message(Some(fluxy_room::MessageRow {
+            id: 9,
+            user_id: "bob".into(),
+            version: 1,
+            deleted: false,
+            streaming: true,
+        })))
+    );
+    assert_eq!(m.found(None), Ok(Found::Message(None)));
+    // Wrong shapes fail instead of guessing.
+    assert_eq!(m.found(Some(&[V::Int(1)])), Err(FetchFailed));
+    assert_eq!(
+        m.found(Some(&[t("bob"), t("x"), V::Int(0), V::Int(0)])),
+        Err(FetchFailed)
+    );
+    assert_eq!(
+        m.found(Some(&[t("bob"), V::Int(-1), V::Int(0), V::Int(0)])),
+        Err(FetchFailed)
+    );
+    let r = Lookup::Reaction {
+        message_id: 1,
+        user_id: "u".into(),
+        emoji: "👍".into(),
+    };
+    assert_eq!(r.found(Some(&[V::Int(1)])), Ok(Found::Reaction(true)));
+    assert_eq!(r.found(None), Ok(Found::Reaction(false)));
+    let rd = Lookup::Read {
+        user_id: "u".into(),
+    };
+    assert_eq!(rd.found(Some(&[V::Int(7)])), Ok(Found::Read(Some(7))));
+    assert_eq!(rd.found(None), Ok(Found::Read(None)));
+    assert_eq!(rd.found(Some(&[V::Null])), Err(FetchFailed));
+    let k = Lookup::Idempotency {
+        user_id: "u".into(),
+        client_message_id: "key-00001".into(),
+    };
+    let row = |seq, id: Option<u64>| {
+        Found::Idempotency(Some(fluxy_room::IdempotencyRow {
+            user_id: "u".into(),
+            client_message_id: "key-00001".into(),
+            seq,
+            message_id: id,
+            created_ms: 5,
+        }))
+    };
+    assert_eq!(
+        k.found(Some(&[V::Int(4), V::Null, V::Int(5)])),
+        Ok(row(4, None))
+    );
+    assert_eq!(
+        k.found(Some(&[V::Int(4), V::Int(4), V::Int(5)])),
+        Ok(row(4, Some(4)))
+    );
+    assert_eq!(k.found(None), Ok(Found::Idempotency(None)));
+    let run = Lookup::Run {
+        agent_id: "a".into(),
+        run_id: "r".into(),
+    };
+    for (v, terminal) in [(1, true), (0, false)] {
+        assert_eq!(
+            run.found(Some(&[V::Int(v)])),
+            Ok(Found::Run(Some(fluxy_room::RunRow {
+                agent_id: "a".into(),
+                run_id: "r".into(),
+                terminal,
+                ..Default::default()
+            })))
+        );
+    }
+    assert_eq!(run.found(None), Ok(Found::Run(None)));
+    // Every statement binds tenant and room first, and asks for the columns it parses.
+    for l in [m, r, rd, k, run] {
+        let s = l.statement(&"t1".into(), &"r1".into(), 0);
+        assert_eq!(s.params[..2], [V::from("t1"), V::from("r1")]);
+        for c in l.columns() {
+            assert!(s.sql.contains(c), "{} lacks {c}", s.sql);
+        }
+    }
+}
+
+#[test]
+fn run_rows_assemble_from_the_open_run_queries() {
+    let runs = fluxy_room::RunRow::assemble(
+        [
+            ("a".to_owned(), "r1".to_owned(), false),
+            ("a".to_owned(), "r2".to_owned(), true),
+        ],
+        [
+            (
+                "a".into(),
+                "r1".into(),
+                sql::ITEM_TOOL_CALL.into(),
+                "c1".into(),
+                true,
+            ),
+            (
+                "a".into(),
+                "r2".into(),
+                sql::ITEM_APPROVAL.into(),
+                "p1".into(),
+                true,
+            ),
+            (
+                "b".into(),
+                "r1".into(),
+                sql::ITEM_TOOL_CALL.into(),
+                "zz".into(),
+                true,
+            ),
+        ],
+    );
+    assert_eq!(
+        runs,
+        vec![
+            fluxy_room::RunRow {
+                agent_id: "a".into(),
+                run_id: "r1".into(),
+                terminal: false,
+                tool_calls: vec![("c1".into(), true)],
+                approvals: vec![],
+            },
+            fluxy_room::RunRow {
+                agent_id: "a".into(),
+                run_id: "r2".into(),
+                terminal: true,
+                tool_calls: vec![],
+                approvals: vec![("p1".into(), true)],
+            },
+        ]
+    );
+}
