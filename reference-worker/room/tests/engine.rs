@@ -2168,7 +2168,7 @@ fn wake_up_fetch_failure_answers_internal_error_and_the_queue_goes_on() {
 fn wake_up_parked_queue_is_bounded_and_rate_limited_on_receipt() {
     let mut c = cfg(Faults::NONE);
     c.rate_burst = 3;
-    c.rate_per_second = 1000;
+    c.rate_per_second = 10;
     let mut h = H::with(
         c,
         LoadedRoom {
@@ -2187,12 +2187,14 @@ fn wake_up_parked_queue_is_bounded_and_rate_limited_on_receipt() {
     // The bucket is empty: refused on receipt, not queued.
     h.send(1, json!({"type":"message","content":"m","ref":"r3"}));
     assert_eq!(h.last_error(1), ErrorCode::RateLimited);
-    // Tokens again, but the queue is full (burst): unavailable, retryable.
+    // A token again, but the queue is full (burst): unavailable, retry after one token's time.
     h.now += 100;
     h.send(1, json!({"type":"message","content":"m","ref":"r4"}));
     let e = h.errors(1).pop().unwrap();
     assert_eq!(e.code, ErrorCode::Unavailable);
-    assert!(e.retry_after_ms.is_some());
+    assert!(e.retryable);
+    assert_eq!(e.retry_after_ms, Some(100));
+    assert_eq!(e.reference.as_deref(), Some("r4"));
     assert_eq!(h.room.parked_requests(), 3);
     // A closed connection's waiting frames are dropped; its lookup answers are harmless.
     h.input(Input::Closed { conn: 1 });
