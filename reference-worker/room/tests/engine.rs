@@ -2380,3 +2380,45 @@ fn run_rows_assemble_from_the_open_run_queries() {
         ]
     );
 }
+
+#[test]
+fn wake_up_answers_of_the_wrong_shape_count_as_failures() {
+    let mut h = woken();
+    h.connect(1, "alice", &["member"]);
+    // A row for another message, and an answer of another kind: internal_error, not a guess.
+    for (k, wrong) in [
+        Found::Message(Some(fluxy_room::MessageRow {
+            id: 2,
+            user_id: "alice".into(),
+            version: 1,
+            deleted: false,
+            streaming: false,
+        })),
+        Found::Read(Some(1)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        h.send(
+            1,
+            json!({"type":"edit","messageId":1,"content":"e","ref":format!("w{k}")}),
+        );
+        let (fetch, lookup) = h.fetches.pop_front().expect("a lookup");
+        assert_eq!(lookup, Lookup::Message { id: 1 });
+        h.input(Input::Fetched {
+            fetch,
+            result: Ok(wrong),
+        });
+        let e = h.errors(1).pop().expect("an error");
+        assert_eq!(e.code, ErrorCode::InternalError);
+        assert_eq!(e.reference, Some(format!("w{k}")));
+    }
+    // Nothing was cached from them: the next edit looks the message up again.
+    h.send(
+        1,
+        json!({"type":"edit","messageId":1,"content":"e","ref":"ok"}),
+    );
+    answer_all(&mut h);
+    assert_eq!(h.acks(1)[0].seq, Some(11));
+    assert_eq!(h.looked_up.len(), 3);
+}
