@@ -2422,3 +2422,35 @@ fn wake_up_answers_of_the_wrong_shape_count_as_failures() {
     assert_eq!(h.acks(1)[0].seq, Some(11));
     assert_eq!(h.looked_up.len(), 3);
 }
+
+#[test]
+fn wake_up_parent_lookup_for_replies_and_streams() {
+    let mut h = woken();
+    h.connect(1, "bob", &["member"]);
+    h.send(1, json!({"type":"message","content":"re","parentId":2}));
+    assert_eq!(h.looked_up, vec![Lookup::Message { id: 2 }]);
+    answer_all(&mut h);
+    assert_eq!(h.acks(1)[0].seq, Some(11), "a reply to a stored message");
+    h.send(1, json!({"type":"message","content":"re","parentId":6}));
+    answer_all(&mut h);
+    assert_eq!(h.last_error(1), ErrorCode::NotFound, "6 is not a message");
+    h.send(
+        1,
+        json!({"type":"stream","op":"start","content":"s","parentId":4}),
+    );
+    assert_eq!(h.looked_up.last(), Some(&Lookup::Message { id: 4 }));
+    answer_all(&mut h);
+    assert_eq!(
+        h.acks(1)[1].seq,
+        Some(12),
+        "a streamed reply to a stored message"
+    );
+    // A stream op on an old message looks it up too (alice's, not streaming: refused).
+    h.send(
+        1,
+        json!({"type":"stream","op":"delta","messageId":1,"content":"d"}),
+    );
+    answer_all(&mut h);
+    assert_eq!(h.looked_up.last(), Some(&Lookup::Message { id: 1 }));
+    assert_eq!(h.last_error(1), ErrorCode::Forbidden);
+}
