@@ -184,7 +184,13 @@ fn op(u: &mut Unstructured) -> Result<Op> {
             exact_rx: u.arbitrary()?,
             probe: u.arbitrary()?,
         },
-        _ => Op::Commit,
+        _ => match u.int_in_range(0..=1u8)? {
+            0 => Op::Fetched {
+                index: u.arbitrary()?,
+                fail: u.ratio(1, 6)?,
+            },
+            _ => Op::Commit,
+        },
     })
 }
 
@@ -200,6 +206,7 @@ fuzz_target!(|data: &[u8]| {
         large_window: flags & 0b10_0000 == 0 && flags & 0b100 != 0,
         tight_policy: flags & 0b1100_0000 == 0,
         faults: harness::faults_from_env(),
+        fetch_delay: u.int_in_range(0..=3u8).unwrap_or(0),
     };
     let mut h = Harness::new(setup);
     for _ in 0..MAX_OPS {

@@ -24,7 +24,8 @@
 //!
 //! Eviction ([`Op::Evict`]) does what the Durable Object shell does after its object was evicted
 //! with hibernated sockets: the commit loop finishes first (the object is only evicted idle), the
-//! engine is dropped and rebuilt from the storage model (the `LOAD_*` rows), and every open
+//! engine is dropped and rebuilt from the storage model (the bounded `LOAD_*` rows; anything
+//! else it looks up with `Effect::Fetch`, which the model answers), and every open
 //! connection is re-registered with `Input::Restore` from its "attachment" (identity as kept
 //! from `IdentityChanged`, idle clock as the DO refreshes it). Restores must emit nothing, and
 //! a differential probe checks that the old and the rebuilt engine answer the same requests
@@ -41,8 +42,8 @@ use fluxy_protocol::jwt::{sign, sign_raw, Claims};
 use fluxy_protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
 use fluxy_room::sql::{self, SqlValue, Stmt};
 use fluxy_room::{
-    ConnId, ConnectOptions, Effect, Faults, IdempotencyRow, Identity, Input, LoadedRoom,
-    MessageRow, Room, RoomConfig, RoomPolicy,
+    ConnId, ConnectOptions, Effect, Faults, FetchFailed, Found, IdempotencyRow, Identity, Input,
+    LoadedRoom, Lookup, MessageRow, Room, RoomConfig, RoomPolicy, RunRow,
 };
 use serde_json::{json, Value};
 
@@ -96,6 +97,9 @@ pub struct Setup {
     pub tight_policy: bool,
     /// Faults to enable (for checking the checker; none when fuzzing).
     pub faults: Faults,
+    /// Storage answers each `Fetch` after this many further steps (0: in the step that
+    /// emitted it); [`Op::Fetched`] answers one earlier, out of order, or fails it.
+    pub fetch_delay: u8,
 }
 
 /// A structured client frame; small numbers index small pools so requests hit real state.
@@ -213,6 +217,9 @@ pub enum Op {
     Kick { user: u8 },
     /// The user's room role changed (`None`: no longer a member, connections stay open).
     SetRole { user: u8, role: u8 },
+    /// Storage answers the outstanding fetch `index` (modulo their number) now, out of order;
+    /// `fail`: the read fails instead.
+    Fetched { index: u8, fail: bool },
     /// The object is evicted with hibernated sockets and reloaded (see the module docs).
     /// `exact_rx`: restore the exact last-frame time instead of the DO's attachment copy, which
     /// lags it by less than `RX_SAVE_MS`. `probe` seeds the differential probe.
@@ -285,6 +292,10 @@ struct Store {
     runs: BTreeMap<(String, String), bool>,
     calls: BTreeMap<(String, String, String), bool>,
     approvals: BTreeMap<(String, String, String), bool>,
+    /// The `agent_runs` table: (agent, run) -> (terminal, open).
+    run_rows: BTreeMap<(String, String), (bool, bool)>,
+    /// The `agent_items` table: (agent, run, kind, id) -> pending.
+    run_items: BTreeMap<(String, String, String, String), bool>,
 }
 
 impl Store {
@@ -516,7 +527,88 @@ impl Store {
                         },
                     );
                 }
+                sql::UPSERT_RUN => {
+                    let k = (text(&p[2]), text(&p[3]));
+                    self.run_rows.insert(k, (int(&p[4]) != 0, int(&p[5]) != 0));
+                }
+                sql::UPSERT_RUN_ITEM => {
+                    let k = (text(&p[2]), text(&p[3]), text(&p[4]), text(&p[5]));
+                    self.run_items.insert(k, int(&p[6]) != 0);
+                }
                 other => panic!("unknown statement {other}"),
+            }
+        }
+        self.check_run_rows();
+    }
+
+    /// The `agent_runs` / `agent_items` rows (what wake-up and run lookups read) agree with
+    /// the lifecycle model built from the events: every run has its row, terminal and open
+    /// as the events say, every tool call and approval its item.
+    fn check_run_rows(&self) {
+        assert_eq!(self.run_rows.len(), self.runs.len(), "agent_runs rows");
+        for ((agent, run), active) in &self.runs {
+            let pending = |m: &BTreeMap<(String, String, String), bool>| {
+                m.iter().any(|((a, r, _), p)| *p && a == agent && r == run)
+            };
+            let open = *active || pending(&self.calls) || pending(&self.approvals);
+            assert_eq!(
+                self.run_rows.get(&(agent.clone(), run.clone())),
+                Some(&(!*active, open)),
+                "agent_runs row of {agent}/{run}"
+            );
+        }
+        for ((agent, run, call), pending) in &self.calls {
+            let k = (
+                agent.clone(),
+                run.clone(),
+                sql::ITEM_TOOL_CALL.to_owned(),
+                call.clone(),
+            );
+            assert_eq!(self.run_items.get(&k), Some(pending), "agent_items {k:?}");
+        }
+        for ((agent, run, id), pending) in &self.approvals {
+            let k = (
+                agent.clone(),
+                run.clone(),
+                sql::ITEM_APPROVAL.to_owned(),
+                id.clone(),
+            );
+            assert_eq!(self.run_items.get(&k), Some(pending), "agent_items {k:?}");
+        }
+    }
+
+    /// What storage answers to a lookup (the `FETCH_*` statements).
+    fn lookup(&self, l: &Lookup, now: u64) -> Found {
+        match l {
+            Lookup::Message { id } => Found::Message(self.messages.get(id).cloned()),
+            Lookup::Reaction {
+                message_id,
+                user_id,
+                emoji,
+            } => Found::Reaction(self.reactions.contains(&(
+                *message_id,
+                user_id.clone(),
+                emoji.clone(),
+            ))),
+            Lookup::Read { user_id } => Found::Read(self.reads.get(user_id).copied()),
+            Lookup::Idempotency {
+                user_id,
+                client_message_id,
+            } => Found::Idempotency(
+                self.idem
+                    .get(&(user_id.clone(), client_message_id.clone()))
+                    .filter(|r| r.created_ms + IDEM_TTL_MS > now)
+                    .cloned(),
+            ),
+            Lookup::Run { agent_id, run_id } => {
+                Found::Run(self.run_rows.get(&(agent_id.clone(), run_id.clone())).map(
+                    |(terminal, _)| RunRow {
+                        agent_id: agent_id.clone(),
+                        run_id: run_id.clone(),
+                        terminal: *terminal,
+                        ..RunRow::default()
+                    },
+                ))
             }
         }
     }
@@ -525,9 +617,11 @@ impl Store {
         self.events.get(&seq).map(|e| &e.2)
     }
 
-    /// What the shells read with the `LOAD_*` statements: `LOAD_RECENT` from
-    /// `current - max(resume window, 500)`, `LOAD_IDEMPOTENCY` newer than 24 h.
-    fn load(&self, room_type: RoomType, window: u64, now: u64) -> LoadedRoom {
+    /// What the shells read at wake-up with the `LOAD_*` statements: `LOAD_RECENT` from
+    /// `current - max(resume window, 500)`, the streaming messages (`LOAD_OPEN_MESSAGES`) and
+    /// the open runs (`LOAD_OPEN_RUNS`, `LOAD_OPEN_RUN_ITEMS`); nothing else (the engine
+    /// fetches the rest on demand).
+    fn load(&self, room_type: RoomType, window: u64, _now: u64) -> LoadedRoom {
         let current = self.events.len() as u64;
         let from = current.saturating_sub(window.max(MIN_RING));
         LoadedRoom {
@@ -538,31 +632,22 @@ impl Store {
                 .range(from + 1..)
                 .map(|e| e.1 .2.to_string())
                 .collect(),
-            messages: self.messages.values().cloned().collect(),
-            reactions: self.reactions.iter().cloned().collect(),
-            reads: self.reads.iter().map(|(u, m)| (u.clone(), *m)).collect(),
-            idempotency: self
-                .idem
+            messages: self
+                .messages
                 .values()
-                .filter(|r| r.created_ms + IDEM_TTL_MS > now)
+                .filter(|m| m.streaming)
                 .cloned()
                 .collect(),
-            agent_events: self
-                .events
-                .values()
-                .filter(|e| {
-                    matches!(
-                        e.0.as_str(),
-                        "agentRun"
-                            | "tool_call"
-                            | "tool_result"
-                            | "tool_error"
-                            | "approval_request"
-                            | "approval_decision"
-                    )
-                })
-                .map(|e| e.2.to_string())
-                .collect(),
+            runs: RunRow::assemble(
+                self.run_rows
+                    .iter()
+                    .filter(|(_, (_, open))| *open)
+                    .map(|((a, r), (terminal, _))| (a.clone(), r.clone(), *terminal)),
+                self.run_items
+                    .iter()
+                    .map(|((a, r, k, i), p)| (a.clone(), r.clone(), k.clone(), i.clone(), *p)),
+            ),
+            ..LoadedRoom::default()
         }
     }
 }
@@ -577,6 +662,11 @@ pub struct Harness {
     conns: Vec<ConnState>,
     /// Outstanding `Persist` batches, oldest first.
     batches: Vec<(u64, Vec<Stmt>)>,
+    /// Outstanding `Fetch`es, oldest first: (fetch id, lookup, step at which storage answers).
+    fetches: Vec<(u64, Lookup, u64)>,
+    /// Fetches answered (`Ok`) and failed.
+    pub fetched: u32,
+    pub fetch_failures: u32,
     frame_no: u64,
     /// Highest batch id of this room instance (ids must grow: a stale `Committed` is ignored).
     last_batch: u64,
@@ -586,6 +676,9 @@ pub struct Harness {
     resume_expect: HashMap<u64, bool>,
     /// `auth` frames that must be refused (other tenant, bad signature, other user, expired).
     auth_must_fail: BTreeSet<u64>,
+    /// Frames that waited behind a fetch: they run later, under the room role and window of
+    /// that time, so the model predicts neither their resume answer nor their moderation.
+    waited: BTreeSet<u64>,
     /// frame number -> connection index
     frame_conn: HashMap<u64, usize>,
     /// POST requests: id -> (user, answered)
@@ -672,9 +765,13 @@ impl Harness {
             store: Store::default(),
             conns: Vec::new(),
             batches: Vec::new(),
+            fetches: Vec::new(),
+            fetched: 0,
+            fetch_failures: 0,
             frame_no: 1,
             last_batch: 0,
             auth_must_fail: BTreeSet::new(),
+            waited: BTreeSet::new(),
             resume_expect: HashMap::new(),
             frame_may_moderate: HashMap::new(),
             frame_conn: HashMap::new(),
@@ -741,14 +838,9 @@ impl Harness {
 
     /// [`Op::Evict`].
     fn evict(&mut self, exact_rx: bool, probe: u8) {
-        // The object is evicted only when idle: its commit loop has written every batch.
-        for _ in 0..1000 {
-            if self.batches.is_empty() {
-                break;
-            }
-            self.commit_one();
-        }
-        assert!(self.batches.is_empty(), "batches keep coming");
+        // The object is evicted only when idle: its fetches were answered and its commit loop
+        // has written every batch.
+        self.settle();
         let committed = self.store.events.len() as u64;
         let checked = self.setup.faults == Faults::NONE;
         if checked {
@@ -916,17 +1008,18 @@ impl Harness {
                 frame,
             });
         }
+        let store = &self.store;
         let run = |room: &mut Room, inputs: &[Input], now: u64| -> Vec<String> {
             let mut out = Vec::new();
             let mut persisted = Vec::new();
             for i in inputs {
                 room.handle(now, i.clone());
-                drain_normalised(room, &mut out, &mut persisted);
+                drain_normalised(room, store, now, &mut out, &mut persisted);
             }
             for _ in 0..100 {
                 let Some(b) = persisted.pop() else { break };
                 room.handle(now, Input::Committed { batch: b });
-                drain_normalised(room, &mut out, &mut persisted);
+                drain_normalised(room, store, now, &mut out, &mut persisted);
             }
             out
         };
@@ -1004,6 +1097,11 @@ impl Harness {
         let resets = self.resets;
         self.member_events.clear();
         self.step_inner(op);
+        // Storage answers the fetches that are due (`Setup::fetch_delay` steps after they
+        // were emitted), oldest first.
+        while let Some(i) = self.fetches.iter().position(|f| f.2 <= self.steps) {
+            self.answer_fetch(i, true);
+        }
         self.check_queries();
         // (A storage failure closes every connection at once, with nobody left to tell.)
         if self.setup.faults == Faults::NONE && self.resets == resets {
@@ -1171,6 +1269,15 @@ impl Harness {
                     self.frame_conn.insert(n, c);
                 }
                 self.send_text(c, v.to_string());
+                if self.room.is_waiting(c as ConnId) {
+                    self.waited.insert(n);
+                }
+            }
+            Op::Fetched { index, fail } => {
+                if !self.fetches.is_empty() {
+                    let i = usize::from(*index) % self.fetches.len();
+                    self.answer_fetch(i, !*fail);
+                }
             }
             Op::Raw { conn, text } => {
                 let Some(c) = self.conn_index(*conn) else {
@@ -1321,13 +1428,7 @@ impl Harness {
 
     /// Commit every outstanding batch, then check that every request was answered.
     pub fn finish(&mut self) {
-        for _ in 0..1000 {
-            if self.batches.is_empty() {
-                break;
-            }
-            self.commit_one();
-        }
-        assert!(self.batches.is_empty(), "batches keep coming");
+        self.settle();
         for (i, c) in self.conns.iter().enumerate() {
             if !c.open {
                 continue;
@@ -1442,6 +1543,33 @@ impl Harness {
                 st.invalid_streak
             );
         }
+    }
+
+    /// Storage answers outstanding fetch `i` (from the storage model as it is now), or fails.
+    fn answer_fetch(&mut self, i: usize, ok: bool) {
+        let (fetch, lookup, _) = self.fetches.remove(i);
+        let result = if ok {
+            self.fetched += 1;
+            Ok(self.store.lookup(&lookup, self.now))
+        } else {
+            self.fetch_failures += 1;
+            Err(FetchFailed)
+        };
+        self.input(Input::Fetched { fetch, result });
+    }
+
+    /// Answer every fetch and commit every batch (what an idle shell has done).
+    fn settle(&mut self) {
+        for _ in 0..100_000 {
+            if !self.fetches.is_empty() {
+                self.answer_fetch(0, true);
+            } else if !self.batches.is_empty() {
+                self.commit_one();
+            } else {
+                return;
+            }
+        }
+        panic!("fetches or batches keep coming");
     }
 
     fn commit_one(&mut self) {
@@ -1658,8 +1786,32 @@ impl Harness {
                 // What the DO writes into the socket's attachment for a later restore.
                 self.conns[c].att_identity = Some(identity);
             }
+            Effect::Fetch {
+                fetch,
+                lookup,
+                statement,
+            } => {
+                assert!(
+                    self.fetches.iter().all(|f| f.0 != fetch && f.1 != lookup),
+                    "fetch id or lookup {lookup:?} twice in flight"
+                );
+                assert_eq!(
+                    statement.params[..2],
+                    [SqlValue::from("t1"), SqlValue::from("r1")]
+                );
+                if let Lookup::Message { id } = lookup {
+                    // Ids above the wake-up seq are created in memory: never fetched.
+                    assert!(
+                        id <= self.store.events.len() as u64,
+                        "fetch of a new id {id}"
+                    );
+                }
+                let due = self.steps + u64::from(self.setup.fetch_delay);
+                self.fetches.push((fetch, lookup, due));
+            }
             Effect::Reset => {
                 assert!(self.room.is_failed());
+                self.fetches.clear();
                 for c in &self.conns {
                     assert!(!c.open, "Reset with connections still open");
                 }
@@ -1751,7 +1903,10 @@ impl Harness {
             }
             ServerFrame::Replay(r) => {
                 if r.reference.is_some() {
-                    if let Some(n) = self.answer(c, r.reference.as_deref()) {
+                    if let Some(n) = self
+                        .answer(c, r.reference.as_deref())
+                        .filter(|n| !self.waited.contains(n))
+                    {
                         assert_eq!(
                             self.resume_expect.get(&n),
                             Some(&true),
@@ -1817,7 +1972,7 @@ impl Harness {
                             (self.setup.announcement, &ev, n)
                         {
                             assert!(
-                                self.frame_may_moderate[&n],
+                                self.frame_may_moderate[&n] || self.waited.contains(&n),
                                 "a non-moderator posted in an announcement room"
                             );
                         }
@@ -1854,10 +2009,12 @@ impl Harness {
                     // `None`: a raw frame (mutated, or seeded from spec/examples) that the
                     // model did not predict, e.g. `{"type":"resume","lastSeq":41,"ref":"r7"}`.
                     let want = match e.reference.as_deref() {
-                        Some(r) => r.strip_prefix(REF_PREFIX).map(|n| {
-                            n.parse()
-                                .ok()
-                                .and_then(|n: u64| self.resume_expect.get(&n).copied())
+                        Some(r) => r.strip_prefix(REF_PREFIX).and_then(|n| {
+                            let n: Option<u64> = n.parse().ok();
+                            if n.is_some_and(|n| self.waited.contains(&n)) {
+                                return None;
+                            }
+                            Some(n.and_then(|n| self.resume_expect.get(&n).copied()))
                         }),
                         None => self.conns[c].open_resume.take().map(Some),
                     };
@@ -2097,13 +2254,33 @@ impl Harness {
 }
 
 /// Move a room's effects into `out` in a form comparable across engine instances: batch ids
-/// (which a new instance numbers from 1) are left out and collected in `persisted`.
-fn drain_normalised(room: &mut Room, out: &mut Vec<String>, persisted: &mut Vec<u64>) {
-    while let Some(e) = room.poll_effect() {
+/// (which a new instance numbers from 1) are left out and collected in `persisted`; fetches
+/// (which only the engine that does not hold the state emits) are answered at once from
+/// `store` and left out.
+fn drain_normalised(
+    room: &mut Room,
+    store: &Store,
+    now: u64,
+    out: &mut Vec<String>,
+    persisted: &mut Vec<u64>,
+) {
+    loop {
+        let Some(e) = room.poll_effect() else { return };
         out.push(match e {
             Effect::Persist { batch, statements } => {
                 persisted.push(batch);
                 format!("persist {statements:?}")
+            }
+            Effect::Fetch { fetch, lookup, .. } => {
+                let found = store.lookup(&lookup, now);
+                room.handle(
+                    now,
+                    Input::Fetched {
+                        fetch,
+                        result: Ok(found),
+                    },
+                );
+                continue;
             }
             other => format!("{other:?}"),
         });

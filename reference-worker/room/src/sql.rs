@@ -16,6 +16,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_member_versions.sql",
         include_str!("../../migrations/0002_member_versions.sql"),
     ),
+    (
+        "0003_wake.sql",
+        include_str!("../../migrations/0003_wake.sql"),
+    ),
 ];
 
 /// A bound parameter.
@@ -82,6 +86,61 @@ pub const DELETE_REACTION: &str = "DELETE FROM reactions WHERE tenant_id = ?1 AN
 pub const UPSERT_READ: &str = "INSERT INTO read_positions (tenant_id, room_id, user_id, message_id) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant_id, room_id, user_id) DO UPDATE SET message_id = excluded.message_id";
 /// Remember an idempotency key with its original ack.
 pub const INSERT_IDEMPOTENCY: &str = "INSERT OR REPLACE INTO idempotency (tenant_id, room_id, user_id, client_message_id, seq, message_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// Create or update an agent run's state: agent, run, terminal, open (see [`crate::RunRow`]).
+pub const UPSERT_RUN: &str = "INSERT INTO agent_runs (tenant_id, room_id, agent_id, run_id, terminal, open) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, room_id, agent_id, run_id) DO UPDATE SET terminal = excluded.terminal, open = excluded.open";
+/// Create or update a tool call or approval of a run: agent, run, kind, id, pending.
+pub const UPSERT_RUN_ITEM: &str = "INSERT INTO agent_items (tenant_id, room_id, agent_id, run_id, kind, item_id, pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (tenant_id, room_id, agent_id, run_id, kind, item_id) DO UPDATE SET pending = excluded.pending";
+/// `agent_items.kind` of a tool call.
+pub const ITEM_TOOL_CALL: &str = "tool_call";
+/// `agent_items.kind` of an approval request.
+pub const ITEM_APPROVAL: &str = "approval";
+
+/// Build an [`UPSERT_RUN`] statement.
+pub fn upsert_run(
+    tenant: &Arc<str>,
+    room: &Arc<str>,
+    agent_id: &str,
+    run_id: &str,
+    terminal: bool,
+    open: bool,
+) -> Stmt {
+    Stmt {
+        sql: UPSERT_RUN,
+        params: vec![
+            tenant.into(),
+            room.into(),
+            agent_id.into(),
+            run_id.into(),
+            terminal.into(),
+            open.into(),
+        ],
+    }
+}
+
+/// Build an [`UPSERT_RUN_ITEM`] statement.
+pub fn upsert_run_item(
+    tenant: &Arc<str>,
+    room: &Arc<str>,
+    agent_id: &str,
+    run_id: &str,
+    kind: &str,
+    item_id: &str,
+    pending: bool,
+) -> Stmt {
+    Stmt {
+        sql: UPSERT_RUN_ITEM,
+        params: vec![
+            tenant.into(),
+            room.into(),
+            agent_id.into(),
+            run_id.into(),
+            kind.into(),
+            item_id.into(),
+            pending.into(),
+        ],
+    }
+}
 
 /// Delete at most `?4` idempotency keys of a room created at or before `?3` (epoch ms). Shells
 /// run it opportunistically (on load, and now and then with a commit) so storage keeps only
@@ -272,18 +331,46 @@ pub const LOAD_MAX_SEQ: &str =
 /// Bodies of the events after `?3`, ascending (the in-memory resume window).
 pub const LOAD_RECENT: &str =
     "SELECT body FROM events WHERE tenant_id = ?1 AND room_id = ?2 AND seq > ?3 ORDER BY seq ASC";
-/// Compact state of every message: id, author, version, deleted, streaming.
+/// Compact state of every message: id, author, version, deleted, streaming. Not read at
+/// wake-up any more (unbounded; see [`LOAD_OPEN_MESSAGES`] and [`FETCH_MESSAGE`]); kept for the
+/// full load a tool or benchmark may still want to compare against.
 pub const LOAD_MESSAGES: &str = "SELECT id, user_id, version, deleted, streaming FROM messages WHERE tenant_id = ?1 AND room_id = ?2";
-/// Every reaction: message id, user, emoji.
+/// Every reaction: message id, user, emoji. Not read at wake-up any more ([`FETCH_REACTION`]).
 pub const LOAD_REACTIONS: &str =
     "SELECT message_id, user_id, emoji FROM reactions WHERE tenant_id = ?1 AND room_id = ?2";
-/// Every read position: user, message id.
+/// Every read position: user, message id. Not read at wake-up any more ([`FETCH_READ`]).
 pub const LOAD_READS: &str =
     "SELECT user_id, message_id FROM read_positions WHERE tenant_id = ?1 AND room_id = ?2";
-/// Idempotency keys newer than `?3` (epoch ms): user, key, seq, message id, created at.
+/// Idempotency keys newer than `?3` (epoch ms): user, key, seq, message id, created at. Not
+/// read at wake-up any more ([`FETCH_IDEMPOTENCY`]).
 pub const LOAD_IDEMPOTENCY: &str = "SELECT user_id, client_message_id, seq, message_id, created_at FROM idempotency WHERE tenant_id = ?1 AND room_id = ?2 AND created_at > ?3";
-/// Bodies of every agent event, ascending (rebuilds run, tool-call and approval state).
+/// Bodies of every agent event, ascending (rebuilds run, tool-call and approval state). Not read
+/// at wake-up any more ([`LOAD_OPEN_RUNS`], [`LOAD_OPEN_RUN_ITEMS`], [`FETCH_RUN`]).
 pub const LOAD_AGENT_EVENTS: &str = "SELECT body FROM events WHERE tenant_id = ?1 AND room_id = ?2 AND type IN ('agentRun', 'tool_call', 'tool_result', 'tool_error', 'approval_request', 'approval_decision') ORDER BY seq ASC";
+
+/// Streaming messages (open streams): id, author, version, deleted, streaming (partial index
+/// `messages_streaming`). Replaces the unbounded `LOAD_MESSAGES` at wake-up.
+pub const LOAD_OPEN_MESSAGES: &str = "SELECT id, user_id, version, deleted, streaming FROM messages WHERE tenant_id = ?1 AND room_id = ?2 AND streaming = 1";
+/// Open agent runs (see [`crate::RunRow`]): agent, run, terminal (partial index
+/// `agent_runs_open`). With [`LOAD_OPEN_RUN_ITEMS`], replaces `LOAD_AGENT_EVENTS` at wake-up.
+pub const LOAD_OPEN_RUNS: &str = "SELECT agent_id, run_id, terminal FROM agent_runs WHERE tenant_id = ?1 AND room_id = ?2 AND open = 1";
+/// Tool calls and approvals of the open runs: agent, run, kind, item id, pending.
+pub const LOAD_OPEN_RUN_ITEMS: &str = "SELECT i.agent_id AS agent_id, i.run_id AS run_id, i.kind AS kind, i.item_id AS item_id, i.pending AS pending FROM agent_runs r JOIN agent_items i ON i.tenant_id = r.tenant_id AND i.room_id = r.room_id AND i.agent_id = r.agent_id AND i.run_id = r.run_id WHERE r.tenant_id = ?1 AND r.room_id = ?2 AND r.open = 1";
+
+// --------------------------------------------- lookups on demand (?1 tenant, ?2 room; one row)
+
+/// A message's state by id (`?3`): author, version, deleted, streaming.
+pub const FETCH_MESSAGE: &str = "SELECT user_id, version, deleted, streaming FROM messages WHERE tenant_id = ?1 AND room_id = ?2 AND id = ?3";
+/// Whether a reaction exists: message `?3`, user `?4`, emoji `?5`.
+pub const FETCH_REACTION: &str = "SELECT 1 AS present FROM reactions WHERE tenant_id = ?1 AND room_id = ?2 AND message_id = ?3 AND user_id = ?4 AND emoji = ?5";
+/// A user's (`?3`) read position.
+pub const FETCH_READ: &str =
+    "SELECT message_id FROM read_positions WHERE tenant_id = ?1 AND room_id = ?2 AND user_id = ?3";
+/// An idempotency key (user `?3`, key `?4`) created after `?5` (epoch ms): seq, message id,
+/// created at.
+pub const FETCH_IDEMPOTENCY: &str = "SELECT seq, message_id, created_at FROM idempotency WHERE tenant_id = ?1 AND room_id = ?2 AND user_id = ?3 AND client_message_id = ?4 AND created_at > ?5";
+/// An agent run (agent `?3`, run `?4`): terminal.
+pub const FETCH_RUN: &str = "SELECT terminal FROM agent_runs WHERE tenant_id = ?1 AND room_id = ?2 AND agent_id = ?3 AND run_id = ?4";
 
 // ------------------------------------------------------------------ reads (?1 tenant, ?2 room)
 

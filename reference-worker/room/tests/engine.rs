@@ -9,7 +9,8 @@ use fluxy_protocol::server::{AckFrame, ErrorFrame};
 use fluxy_protocol::{CloseCode, ErrorCode, ServerFrame};
 use fluxy_room::sql::{self, Stmt};
 use fluxy_room::{
-    ConnId, ConnectOptions, Effect, Faults, Identity, Input, LoadedRoom, Room, RoomConfig,
+    ConnId, ConnectOptions, Effect, Faults, FetchFailed, Found, Identity, Input, LoadedRoom,
+    Lookup, Room, RoomConfig,
 };
 use serde_json::json;
 
@@ -29,6 +30,14 @@ struct H {
     posts: Vec<(u64, Result<fluxy_room::PostOutcome, ErrorFrame>)>,
     resets: usize,
     identities: Vec<(ConnId, Identity)>,
+    /// Fetches emitted and not answered yet (only when `auto_fetch` is off).
+    fetches: VecDeque<(u64, Lookup)>,
+    /// Answer every fetch at once from `store` (absent when not there).
+    auto_fetch: bool,
+    /// What storage holds, for `auto_fetch`.
+    store: BTreeMap<Lookup, Found>,
+    /// Every lookup emitted, in order.
+    looked_up: Vec<Lookup>,
 }
 
 fn cfg(faults: Faults) -> RoomConfig {
@@ -71,6 +80,10 @@ impl H {
             posts: Vec::new(),
             resets: 0,
             identities: Vec::new(),
+            fetches: VecDeque::new(),
+            auto_fetch: true,
+            store: BTreeMap::new(),
+            looked_up: Vec::new(),
         }
     }
     fn input(&mut self, i: Input) {
@@ -102,6 +115,23 @@ impl H {
                     Effect::IdentityChanged { conn, identity } => {
                         self.identities.push((conn, identity))
                     }
+                    Effect::Fetch { fetch, lookup, .. } => {
+                        self.looked_up.push(lookup.clone());
+                        self.fetches.push_back((fetch, lookup));
+                    }
+                }
+            }
+            if self.auto_fetch {
+                if let Some((fetch, lookup)) = self.fetches.pop_front() {
+                    let found = self.stored(&lookup);
+                    self.room.handle(
+                        self.now,
+                        Input::Fetched {
+                            fetch,
+                            result: Ok(found),
+                        },
+                    );
+                    continue;
                 }
             }
             if !self.auto_commit {
@@ -113,6 +143,25 @@ impl H {
             self.committed.push(s);
             self.room.handle(self.now, Input::Committed { batch: b });
         }
+    }
+    /// What `store` says for a lookup (absent when it holds nothing).
+    fn stored(&self, lookup: &Lookup) -> Found {
+        self.store
+            .get(lookup)
+            .cloned()
+            .unwrap_or_else(|| lookup.found(None).expect("absent answer"))
+    }
+    /// Answer the oldest fetch from `store`, or with a failure.
+    fn answer_fetch(&mut self, ok: bool) -> Lookup {
+        let (fetch, lookup) = self.fetches.pop_front().expect("a fetch in flight");
+        let result = if ok {
+            Ok(self.stored(&lookup))
+        } else {
+            Err(FetchFailed)
+        };
+        self.room.handle(self.now, Input::Fetched { fetch, result });
+        self.pump();
+        lookup
     }
     fn commit_one(&mut self) {
         let (b, s) = self.batches.pop_front().expect("a batch in flight");
@@ -1916,4 +1965,715 @@ fn a_membership_change_delivered_after_a_newer_one_is_ignored() {
         version: 1,
     });
     assert!(h.closes.is_empty(), "a stale kick closes nothing");
+}
+
+// ------------------------------------------------------------ bounded wake-up: lookups
+
+/// A room woken at seq 10 that loaded nothing but its type and seq; `store` is what storage
+/// holds: messages 1..=4 by alice (3 deleted), bob's 👍 on 1, alice read up to 2, alice's key
+/// "key-00001" (seq 1, 1 h old) and "key-00old" (seq 2, 25 h old), agent bot's run "done" (closed).
+fn woken() -> H {
+    let mut h = H::with(
+        cfg(Faults::NONE),
+        LoadedRoom {
+            current_seq: 10,
+            ..LoadedRoom::default()
+        },
+    );
+    h.now = T0 + 100 * 3600 * 1000;
+    h.auto_fetch = false;
+    for id in 1..=4u64 {
+        h.store.insert(
+            Lookup::Message { id },
+            Found::Message(Some(fluxy_room::MessageRow {
+                id,
+                user_id: "alice".into(),
+                version: if id == 3 { 2 } else { 1 },
+                deleted: id == 3,
+                streaming: false,
+            })),
+        );
+    }
+    h.store.insert(
+        Lookup::Reaction {
+            message_id: 1,
+            user_id: "bob".into(),
+            emoji: "👍".into(),
+        },
+        Found::Reaction(true),
+    );
+    h.store.insert(
+        Lookup::Read {
+            user_id: "alice".into(),
+        },
+        Found::Read(Some(2)),
+    );
+    for (key, seq, age_h) in [("key-00001", 1, 1), ("key-00old", 2, 25)] {
+        h.store.insert(
+            Lookup::Idempotency {
+                user_id: "alice".into(),
+                client_message_id: key.into(),
+            },
+            Found::Idempotency(Some(fluxy_room::IdempotencyRow {
+                user_id: "alice".into(),
+                client_message_id: key.into(),
+                seq,
+                message_id: Some(seq),
+                created_ms: h.now - age_h * 3600 * 1000,
+            })),
+        );
+    }
+    h.store.insert(
+        Lookup::Run {
+            agent_id: "bot".into(),
+            run_id: "done".into(),
+        },
+        Found::Run(Some(fluxy_room::RunRow {
+            agent_id: "bot".into(),
+            run_id: "done".into(),
+            terminal: true,
+            ..Default::default()
+        })),
+    );
+    h
+}
+
+fn answer_all(h: &mut H) {
+    while !h.fetches.is_empty() {
+        h.answer_fetch(true);
+    }
+}
+
+#[test]
+fn wake_up_message_lookup_for_edit_and_delete() {
+    let mut h = woken();
+    h.connect(1, "alice", &["member"]);
+    h.send(
+        1,
+        json!({"type":"edit","messageId":1,"content":"e","expectedVersion":1}),
+    );
+    assert_eq!(h.looked_up, vec![Lookup::Message { id: 1 }]);
+    assert!(h.acks(1).is_empty(), "the edit waits for its lookup");
+    answer_all(&mut h);
+    assert_eq!(h.acks(1)[0].seq, Some(11));
+    // Cached: a second edit needs no lookup and sees version 2.
+    h.send(
+        1,
+        json!({"type":"edit","messageId":1,"content":"f","expectedVersion":1}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::Conflict);
+    // Deleted in storage: conflict; not a message: not found; a new id: no lookup at all.
+    h.send(1, json!({"type":"delete","messageId":3}));
+    answer_all(&mut h);
+    assert_eq!(h.last_error(1), ErrorCode::Conflict);
+    h.send(1, json!({"type":"delete","messageId":7}));
+    answer_all(&mut h);
+    assert_eq!(h.last_error(1), ErrorCode::NotFound);
+    h.send(1, json!({"type":"edit","messageId":12,"content":"x"}));
+    assert_eq!(h.last_error(1), ErrorCode::NotFound);
+    assert_eq!(
+        h.looked_up,
+        vec![
+            Lookup::Message { id: 1 },
+            Lookup::Message { id: 3 },
+            Lookup::Message { id: 7 }
+        ]
+    );
+    // The statement is the primary-key read.
+    let s = Lookup::Message { id: 7 }.statement(&"t1".into(), &"r1".into(), h.now);
+    assert_eq!(s.sql, sql::FETCH_MESSAGE);
+}
+
+#[test]
+fn wake_up_reaction_lookup_per_key() {
+    let mut h = woken();
+    h.connect(1, "bob", &["member"]);
+    h.send(1, json!({"type":"reaction","messageId":1,"emoji":"👍"}));
+    assert_eq!(
+        h.looked_up,
+        vec![
+            Lookup::Message { id: 1 },
+            Lookup::Reaction {
+                message_id: 1,
+                user_id: "bob".into(),
+                emoji: "👍".into()
+            }
+        ]
+    );
+    answer_all(&mut h);
+    assert_eq!(
+        h.acks(1)[0].seq,
+        None,
+        "stored reaction: adding it is a no-op"
+    );
+    h.send(1, json!({"type":"reaction","messageId":1,"emoji":"👎"}));
+    answer_all(&mut h);
+    assert_eq!(h.acks(1)[1].seq, Some(11), "absent reaction: added");
+    h.send(
+        1,
+        json!({"type":"reaction","messageId":1,"emoji":"👍","op":"remove"}),
+    );
+    assert!(h.fetches.is_empty(), "known keys need no lookup");
+    assert_eq!(h.acks(1)[2].seq, Some(12));
+    // On a message created since wake-up every reaction is in memory.
+    let id = h.msg(1, "new");
+    h.send(1, json!({"type":"reaction","messageId":id,"emoji":"👍"}));
+    assert!(h.fetches.is_empty());
+    assert!(h.acks(1).last().unwrap().seq.is_some());
+}
+
+#[test]
+fn wake_up_read_position_lookup() {
+    let mut h = woken();
+    h.connect(1, "alice", &["member"]);
+    h.send(1, json!({"type":"read","messageId":1}));
+    answer_all(&mut h);
+    assert_eq!(h.acks(1)[0].seq, None, "read position 2 was looked up");
+    h.send(1, json!({"type":"read","messageId":4}));
+    assert_eq!(h.looked_up.last(), Some(&Lookup::Message { id: 4 }));
+    answer_all(&mut h);
+    assert_eq!(h.acks(1)[1].seq, Some(11));
+    h.connect(2, "bob", &["member"]);
+    h.send(2, json!({"type":"read","messageId":1}));
+    assert!(h.looked_up.contains(&Lookup::Read {
+        user_id: "bob".into()
+    }));
+    answer_all(&mut h);
+    assert_eq!(h.acks(2)[0].seq, Some(12), "bob had no read position");
+}
+
+#[test]
+fn wake_up_idempotency_lookup_honours_24_hours() {
+    let mut h = woken();
+    h.connect(1, "alice", &["member"]);
+    h.send(
+        1,
+        json!({"type":"message","content":"again","clientMessageId":"key-00001"}),
+    );
+    assert_eq!(
+        h.looked_up,
+        vec![Lookup::Idempotency {
+            user_id: "alice".into(),
+            client_message_id: "key-00001".into()
+        }]
+    );
+    answer_all(&mut h);
+    let a = &h.acks(1)[0];
+    assert!(a.duplicate);
+    assert_eq!((a.seq, a.id), (Some(1), Some(1)));
+    // A key older than 24 h is forgotten even if storage still returns it.
+    h.send(
+        1,
+        json!({"type":"message","content":"again","clientMessageId":"key-00old"}),
+    );
+    answer_all(&mut h);
+    let a = &h.acks(1)[1];
+    assert!(!a.duplicate);
+    assert_eq!(a.seq, Some(11));
+    // An unused key: a new message; resent: a duplicate without another lookup.
+    h.send(
+        1,
+        json!({"type":"message","content":"n","clientMessageId":"key-fresh"}),
+    );
+    answer_all(&mut h);
+    assert_eq!(h.acks(1)[2].seq, Some(12));
+    let n = h.looked_up.len();
+    h.send(
+        1,
+        json!({"type":"message","content":"n","clientMessageId":"key-fresh"}),
+    );
+    assert_eq!(h.looked_up.len(), n);
+    assert!(h.acks(1)[3].duplicate);
+    // POST takes the same path.
+    h.input(Input::Post {
+        request: 7,
+        identity: ident("alice", &["member"]),
+        frame: fluxy_protocol::client::SendMessageFrame {
+            content: "p".into(),
+            client_message_id: Some("key-00001".into()),
+            parent_id: None,
+            attachments: Vec::new(),
+            reference: None,
+        },
+    });
+    let (r, res) = h.posts.last().expect("answered");
+    assert_eq!(*r, 7);
+    let ack = &res.as_ref().expect("ok").ack;
+    assert!(ack.duplicate);
+    assert_eq!(ack.seq, Some(1));
+}
+
+#[test]
+fn wake_up_run_lookup_for_closed_runs_open_runs_are_loaded() {
+    let mut h = H::with(
+        cfg(Faults::NONE),
+        LoadedRoom {
+            current_seq: 10,
+            runs: vec![fluxy_room::RunRow {
+                agent_id: "bot".into(),
+                run_id: "live".into(),
+                terminal: false,
+                tool_calls: vec![("c1".into(), true)],
+                approvals: vec![("a1".into(), true)],
+            }],
+            ..LoadedRoom::default()
+        },
+    );
+    h.store = woken().store;
+    h.connect(1, "bot", &["agent"]);
+    // The open run is in memory: its pending call and approval, and its used ids.
+    h.send(
+        1,
+        json!({"type":"tool_call","runId":"live","toolCallId":"c1","name":"n","arguments":"{}"}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::InvalidState);
+    h.send(
+        1,
+        json!({"type":"tool_result","runId":"live","toolCallId":"c1","result":"{}"}),
+    );
+    assert_eq!(h.acks(1)[0].seq, Some(11));
+    h.connect(2, "alice", &["member"]);
+    h.send(
+        2,
+        json!({"type":"approval_decision","runId":"live","approvalId":"a1","decision":"approved"}),
+    );
+    assert_eq!(h.acks(2)[0].seq, Some(12));
+    assert!(h.looked_up.is_empty(), "nothing on open runs is looked up");
+    // A closed run is looked up: not restartable; an unknown one starts.
+    h.send(
+        1,
+        json!({"type":"agentRun","runId":"done","status":"started"}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::InvalidState);
+    h.send(
+        1,
+        json!({"type":"agentRun","runId":"done","status":"completed"}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::InvalidState);
+    h.send(
+        1,
+        json!({"type":"agentRun","runId":"key-fresh","status":"started"}),
+    );
+    assert_eq!(h.acks(1).last().unwrap().seq, Some(13));
+    assert_eq!(
+        h.looked_up,
+        vec![
+            Lookup::Run {
+                agent_id: "bot".into(),
+                run_id: "done".into()
+            },
+            Lookup::Run {
+                agent_id: "bot".into(),
+                run_id: "key-fresh".into()
+            }
+        ]
+    );
+    // Closing the live run (terminal, nothing pending) writes open = 0.
+    h.send(
+        1,
+        json!({"type":"agentRun","runId":"live","status":"completed"}),
+    );
+    let last = h.committed.last().expect("committed");
+    assert!(last.iter().any(|s| s.sql == sql::UPSERT_RUN
+        && s.params[3] == "live".into()
+        && s.params[4] == 1u64.into()
+        && s.params[5] == 0u64.into()));
+}
+
+#[test]
+fn wake_up_parked_frames_keep_connection_order_and_others_go_on() {
+    let mut h = woken();
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "bob", &["member"]);
+    h.send(
+        1,
+        json!({"type":"edit","messageId":1,"content":"e","ref":"a"}),
+    );
+    h.send(1, json!({"type":"message","content":"after","ref":"b"}));
+    h.send(1, json!({"type":"typing","isTyping":true}));
+    h.send(1, json!({"type":"ping","ts":5}));
+    // The ping is answered at once; the message waits behind the edit.
+    assert!(h.got[&1].iter().any(|f| matches!(f, ServerFrame::Pong(_))));
+    assert!(h.acks(1).is_empty());
+    assert!(h.room.is_waiting(1));
+    // Another connection is not blocked.
+    h.send(2, json!({"type":"message","content":"bob","ref":"c"}));
+    assert_eq!(h.acks(2)[0].seq, Some(11));
+    answer_all(&mut h);
+    let acks = h.acks(1);
+    let got: Vec<(Option<&str>, Option<u64>)> = acks
+        .iter()
+        .map(|a| (a.reference.as_deref(), a.seq))
+        .collect();
+    assert_eq!(got, vec![(Some("a"), Some(12)), (Some("b"), Some(13))]);
+    assert!(!h.room.is_waiting(1));
+    assert_eq!(h.room.parked_requests(), 0);
+}
+
+#[test]
+fn wake_up_fetch_interleaved_with_another_connections_change() {
+    let mut h = woken();
+    h.connect(1, "alice", &["member"]);
+    h.connect(2, "mod", &["moderator"]);
+    h.send(
+        1,
+        json!({"type":"edit","messageId":2,"content":"e","expectedVersion":1}),
+    );
+    h.send(2, json!({"type":"delete","messageId":2}));
+    assert_eq!(h.fetches.len(), 1, "one lookup for both requests");
+    let (fetch, _) = h.fetches[0].clone();
+    answer_all(&mut h);
+    assert_eq!(h.acks(1)[0].seq, Some(11));
+    assert_eq!(h.acks(2)[0].seq, Some(12));
+    // A late (duplicated) answer with the stored version never overwrites memory.
+    h.input(Input::Fetched {
+        fetch,
+        result: Ok(h.stored(&Lookup::Message { id: 2 })),
+    });
+    h.send(
+        1,
+        json!({"type":"edit","messageId":2,"content":"f","expectedVersion":1}),
+    );
+    assert_eq!(h.last_error(1), ErrorCode::Conflict, "deleted in memory");
+    assert!(h.fetches.is_empty());
+    // The same for a reaction key toggled while the first lookup was answered.
+    h.connect(3, "bob", &["member"]);
+    h.connect(4, "bob", &["member"]);
+    h.send(3, json!({"type":"reaction","messageId":4,"emoji":"🎉"}));
+    h.send(4, json!({"type":"reaction","messageId":4,"emoji":"🎉"}));
+    answer_all(&mut h);
+    assert!(h.acks(3)[0].seq.is_some(), "added");
+    assert_eq!(h.acks(4)[0].seq, None, "already added in memory");
+}
+
+#[test]
+fn wake_up_fetch_failure_answers_internal_error_and_the_queue_goes_on() {
+    let mut h = woken();
+    h.connect(1, "alice", &["member"]);
+    h.send(
+        1,
+        json!({"type":"edit","messageId":1,"content":"e","ref":"x"}),
+    );
+    h.send(1, json!({"type":"message","content":"next","ref":"y"}));
+    h.answer_fetch(false);
+    let e = h.errors(1).pop().expect("an error");
+    assert_eq!(e.code, ErrorCode::InternalError);
+    assert_eq!(e.reference.as_deref(), Some("x"));
+    assert!(e.retryable);
+    assert_eq!(h.acks(1)[0].reference.as_deref(), Some("y"));
+    // Retrying works.
+    h.send(
+        1,
+        json!({"type":"edit","messageId":1,"content":"e","ref":"z"}),
+    );
+    answer_all(&mut h);
+    assert_eq!(h.acks(1)[1].reference.as_deref(), Some("z"));
+    // A POST waiting for a lookup gets a 500-class answer.
+    h.input(Input::Post {
+        request: 9,
+        identity: ident("alice", &["member"]),
+        frame: fluxy_protocol::client::SendMessageFrame {
+            content: "p".into(),
+            client_message_id: Some("key-000zz".into()),
+            parent_id: None,
+            attachments: Vec::new(),
+            reference: None,
+        },
+    });
+    assert!(h.posts.is_empty());
+    h.answer_fetch(false);
+    let (r, res) = h.posts.last().expect("answered");
+    assert_eq!(*r, 9);
+    assert_eq!(res.as_ref().unwrap_err().code, ErrorCode::InternalError);
+}
+
+#[test]
+fn wake_up_parked_queue_is_bounded_and_rate_limited_on_receipt() {
+    let mut c = cfg(Faults::NONE);
+    c.rate_burst = 3;
+    c.rate_per_second = 10;
+    let mut h = H::with(
+        c,
+        LoadedRoom {
+            current_seq: 10,
+            ..LoadedRoom::default()
+        },
+    );
+    h.auto_fetch = false;
+    h.connect(1, "alice", &["member"]);
+    for i in 0..3 {
+        h.send(
+            1,
+            json!({"type":"edit","messageId":1,"content":"e","ref":format!("r{i}")}),
+        );
+    }
+    // The bucket is empty: refused on receipt, not queued.
+    h.send(1, json!({"type":"message","content":"m","ref":"r3"}));
+    assert_eq!(h.last_error(1), ErrorCode::RateLimited);
+    // A token again, but the queue is full (burst): unavailable, retry after one token's time.
+    h.now += 100;
+    h.send(1, json!({"type":"message","content":"m","ref":"r4"}));
+    let e = h.errors(1).pop().unwrap();
+    assert_eq!(e.code, ErrorCode::Unavailable);
+    assert!(e.retryable);
+    assert_eq!(e.retry_after_ms, Some(100));
+    assert_eq!(e.reference.as_deref(), Some("r4"));
+    assert_eq!(h.room.parked_requests(), 3);
+    // A closed connection's waiting frames are dropped; its lookup answers are harmless.
+    h.input(Input::Closed { conn: 1 });
+    assert_eq!(h.room.parked_requests(), 0);
+    answer_all(&mut h);
+    assert!(h.acks(1).is_empty());
+}
+
+#[test]
+fn wake_up_failed_commit_answers_waiting_posts() {
+    let mut h = woken();
+    h.auto_commit = false;
+    h.connect(1, "alice", &["member"]);
+    h.send(1, json!({"type":"message","content":"in flight"}));
+    h.input(Input::Post {
+        request: 3,
+        identity: ident("alice", &["member"]),
+        frame: fluxy_protocol::client::SendMessageFrame {
+            content: "p".into(),
+            client_message_id: None,
+            parent_id: Some(2),
+            attachments: Vec::new(),
+            reference: None,
+        },
+    });
+    let (b, _) = h.batches.pop_front().unwrap();
+    h.input(Input::CommitFailed { batch: b });
+    assert!(h.posts.iter().any(|(r, res)| *r == 3
+        && res
+            .as_ref()
+            .is_err_and(|e| e.code == ErrorCode::InternalError)));
+    // The failed room ignores the late answer.
+    answer_all(&mut h);
+    assert_eq!(h.posts.iter().filter(|(r, _)| *r == 3).count(), 1);
+}
+
+#[test]
+fn lookup_rows_turn_into_answers() {
+    use fluxy_room::sql::SqlValue as V;
+    let t = |s: &str| V::Text(s.into());
+    let m = Lookup::Message { id: 9 };
+    assert_eq!(m.columns().len(), 4);
+    assert_eq!(
+        m.found(Some(&[t("bob"), V::Int(3), V::Int(1), V::Int(0)])),
+        Ok(Found::Message(Some(fluxy_room::MessageRow {
+            id: 9,
+            user_id: "bob".into(),
+            version: 3,
+            deleted: true,
+            streaming: false,
+        })))
+    );
+    assert_eq!(
+        m.found(Some(&[t("bob"), V::Int(1), V::Int(0), V::Int(1)])),
+        Ok(Found::Message(Some(fluxy_room::MessageRow {
+            id: 9,
+            user_id: "bob".into(),
+            version: 1,
+            deleted: false,
+            streaming: true,
+        })))
+    );
+    assert_eq!(m.found(None), Ok(Found::Message(None)));
+    // Wrong shapes fail instead of guessing.
+    assert_eq!(m.found(Some(&[V::Int(1)])), Err(FetchFailed));
+    assert_eq!(
+        m.found(Some(&[t("bob"), t("x"), V::Int(0), V::Int(0)])),
+        Err(FetchFailed)
+    );
+    assert_eq!(
+        m.found(Some(&[t("bob"), V::Int(-1), V::Int(0), V::Int(0)])),
+        Err(FetchFailed)
+    );
+    let r = Lookup::Reaction {
+        message_id: 1,
+        user_id: "u".into(),
+        emoji: "👍".into(),
+    };
+    assert_eq!(r.found(Some(&[V::Int(1)])), Ok(Found::Reaction(true)));
+    assert_eq!(r.found(None), Ok(Found::Reaction(false)));
+    let rd = Lookup::Read {
+        user_id: "u".into(),
+    };
+    assert_eq!(rd.found(Some(&[V::Int(7)])), Ok(Found::Read(Some(7))));
+    assert_eq!(rd.found(None), Ok(Found::Read(None)));
+    assert_eq!(rd.found(Some(&[V::Null])), Err(FetchFailed));
+    let k = Lookup::Idempotency {
+        user_id: "u".into(),
+        client_message_id: "key-00001".into(),
+    };
+    let row = |seq, id: Option<u64>| {
+        Found::Idempotency(Some(fluxy_room::IdempotencyRow {
+            user_id: "u".into(),
+            client_message_id: "key-00001".into(),
+            seq,
+            message_id: id,
+            created_ms: 5,
+        }))
+    };
+    assert_eq!(
+        k.found(Some(&[V::Int(4), V::Null, V::Int(5)])),
+        Ok(row(4, None))
+    );
+    assert_eq!(
+        k.found(Some(&[V::Int(4), V::Int(4), V::Int(5)])),
+        Ok(row(4, Some(4)))
+    );
+    assert_eq!(k.found(None), Ok(Found::Idempotency(None)));
+    let run = Lookup::Run {
+        agent_id: "a".into(),
+        run_id: "r".into(),
+    };
+    for (v, terminal) in [(1, true), (0, false)] {
+        assert_eq!(
+            run.found(Some(&[V::Int(v)])),
+            Ok(Found::Run(Some(fluxy_room::RunRow {
+                agent_id: "a".into(),
+                run_id: "r".into(),
+                terminal,
+                ..Default::default()
+            })))
+        );
+    }
+    assert_eq!(run.found(None), Ok(Found::Run(None)));
+    // Every statement binds tenant and room first, and asks for the columns it parses.
+    for l in [m, r, rd, k, run] {
+        let s = l.statement(&"t1".into(), &"r1".into(), 0);
+        assert_eq!(s.params[..2], [V::from("t1"), V::from("r1")]);
+        for c in l.columns() {
+            assert!(s.sql.contains(c), "{} lacks {c}", s.sql);
+        }
+    }
+}
+
+#[test]
+fn run_rows_assemble_from_the_open_run_queries() {
+    let runs = fluxy_room::RunRow::assemble(
+        [
+            ("a".to_owned(), "r1".to_owned(), false),
+            ("a".to_owned(), "r2".to_owned(), true),
+        ],
+        [
+            (
+                "a".into(),
+                "r1".into(),
+                sql::ITEM_TOOL_CALL.into(),
+                "c1".into(),
+                true,
+            ),
+            (
+                "a".into(),
+                "r2".into(),
+                sql::ITEM_APPROVAL.into(),
+                "p1".into(),
+                true,
+            ),
+            (
+                "b".into(),
+                "r1".into(),
+                sql::ITEM_TOOL_CALL.into(),
+                "zz".into(),
+                true,
+            ),
+        ],
+    );
+    assert_eq!(
+        runs,
+        vec![
+            fluxy_room::RunRow {
+                agent_id: "a".into(),
+                run_id: "r1".into(),
+                terminal: false,
+                tool_calls: vec![("c1".into(), true)],
+                approvals: vec![],
+            },
+            fluxy_room::RunRow {
+                agent_id: "a".into(),
+                run_id: "r2".into(),
+                terminal: true,
+                tool_calls: vec![],
+                approvals: vec![("p1".into(), true)],
+            },
+        ]
+    );
+}
+
+#[test]
+fn wake_up_answers_of_the_wrong_shape_count_as_failures() {
+    let mut h = woken();
+    h.connect(1, "alice", &["member"]);
+    // A row for another message, and an answer of another kind: internal_error, not a guess.
+    for (k, wrong) in [
+        Found::Message(Some(fluxy_room::MessageRow {
+            id: 2,
+            user_id: "alice".into(),
+            version: 1,
+            deleted: false,
+            streaming: false,
+        })),
+        Found::Read(Some(1)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        h.send(
+            1,
+            json!({"type":"edit","messageId":1,"content":"e","ref":format!("w{k}")}),
+        );
+        let (fetch, lookup) = h.fetches.pop_front().expect("a lookup");
+        assert_eq!(lookup, Lookup::Message { id: 1 });
+        h.input(Input::Fetched {
+            fetch,
+            result: Ok(wrong),
+        });
+        let e = h.errors(1).pop().expect("an error");
+        assert_eq!(e.code, ErrorCode::InternalError);
+        assert_eq!(e.reference, Some(format!("w{k}")));
+    }
+    // Nothing was cached from them: the next edit looks the message up again.
+    h.send(
+        1,
+        json!({"type":"edit","messageId":1,"content":"e","ref":"ok"}),
+    );
+    answer_all(&mut h);
+    assert_eq!(h.acks(1)[0].seq, Some(11));
+    assert_eq!(h.looked_up.len(), 3);
+}
+
+#[test]
+fn wake_up_parent_lookup_for_replies_and_streams() {
+    let mut h = woken();
+    h.connect(1, "bob", &["member"]);
+    h.send(1, json!({"type":"message","content":"re","parentId":2}));
+    assert_eq!(h.looked_up, vec![Lookup::Message { id: 2 }]);
+    answer_all(&mut h);
+    assert_eq!(h.acks(1)[0].seq, Some(11), "a reply to a stored message");
+    h.send(1, json!({"type":"message","content":"re","parentId":6}));
+    answer_all(&mut h);
+    assert_eq!(h.last_error(1), ErrorCode::NotFound, "6 is not a message");
+    h.send(
+        1,
+        json!({"type":"stream","op":"start","content":"s","parentId":4}),
+    );
+    assert_eq!(h.looked_up.last(), Some(&Lookup::Message { id: 4 }));
+    answer_all(&mut h);
+    assert_eq!(
+        h.acks(1)[1].seq,
+        Some(12),
+        "a streamed reply to a stored message"
+    );
+    // A stream op on an old message looks it up too (alice's, not streaming: refused).
+    h.send(
+        1,
+        json!({"type":"stream","op":"delta","messageId":1,"content":"d"}),
+    );
+    answer_all(&mut h);
+    assert_eq!(h.looked_up.last(), Some(&Lookup::Message { id: 1 }));
+    assert_eq!(h.last_error(1), ErrorCode::Forbidden);
 }

@@ -286,6 +286,11 @@ fn random_op(r: &mut Rng, agents_only: bool) -> Op {
                 (r.next() % 8_000) as u32
             },
         },
+        // Storage answers a fetch early or out of order, or fails it, in one step of 40.
+        18 if r.flip() => Op::Fetched {
+            index: r.u8(),
+            fail: r.below(6) == 0,
+        },
         // An eviction in one step of 40 (a few per sequence), a POST otherwise.
         19 if r.flip() => Op::Evict {
             exact_rx: r.flip(),
@@ -307,6 +312,7 @@ fn random_op(r: &mut Rng, agents_only: bool) -> Op {
 fn model_sweep() {
     let mut types = std::collections::BTreeMap::new();
     let (mut resets, mut evictions, mut restored, mut probes) = (0, 0, 0, 0);
+    let (mut fetched, mut fetch_failures) = (0, 0);
     for seed in 1..=200u64 {
         let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let setup = Setup {
@@ -316,6 +322,7 @@ fn model_sweep() {
             large_window: seed % 3 == 1 && seed % 2 == 0,
             tight_policy: seed % 4 == 0,
             faults: Faults::NONE,
+            fetch_delay: (seed % 11 % 4) as u8,
         };
         let mut h = Harness::new(setup);
         for _ in 0..150 {
@@ -326,19 +333,27 @@ fn model_sweep() {
         evictions += h.evictions;
         restored += h.restored;
         probes += h.probes;
+        fetched += h.fetched;
+        fetch_failures += h.fetch_failures;
         for (t, n) in h.committed_types() {
             *types.entry(t).or_insert(0u64) += n;
         }
     }
     eprintln!(
         "model sweep: committed {types:?}, {resets} resets, {evictions} evictions \
-         ({restored} connections restored, {probes} probe requests compared)"
+         ({restored} connections restored, {probes} probe requests compared), \
+         {fetched} fetches answered, {fetch_failures} failed"
     );
     // Not vacuous: every kind of event was committed, storage failures happened, and the
     // object was evicted and reloaded with open connections.
     assert_eq!(types.len(), 11, "{types:?}");
     assert!(resets > 10);
     assert!(evictions > 200 && restored > 500 && probes > 1000);
+    // Rooms woken from storage looked state up on demand, and some lookups failed.
+    assert!(
+        fetched > 500 && fetch_failures >= 5,
+        "{fetched} {fetch_failures}"
+    );
 }
 
 /// Fuzzer finding (CI smoke run): under the tight abuse policy a connection closed with 4010

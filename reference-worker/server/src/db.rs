@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use fluxy_protocol::common::{MemberRole, RoomType};
 use fluxy_room::sql::{self, SqlValue, Stmt};
-use fluxy_room::{IdempotencyRow, LoadedRoom, MessageRow};
+use fluxy_room::{Found, LoadedRoom, Lookup, MessageRow, RunRow};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
@@ -182,7 +182,14 @@ impl Db {
         .await
     }
 
-    /// Load everything a room engine needs.
+    /// Answer an engine lookup ([`fluxy_room::Effect::Fetch`]) on a reader connection (it
+    /// sees every batch committed before it starts, which is all the engine assumes).
+    pub async fn fetch(&self, lookup: Lookup, statement: Stmt) -> Result<Found, ServerError> {
+        let row = self.read(move |c| fetch_sync(c, &statement)).await?;
+        Ok(lookup.found(row.as_deref())?)
+    }
+
+    /// Load what a room engine needs at wake-up (bounded: see [`LoadedRoom`]).
     pub async fn load_room(
         &self,
         tenant: String,
@@ -229,11 +236,13 @@ fn load_room_sync(
     let current = to_u64(current);
     let from = current.saturating_sub(window);
     let recent = c
-        .prepare(sql::LOAD_RECENT)?
+        .prepare_cached(sql::LOAD_RECENT)?
         .query_map(params![tenant, room, i(from)], |r| r.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
+    // Bounded: the streaming messages and the open agent runs; everything else is looked up
+    // on demand (`Effect::Fetch`, [`fetch_sync`]).
     let messages = c
-        .prepare(sql::LOAD_MESSAGES)?
+        .prepare_cached(sql::LOAD_OPEN_MESSAGES)?
         .query_map(params![tenant, room], |r| {
             Ok(MessageRow {
                 id: to_u64(r.get(0)?),
@@ -244,47 +253,53 @@ fn load_room_sync(
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let reactions = c
-        .prepare(sql::LOAD_REACTIONS)?
+    let runs = c
+        .prepare_cached(sql::LOAD_OPEN_RUNS)?
         .query_map(params![tenant, room], |r| {
-            Ok((to_u64(r.get(0)?), r.get(1)?, r.get(2)?))
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0))
         })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let reads = c
-        .prepare(sql::LOAD_READS)?
+        .collect::<Result<Vec<(String, String, bool)>, _>>()?;
+    let items = c
+        .prepare_cached(sql::LOAD_OPEN_RUN_ITEMS)?
         .query_map(params![tenant, room], |r| {
-            Ok((r.get(0)?, to_u64(r.get(1)?)))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get::<_, i64>(4)? != 0,
+            ))
         })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let idempotency = c
-        .prepare(sql::LOAD_IDEMPOTENCY)?
-        .query_map(
-            params![tenant, room, i(now_ms.saturating_sub(IDEMPOTENCY_MS))],
-            |r| {
-                Ok(IdempotencyRow {
-                    user_id: r.get(0)?,
-                    client_message_id: r.get(1)?,
-                    seq: to_u64(r.get(2)?),
-                    message_id: r.get::<_, Option<i64>>(3)?.map(to_u64),
-                    created_ms: to_u64(r.get(4)?),
-                })
-            },
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
-    let agent_events = c
-        .prepare(sql::LOAD_AGENT_EVENTS)?
-        .query_map(params![tenant, room], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<(String, String, String, String, bool)>, _>>()?;
     Ok(LoadedRoom {
         room_type,
         current_seq: current,
         recent,
         messages,
-        reactions,
-        reads,
-        idempotency,
-        agent_events,
+        runs: RunRow::assemble(runs, items),
+        ..LoadedRoom::default()
     })
+}
+
+/// Run a lookup statement; its first row as values, `None` when it returned none.
+pub fn fetch_sync(c: &Connection, s: &Stmt) -> rusqlite::Result<Option<Vec<SqlValue>>> {
+    let mut st = c.prepare_cached(s.sql)?;
+    let n = st.column_count();
+    let mut rows = st.query(rusqlite::params_from_iter(s.params.iter().map(P)))?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        out.push(match row.get_ref(k)? {
+            ValueRef::Null => SqlValue::Null,
+            ValueRef::Integer(v) => SqlValue::Int(v),
+            ValueRef::Text(t) => SqlValue::Text(Arc::from(String::from_utf8_lossy(t).as_ref())),
+            ValueRef::Real(v) => SqlValue::Int(v as i64),
+            ValueRef::Blob(_) => SqlValue::Null,
+        });
+    }
+    Ok(Some(out))
 }
 
 /// Map a room row.

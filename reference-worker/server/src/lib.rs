@@ -164,6 +164,9 @@ pub enum ServerError {
     /// A lock was poisoned or a blocking task panicked.
     #[error("internal task failure")]
     Poisoned,
+    /// A lookup's row had an unexpected shape.
+    #[error("lookup: {0}")]
+    Lookup(#[from] fluxy_room::FetchFailed),
     /// Random numbers unavailable.
     #[error("no randomness: {0}")]
     Random(String),
@@ -235,6 +238,14 @@ impl RunningServer {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Storage lookups the room engines asked for so far (`Effect::Fetch`: state a woken room
+    /// did not load; see `fluxy_room::Lookup`).
+    pub fn room_lookups(&self) -> u64 {
+        self.app
+            .room_lookups
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// SSE listeners dropped so far because their queue was full
     /// ([`ServerConfig::sse_queue`]).
     pub fn sse_listeners_dropped(&self) -> u64 {
@@ -282,6 +293,8 @@ pub(crate) struct App {
     pub(crate) sse_dropped: std::sync::atomic::AtomicU64,
     /// SSE listeners registered with a room (all rooms).
     pub(crate) sse_listeners: std::sync::atomic::AtomicUsize,
+    /// Storage lookups (`Effect::Fetch`) carried out.
+    pub(crate) room_lookups: std::sync::atomic::AtomicU64,
     /// Identity of the next room task's inbox (see `rooms::RoomHandle`).
     pub(crate) next_room: std::sync::atomic::AtomicU64,
 }
@@ -405,6 +418,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         room_loads: std::sync::atomic::AtomicU64::new(0),
         sse_dropped: std::sync::atomic::AtomicU64::new(0),
         sse_listeners: std::sync::atomic::AtomicUsize::new(0),
+        room_lookups: std::sync::atomic::AtomicU64::new(0),
         next_room: std::sync::atomic::AtomicU64::new(1),
     });
     let router = http::router(app.clone());

@@ -213,6 +213,18 @@ struct PersistDone {
     ok: bool,
 }
 
+/// A lookup finished (like [`PersistDone`], on its own channel). `generation` tells results
+/// for an engine that was since rebuilt (after a storage failure) from current ones.
+struct FetchDone {
+    generation: u64,
+    fetch: u64,
+    result: Result<fluxy_room::Found, fluxy_room::FetchFailed>,
+}
+
+/// Capacity of a room's lookup completion channel (the spawned lookup tasks wait for space,
+/// never the room task).
+const FETCH_QUEUE: usize = 64;
+
 /// Capacity of a room's internal completion channel. The engine has at most one batch in
 /// flight, so one slot is enough; a few more absorb completions of batches from before a reset.
 const DONE_QUEUE: usize = 4;
@@ -408,6 +420,12 @@ struct Shell {
     done_tx: mpsc::Sender<PersistDone>,
     /// Persist batches spawned whose completion the engine has not been told yet.
     persisting: usize,
+    fetch_tx: mpsc::Sender<FetchDone>,
+    /// Lookups spawned whose result the engine has not been told yet.
+    fetching: usize,
+    /// Engine generation: bumped when the engine is rebuilt, so late lookup results of the
+    /// previous one are dropped (fetch ids restart at 1).
+    generation: u64,
     conns: HashMap<ConnId, ConnTx>,
     /// Connections dropped for a full queue, to report to the engine as closed.
     overflowed: Vec<ConnId>,
@@ -484,11 +502,15 @@ async fn room_task(
 ) {
     let _count = TaskCount(app.clone());
     let (done_tx, mut done_rx) = mpsc::channel::<PersistDone>(DONE_QUEUE);
+    let (fetch_tx, mut fetch_rx) = mpsc::channel::<FetchDone>(FETCH_QUEUE);
     let mut room = load(&app, &cfg).await;
     let mut shell = Shell {
         app: app.clone(),
         done_tx,
         persisting: 0,
+        fetch_tx,
+        fetching: 0,
+        generation: 0,
         conns: HashMap::new(),
         overflowed: Vec::new(),
         last_prune_ms: now_ms(),
@@ -534,6 +556,7 @@ async fn room_task(
             // Completions first: they release acks and let the next batch start.
             biased;
             Some(d) = done_rx.recv() => shell.on_done(&mut room, d),
+            Some(f) = fetch_rx.recv() => shell.on_fetched(&mut room, f),
             m = rx.recv() => {
                 let Some(m) = m else {
                     // Every sender is gone, the table's included: nobody can reach this room.
@@ -579,6 +602,8 @@ async fn room_task(
             shell.reset = false;
             shell.sse.clear();
             shell.count_sse();
+            shell.generation += 1;
+            shell.fetching = 0;
             room = load(&app, &cfg).await;
         }
         if stop {
@@ -624,12 +649,28 @@ impl Shell {
         room.handle(now_ms(), input);
     }
 
+    /// Tell the engine a lookup finished (unless it was for an engine since rebuilt).
+    fn on_fetched(&mut self, room: &mut Room, f: FetchDone) {
+        if f.generation != self.generation {
+            return;
+        }
+        self.fetching = self.fetching.saturating_sub(1);
+        room.handle(
+            now_ms(),
+            Input::Fetched {
+                fetch: f.fetch,
+                result: f.result,
+            },
+        );
+    }
+
     /// Whether the room may unload; forgets SSE listeners and long-poll waiters that left.
     fn idleness(&mut self, room: &Room) -> Idleness {
         if !self.conns.is_empty()
             || room.connection_count() > 0
             || !self.posts.is_empty()
             || self.persisting > 0
+            || self.fetching > 0
             || self.reset
             || room.is_failed()
         {
@@ -865,6 +906,32 @@ impl Shell {
                         // This task waits for space, never the room task; the room task
                         // always listens on this channel.
                         let _ = tx.send(PersistDone { batch, ok }).await;
+                    });
+                }
+                Effect::Fetch {
+                    fetch,
+                    lookup,
+                    statement,
+                } => {
+                    // Off the room task, like a commit: the room goes on with other
+                    // connections; the result comes back on `fetch_tx`.
+                    let db = self.app.db.clone();
+                    let tx = self.fetch_tx.clone();
+                    let generation = self.generation;
+                    self.fetching += 1;
+                    self.app.room_lookups.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let result = db.fetch(lookup, statement).await.map_err(|e| {
+                            eprintln!("fluxy-server: lookup failed: {e}");
+                            fluxy_room::FetchFailed
+                        });
+                        let _ = tx
+                            .send(FetchDone {
+                                generation,
+                                fetch,
+                                result,
+                            })
+                            .await;
                     });
                 }
                 Effect::PostDone { request, result } => {

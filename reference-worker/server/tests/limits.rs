@@ -424,11 +424,24 @@ async fn expired_idempotency_keys_are_pruned_from_storage_on_load() {
         .load_room("t1".into(), "r1".into(), 100, now)
         .await
         .unwrap();
-    assert_eq!(
-        loaded.idempotency.len(),
-        1,
-        "only the key younger than 24 h"
+    assert!(
+        loaded.idempotency.is_empty(),
+        "wake-up reads no idempotency key (they are looked up on demand)"
     );
+    // The lookup honours the 24 h: only the key younger than that is found.
+    for (i, want) in [(1u64, false), (2, false), (3, true)] {
+        let lookup = fluxy_room::Lookup::Idempotency {
+            user_id: "u".into(),
+            client_message_id: format!("key-{i:08}"),
+        };
+        let stmt = lookup.statement(&t, &r, now);
+        let found = db.fetch(lookup, stmt).await.unwrap();
+        assert_eq!(
+            matches!(found, fluxy_room::Found::Idempotency(Some(ref k)) if k.seq == i),
+            want,
+            "key {i}: {found:?}"
+        );
+    }
     assert_eq!(count(&db).await, 1, "keys 24 h old or older were deleted");
     // The commit-time statement prunes the same way (bounded by its limit).
     db.persist(vec![sql::prune_idempotency(&t, &other, now, 10)])
@@ -470,4 +483,87 @@ async fn welcome_is_the_first_frame_even_when_connections_open_together() {
             }
         }
     }
+}
+
+/// Migration 0002 backfills `agent_runs` / `agent_items` from the events of rooms written
+/// before it (once), so their open runs load at wake-up and their closed runs are found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_backfills_agent_runs_of_older_rooms() {
+    use fluxy_room::sql;
+    use std::sync::Arc as A;
+    let dir = std::env::temp_dir().join(format!("fluxy-backfill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.db");
+    let db = fluxy_server::db::Db::open(Some(&path), false).unwrap();
+    let (t, r): (A<str>, A<str>) = (A::from("t1"), A::from("r1"));
+    // Rooms written before the migration: events only, and no marker.
+    let bodies = [
+        (
+            "agentRun",
+            r#"{"type":"agentRun","seq":1,"roomId":"r1","agentId":"bot","runId":"open","status":"started","createdAt":"2026-01-01T00:00:00.001Z"}"#,
+        ),
+        (
+            "tool_call",
+            r#"{"type":"tool_call","seq":2,"roomId":"r1","agentId":"bot","runId":"open","toolCallId":"c1","name":"n","arguments":"{}","createdAt":"2026-01-01T00:00:00.002Z"}"#,
+        ),
+        (
+            "agentRun",
+            r#"{"type":"agentRun","seq":3,"roomId":"r1","agentId":"bot","runId":"done","status":"started","createdAt":"2026-01-01T00:00:00.003Z"}"#,
+        ),
+        (
+            "agentRun",
+            r#"{"type":"agentRun","seq":4,"roomId":"r1","agentId":"bot","runId":"done","status":"completed","createdAt":"2026-01-01T00:00:00.004Z"}"#,
+        ),
+        (
+            "approval_request",
+            r#"{"type":"approval_request","seq":5,"roomId":"r1","agentId":"bot","runId":"open","approvalId":"a1","prompt":"ok?","createdAt":"2026-01-01T00:00:00.005Z"}"#,
+        ),
+        (
+            "approval_decision",
+            r#"{"type":"approval_decision","seq":6,"roomId":"r1","userId":"alice","runId":"open","approvalId":"a1","decision":"approved","createdAt":"2026-01-01T00:00:00.006Z"}"#,
+        ),
+    ];
+    let mut stmts: Vec<sql::Stmt> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, body))| {
+            sql::insert_event(&t, &r, i as u64 + 1, kind, "bot", 1, &A::from(*body))
+        })
+        .collect();
+    stmts.push(sql::Stmt {
+        sql: "DELETE FROM server_meta WHERE key = 'backfill:0002_wake'",
+        params: Vec::new(),
+    });
+    db.persist(stmts).await.unwrap();
+    drop(db);
+    // The next start applies the migrations again: the backfill runs once.
+    let db = fluxy_server::db::Db::open(Some(&path), false).unwrap();
+    let loaded = db
+        .load_room("t1".into(), "r1".into(), 100, 1_900_000_000_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        loaded.runs,
+        vec![fluxy_room::RunRow {
+            agent_id: "bot".into(),
+            run_id: "open".into(),
+            terminal: false,
+            tool_calls: vec![("c1".into(), true)],
+            approvals: vec![("a1".into(), false)],
+        }],
+        "only the open run loads, with its items"
+    );
+    let lookup = fluxy_room::Lookup::Run {
+        agent_id: "bot".into(),
+        run_id: "done".into(),
+    };
+    let stmt = lookup.statement(&t, &r, 0);
+    let found = db.fetch(lookup, stmt).await.unwrap();
+    assert!(
+        matches!(found, fluxy_room::Found::Run(Some(ref x)) if x.terminal),
+        "{found:?}"
+    );
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
 }

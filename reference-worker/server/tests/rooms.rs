@@ -617,3 +617,192 @@ async fn sse_listener_whose_client_closed_is_released_promptly() {
     eprintln!("last SSE listener released {took:?} after its socket closed");
     assert!(took < SSE_RELEASE_BOUND, "released after {took:?}");
 }
+
+/// The next ack or error (whichever comes first), as (ref, Ok(seq) | Err(code)).
+async fn answer(
+    ws: &mut Ws,
+) -> (
+    Option<String>,
+    Result<Option<u64>, fluxy_protocol::ErrorCode>,
+) {
+    match ws
+        .until(|f| matches!(f, ServerFrame::Ack(_) | ServerFrame::Error(_)))
+        .await
+    {
+        ServerFrame::Ack(a) => (a.reference, Ok(a.seq)),
+        ServerFrame::Error(e) => (e.reference, Err(e.code)),
+        _ => unreachable!(),
+    }
+}
+
+/// Bounded wake-up (issue 13): a reloaded room reads only its newest events, MAX(seq), its
+/// type, its open runs and its streaming messages; edits, deletes, reactions, reads and
+/// resent idempotency keys on older state are answered by looking the state up on demand,
+/// exactly as before the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_room_looks_old_state_up_on_demand() {
+    let s = Srv::embedded(ServerConfig {
+        room_idle_unload_ms: 50,
+        ..config()
+    })
+    .await;
+    let server = s.embedded_server();
+    let alice = s.token("alice", &[]).await;
+    let bob = s.token("bob", &[]).await;
+    let bot = s.token("bot", &["agent"]).await;
+    s.room(&alice, "wake", &["bob", "bot"]).await;
+
+    let mut a = s.join("wake", &alice).await;
+    let mut b = s.join("wake", &bob).await;
+    let mut g = s.join("wake", &bot).await;
+    for i in 1..=4 {
+        a.send(json!({"type":"message","content":format!("m{i}"),"clientMessageId":format!("old-{i:05}")}))
+            .await;
+        assert_eq!(a.ack().await.seq, Some(i));
+    }
+    b.send(json!({"type":"reaction","messageId":1,"emoji":"👍"}))
+        .await;
+    assert_eq!(b.ack().await.seq, Some(5));
+    a.send(json!({"type":"read","messageId":2})).await;
+    assert_eq!(a.ack().await.seq, Some(6));
+    g.send(json!({"type":"agentRun","runId":"done","status":"started"}))
+        .await;
+    assert_eq!(g.ack().await.seq, Some(7));
+    g.send(json!({"type":"agentRun","runId":"done","status":"completed"}))
+        .await;
+    assert_eq!(g.ack().await.seq, Some(8));
+    g.send(json!({"type":"agentRun","runId":"open","status":"started"}))
+        .await;
+    assert_eq!(g.ack().await.seq, Some(9));
+    for ws in [a, b, g] {
+        leave(ws).await;
+    }
+    eventually("the room unloaded", || {
+        server.loaded_rooms() == 0 && server.room_tasks() == 0
+    })
+    .await;
+
+    let before = server.room_lookups();
+    let mut a = s.ws("wake", &alice, "&replay=off").await;
+    a.until(|f| matches!(f, ServerFrame::SubscriptionSucceeded(_)))
+        .await;
+    assert_eq!(
+        server.room_lookups(),
+        before,
+        "wake-up itself looks nothing up"
+    );
+
+    // Pipelined, without waiting: an edit of an old message (a lookup), a new message, a
+    // stale edit, a delete of an old message, a second delete, an edit of an id that is not a
+    // message, a resent old key. Answered in frame order, with the right outcome.
+    let frames = [
+        json!({"type":"edit","messageId":1,"content":"m1'","expectedVersion":1,"ref":"f1"}),
+        json!({"type":"message","content":"new","ref":"f2"}),
+        json!({"type":"edit","messageId":1,"content":"m1''","expectedVersion":1,"ref":"f3"}),
+        json!({"type":"delete","messageId":2,"ref":"f4"}),
+        json!({"type":"delete","messageId":2,"ref":"f5"}),
+        json!({"type":"edit","messageId":5,"content":"x","ref":"f6"}),
+        json!({"type":"message","content":"m3","clientMessageId":"old-00003","ref":"f7"}),
+        json!({"type":"read","messageId":1,"ref":"f8"}),
+        json!({"type":"read","messageId":3,"ref":"f9"}),
+    ];
+    for f in &frames {
+        a.send(f.clone()).await;
+    }
+    use fluxy_protocol::ErrorCode as E;
+    let want: [(&str, Result<Option<u64>, E>); 9] = [
+        ("f1", Ok(Some(10))),
+        ("f2", Ok(Some(11))),
+        ("f3", Err(E::Conflict)),
+        ("f4", Ok(Some(12))),
+        ("f5", Err(E::Conflict)),
+        ("f6", Err(E::NotFound)),
+        ("f7", Ok(Some(3))),
+        ("f8", Ok(None)),
+        ("f9", Ok(Some(13))),
+    ];
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        got.push(answer(&mut a).await);
+    }
+    // Errors are sent at once, acks when their event is durable: compare per frame, and
+    // check that the acks came in frame order.
+    for (r, w) in &want {
+        let g = got
+            .iter()
+            .find(|(x, _)| x.as_deref() == Some(*r))
+            .unwrap_or_else(|| panic!("no answer to {r}: {got:?}"));
+        assert_eq!(&g.1, w, "answer to {r}");
+    }
+    let ack_order: Vec<&str> = got
+        .iter()
+        .filter(|(_, x)| x.is_ok())
+        .filter_map(|(r, _)| r.as_deref())
+        .collect();
+    assert_eq!(ack_order, vec!["f1", "f2", "f4", "f7", "f8", "f9"]);
+
+    // Reactions: bob's 👍 on message 1 is found (adding it again is a no-op); removing it is
+    // an event; alice's 👎 did not exist.
+    let mut b = s.join("wake", &bob).await;
+    b.send(json!({"type":"reaction","messageId":1,"emoji":"👍"}))
+        .await;
+    assert_eq!(b.ack().await.seq, None, "the stored reaction was found");
+    b.send(json!({"type":"reaction","messageId":1,"emoji":"👍","op":"remove"}))
+        .await;
+    assert_eq!(b.ack().await.seq, Some(14));
+    a.send(json!({"type":"reaction","messageId":1,"emoji":"👎","op":"remove"}))
+        .await;
+    assert_eq!(
+        a.ack().await.seq,
+        None,
+        "no such reaction: nothing to remove"
+    );
+    // Agent runs: the finished run is closed (looked up), the open one was loaded.
+    let mut g = s.join("wake", &bot).await;
+    g.send(json!({"type":"agentRun","runId":"done","status":"started","ref":"g1"}))
+        .await;
+    assert_eq!(
+        g.error().await.code,
+        E::InvalidState,
+        "run ids are not reused"
+    );
+    g.send(
+        json!({"type":"tool_call","runId":"open","toolCallId":"c1","name":"n","arguments":"{}"}),
+    )
+    .await;
+    assert_eq!(g.ack().await.seq, Some(15), "the open run was loaded");
+    assert!(
+        server.room_lookups() > before,
+        "the old state was looked up on demand"
+    );
+
+    // Over HTTP after another unload: a resent key and a reply to an old message.
+    for ws in [a, b, g] {
+        leave(ws).await;
+    }
+    eventually("the room unloaded again", || {
+        server.loaded_rooms() == 0 && server.room_tasks() == 0
+    })
+    .await;
+    let (st, body) = post(&s, &alice, "wake", "m4", Some("old-00004")).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["duplicate"], json!(true));
+    assert_eq!(body["message"]["seq"], json!(4));
+    let (st, body) = s
+        .post(
+            &alice,
+            "/messages",
+            json!({"roomId":"wake","content":"reply","parentId":4}),
+        )
+        .await;
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(body["message"]["seq"], json!(16));
+    let (st, body) = s
+        .post(
+            &alice,
+            "/messages",
+            json!({"roomId":"wake","content":"reply","parentId":5}),
+        )
+        .await;
+    assert_eq!(st, 404, "a reaction event is no parent: {body}");
+}

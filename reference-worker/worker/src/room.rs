@@ -10,6 +10,10 @@
 //!   `batch()` is in flight goes into the next one. Acks and broadcasts are released in seq
 //!   order as each batch commits.
 //! - Idle and token-expiry deadlines run on the object's alarm.
+//! - Bounded wake-up: the engine is built from the newest events, MAX(seq), the room type,
+//!   the streaming messages and the open agent runs; state older than that is read on demand
+//!   (`Effect::Fetch`): the lookups queued by a drain go to D1 in one `batch()`, and their
+//!   results are fed back as `Input::Fetched` (dropped if the engine was rebuilt meanwhile).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -25,8 +29,8 @@ use fluxy_protocol::server::{BatchFrame, ErrorFrame};
 use fluxy_protocol::ErrorCode;
 use fluxy_room::sql::{self, SqlValue, Stmt};
 use fluxy_room::{
-    ConnId, ConnectOptions, Effect, IdempotencyRow, Input, LoadedRoom, MessageRow, PostOutcome,
-    Room, RoomConfig,
+    ConnId, ConnectOptions, Effect, FetchFailed, Input, LoadedRoom, Lookup, MessageRow,
+    PostOutcome, Room, RoomConfig, RunRow,
 };
 use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
@@ -43,9 +47,6 @@ use crate::config::{config, Config};
 use crate::db::{self, first, int, now_ms, only, prepare, prepare_stmt, rows, text};
 use crate::error::{json_response, ApiError, ApiResult};
 use crate::forward::{Forward, IdentityWire, Op};
-
-/// Idempotency keys are honoured for at least this long `[FX-ACK-5]`.
-const IDEMPOTENCY_MS: u64 = 24 * 3600 * 1000;
 
 #[wasm_bindgen]
 extern "C" {
@@ -175,6 +176,13 @@ struct Core {
     next_conn: ConnId,
     persist: VecDeque<(u64, Vec<Stmt>)>,
     committing: bool,
+    /// Lookups the engine asked for, not yet sent to D1.
+    lookups: VecDeque<(u64, Lookup, Stmt)>,
+    /// A lookup loop is running.
+    fetching: bool,
+    /// Bumped when the engine is dropped (storage failure): results of lookups of the old
+    /// engine are not fed to the new one (fetch ids restart at 1).
+    generation: u64,
     posts: HashMap<u64, oneshot::Sender<Result<PostOutcome, ErrorFrame>>>,
     next_request: u64,
     sse: Vec<SseSub>,
@@ -399,6 +407,8 @@ impl Shell {
             .unwrap_or_default();
         let window = u64::from(self.cfg.resume_window).max(u64::from(MAX_PAGE_LIMIT));
         let now = now_ms();
+        // Bounded: the newest events, the streaming messages and the open runs; the engine
+        // looks up anything older on demand.
         let rest = db::batch(
             &db,
             vec![
@@ -407,19 +417,9 @@ impl Shell {
                     sql::LOAD_RECENT,
                     &[t.clone(), r.clone(), current.saturating_sub(window).into()],
                 )?,
-                prepare(&db, sql::LOAD_MESSAGES, &[t.clone(), r.clone()])?,
-                prepare(&db, sql::LOAD_REACTIONS, &[t.clone(), r.clone()])?,
-                prepare(&db, sql::LOAD_READS, &[t.clone(), r.clone()])?,
-                prepare(
-                    &db,
-                    sql::LOAD_IDEMPOTENCY,
-                    &[
-                        t.clone(),
-                        r.clone(),
-                        now.saturating_sub(IDEMPOTENCY_MS).into(),
-                    ],
-                )?,
-                prepare(&db, sql::LOAD_AGENT_EVENTS, &[t, r])?,
+                prepare(&db, sql::LOAD_OPEN_MESSAGES, &[t.clone(), r.clone()])?,
+                prepare(&db, sql::LOAD_OPEN_RUNS, &[t.clone(), r.clone()])?,
+                prepare(&db, sql::LOAD_OPEN_RUN_ITEMS, &[t, r])?,
             ],
         )
         .await?;
@@ -432,6 +432,28 @@ impl Shell {
         let bodies = |i: usize| -> ApiResult<Vec<String>> {
             Ok(get(i)?.iter().filter_map(|row| text(row, "body")).collect())
         };
+        let runs = get(2)?
+            .iter()
+            .filter_map(|row| {
+                Some((
+                    text(row, "agent_id")?,
+                    text(row, "run_id")?,
+                    int(row, "terminal")? != 0,
+                ))
+            })
+            .collect::<Vec<_>>();
+        let items = get(3)?
+            .iter()
+            .filter_map(|row| {
+                Some((
+                    text(row, "agent_id")?,
+                    text(row, "run_id")?,
+                    text(row, "kind")?,
+                    text(row, "item_id")?,
+                    int(row, "pending")? != 0,
+                ))
+            })
+            .collect::<Vec<_>>();
         let loaded = LoadedRoom {
             room_type,
             current_seq: current,
@@ -448,33 +470,8 @@ impl Shell {
                     })
                 })
                 .collect(),
-            reactions: get(2)?
-                .iter()
-                .filter_map(|row| {
-                    Some((
-                        int(row, "message_id")?,
-                        text(row, "user_id")?,
-                        text(row, "emoji")?,
-                    ))
-                })
-                .collect(),
-            reads: get(3)?
-                .iter()
-                .filter_map(|row| Some((text(row, "user_id")?, int(row, "message_id")?)))
-                .collect(),
-            idempotency: get(4)?
-                .iter()
-                .filter_map(|row| {
-                    Some(IdempotencyRow {
-                        user_id: text(row, "user_id")?,
-                        client_message_id: text(row, "client_message_id")?,
-                        seq: int(row, "seq")?,
-                        message_id: int(row, "message_id"),
-                        created_ms: int(row, "created_at")?,
-                    })
-                })
-                .collect(),
-            agent_events: bodies(5)?,
+            runs: RunRow::assemble(runs, items),
+            ..LoadedRoom::default()
         };
         let (ta, ra): (Arc<str>, Arc<str>) = (Arc::from(tenant), Arc::from(room));
         let cfg = RoomConfig {
@@ -539,8 +536,101 @@ impl Shell {
             room.handle(now_ms(), input);
             self.pump(&mut core);
         }
+        self.fetch_loop().await;
         self.commit_loop().await;
         self.arm_alarm().await;
+    }
+
+    /// Answer the engine's lookups while it has any: each round sends every queued lookup to
+    /// D1 in one `batch()` and feeds the results back in fetch order. Only one loop runs at a
+    /// time; lookups queued meanwhile go in its next round. Any order of results would do (the
+    /// engine never lets a result overwrite newer state); a failed batch fails every lookup
+    /// of the round, which answers the requests waiting for them with `internal_error`.
+    async fn fetch_loop(self: &Rc<Self>) {
+        {
+            let mut core = self.core.borrow_mut();
+            if core.fetching || core.lookups.is_empty() {
+                return;
+            }
+            core.fetching = true;
+        }
+        loop {
+            let (round, generation) = {
+                let mut core = self.core.borrow_mut();
+                let round: Vec<(u64, Lookup, Stmt)> = core.lookups.drain(..).collect();
+                (round, core.generation)
+            };
+            if round.is_empty() {
+                break;
+            }
+            let results = self.lookup_round(&round).await;
+            let mut core = self.core.borrow_mut();
+            if core.generation != generation {
+                continue;
+            }
+            for ((fetch, lookup, _), result) in round.into_iter().zip(results) {
+                let result = result.and_then(|row| lookup.found(row.as_deref()));
+                if let Some(room) = core.room.as_mut() {
+                    room.handle(now_ms(), Input::Fetched { fetch, result });
+                }
+                self.pump(&mut core);
+            }
+        }
+        self.core.borrow_mut().fetching = false;
+    }
+
+    /// Run one round of lookups: per lookup, its first row as values in
+    /// [`Lookup::columns`] order (`None`: no row), or a failure.
+    async fn lookup_round(
+        &self,
+        round: &[(u64, Lookup, Stmt)],
+    ) -> Vec<Result<Option<Vec<SqlValue>>, FetchFailed>> {
+        let failed = || round.iter().map(|_| Err(FetchFailed)).collect();
+        let Ok(db) = self.db() else {
+            return failed();
+        };
+        let Ok(prepared) = round
+            .iter()
+            .map(|(_, _, s)| prepare_stmt(&db, s))
+            .collect::<ApiResult<Vec<_>>>()
+        else {
+            return failed();
+        };
+        let results = match db::batch(&db, prepared).await {
+            Ok(r) => r,
+            Err(e) => {
+                worker::console_error!("fluxy-worker: {} lookup(s) failed: {e}", round.len());
+                return failed();
+            }
+        };
+        round
+            .iter()
+            .enumerate()
+            .map(|(i, (_, lookup, _))| {
+                let row = results
+                    .get(i)
+                    .map(first)
+                    .transpose()
+                    .map_err(|_| FetchFailed)?
+                    .flatten();
+                Ok(row.map(|row| {
+                    lookup
+                        .columns()
+                        .iter()
+                        .map(|c| match row.get(*c) {
+                            Some(serde_json::Value::String(t)) => {
+                                SqlValue::Text(Arc::from(t.as_str()))
+                            }
+                            Some(v) => v
+                                .as_i64()
+                                .or_else(|| v.as_f64().map(|f| f as i64))
+                                .map_or(SqlValue::Null, SqlValue::Int),
+                            None => SqlValue::Null,
+                        })
+                        .collect()
+                }))
+            })
+            .collect()
     }
 
     /// Run D1 batches while the engine has any to write. Only one loop runs at a time; events
@@ -695,6 +785,11 @@ impl Shell {
                 Effect::Persist { batch, statements } => {
                     core.persist.push_back((batch, statements))
                 }
+                Effect::Fetch {
+                    fetch,
+                    lookup,
+                    statement,
+                } => core.lookups.push_back((fetch, lookup, statement)),
                 Effect::PostDone { request, result } => {
                     if let Some(tx) = core.posts.remove(&request) {
                         let _ = tx.send(result);
@@ -714,6 +809,8 @@ impl Shell {
                     core.sockets.clear();
                     core.sse.clear();
                     core.persist.clear();
+                    core.lookups.clear();
+                    core.generation += 1;
                     for (_, w) in core.pollers.drain(..) {
                         let _ = w.send(());
                     }

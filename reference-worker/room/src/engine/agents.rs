@@ -288,3 +288,142 @@ impl Room {
         }
     }
 }
+
+impl Room {
+    /// Install a run read from storage (open at wake-up, or fetched).
+    pub(super) fn load_run(&mut self, r: RunRow) {
+        let key = (r.agent_id, r.run_id);
+        self.runs_absent.remove(&key);
+        for (call, pending) in r.tool_calls {
+            self.tool_calls
+                .insert((key.0.clone(), key.1.clone(), call), pending);
+        }
+        for (approval, pending) in r.approvals {
+            self.approvals
+                .insert((key.0.clone(), key.1.clone(), approval), pending);
+        }
+        self.runs.insert(
+            key,
+            Run {
+                terminal: r.terminal,
+            },
+        );
+    }
+
+    /// Whether a run is open: not terminal, or a tool call or approval of it still pending.
+    fn run_open(&self, agent: &str, run: &str) -> bool {
+        let Some(r) = self.runs.get(&(agent.to_owned(), run.to_owned())) else {
+            return false;
+        };
+        let pending = |((a, r, _), p): (&(String, String, String), &bool)| {
+            *p && a.as_str() == agent && r.as_str() == run
+        };
+        !r.terminal || self.tool_calls.iter().any(pending) || self.approvals.iter().any(pending)
+    }
+
+    /// The `agent_runs` / `agent_items` rows an applied agent event changes (wake-up loads the
+    /// open runs from them). A run that closes forgets its tool calls and approvals: every
+    /// agent frame on a closed run is refused, whatever they were.
+    pub(super) fn agent_rows(&mut self, e: &TimelineEvent) -> Vec<Stmt> {
+        let (t, r) = (self.cfg.tenant.clone(), self.cfg.room_id.clone());
+        let mut out = Vec::new();
+        let mut runs: Vec<(String, String)> = Vec::new();
+        match e {
+            TimelineEvent::AgentRun(x) => runs.push((x.agent_id.clone(), x.run_id.clone())),
+            TimelineEvent::ToolCall(x) => {
+                out.push(sql::upsert_run_item(
+                    &t,
+                    &r,
+                    &x.agent_id,
+                    &x.run_id,
+                    sql::ITEM_TOOL_CALL,
+                    &x.tool_call_id,
+                    true,
+                ));
+                runs.push((x.agent_id.clone(), x.run_id.clone()));
+            }
+            TimelineEvent::ToolResult(x) => {
+                out.push(sql::upsert_run_item(
+                    &t,
+                    &r,
+                    &x.agent_id,
+                    &x.run_id,
+                    sql::ITEM_TOOL_CALL,
+                    &x.tool_call_id,
+                    false,
+                ));
+                runs.push((x.agent_id.clone(), x.run_id.clone()));
+            }
+            TimelineEvent::ToolError(x) => {
+                out.push(sql::upsert_run_item(
+                    &t,
+                    &r,
+                    &x.agent_id,
+                    &x.run_id,
+                    sql::ITEM_TOOL_CALL,
+                    &x.tool_call_id,
+                    false,
+                ));
+                runs.push((x.agent_id.clone(), x.run_id.clone()));
+            }
+            TimelineEvent::ApprovalRequest(x) => {
+                out.push(sql::upsert_run_item(
+                    &t,
+                    &r,
+                    &x.agent_id,
+                    &x.run_id,
+                    sql::ITEM_APPROVAL,
+                    &x.approval_id,
+                    true,
+                ));
+                runs.push((x.agent_id.clone(), x.run_id.clone()));
+            }
+            TimelineEvent::ApprovalDecision(x) => {
+                let mut keys: Vec<&(String, String, String)> = self
+                    .approvals
+                    .keys()
+                    .filter(|(agent, run, id)| {
+                        *run == x.run_id
+                            && *id == x.approval_id
+                            // [FX-AGT-12] only the named agent's request (all of them for a
+                            // decision stored before agentId existed).
+                            && (x.agent_id.is_empty() || *agent == x.agent_id)
+                    })
+                    .collect();
+                keys.sort();
+                for (agent, run, id) in keys {
+                    out.push(sql::upsert_run_item(
+                        &t,
+                        &r,
+                        agent,
+                        run,
+                        sql::ITEM_APPROVAL,
+                        id,
+                        false,
+                    ));
+                    runs.push((agent.clone(), run.clone()));
+                }
+            }
+            _ => return out,
+        }
+        runs.dedup();
+        for (agent, run) in runs {
+            let Some(terminal) = self
+                .runs
+                .get(&(agent.clone(), run.clone()))
+                .map(|x| x.terminal)
+            else {
+                continue;
+            };
+            let open = self.run_open(&agent, &run);
+            out.push(sql::upsert_run(&t, &r, &agent, &run, terminal, open));
+            if !open {
+                self.tool_calls
+                    .retain(|(a, x, _), _| *a != agent || *x != run);
+                self.approvals
+                    .retain(|(a, x, _), _| *a != agent || *x != run);
+            }
+        }
+        out
+    }
+}

@@ -172,6 +172,8 @@ impl Room {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        // Frames waiting for a fetch go with the connection (nobody to answer).
+        self.parked.remove(&Requester::Conn(conn));
         let user = c.identity.user_id;
         let last = match self.users.get_mut(&user) {
             Some(n) if *n > 1 => {

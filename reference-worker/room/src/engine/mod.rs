@@ -7,9 +7,12 @@
 
 mod agents;
 mod conn;
+mod fetch;
 mod membership;
 mod msg;
 mod seq;
+
+pub use fetch::{FetchFailed, Found, Lookup, RunRow};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -191,7 +194,14 @@ pub struct IdempotencyRow {
     pub created_ms: u64,
 }
 
-/// Everything the engine needs from storage to start (see `sql::LOAD_*`).
+/// What the engine needs from storage to start (see `sql::LOAD_*`): a bounded read.
+///
+/// Required: the room type, `current_seq`, the newest events (`recent`) and every *open* agent
+/// run (`runs`, [`crate::sql::LOAD_OPEN_RUNS`]: see [`RunRow`]). Everything else is optional
+/// preloaded cache: rows given in `messages`, `reactions`, `reads` and `idempotency` must be
+/// current, but any subset will do (the shells load the streaming messages,
+/// [`crate::sql::LOAD_OPEN_MESSAGES`]); whatever a request needs and the engine does not hold
+/// is looked up on demand with [`Effect::Fetch`].
 #[derive(Debug, Clone, Default)]
 pub struct LoadedRoom {
     /// Room type.
@@ -200,15 +210,19 @@ pub struct LoadedRoom {
     pub current_seq: u64,
     /// Bodies of the newest events, ascending, ending at `current_seq`.
     pub recent: Vec<String>,
-    /// Every message.
+    /// Known message rows (any subset; the shells load the streaming ones).
     pub messages: Vec<MessageRow>,
-    /// Every reaction: (message id, user, emoji).
+    /// Known reactions that exist: (message id, user, emoji) (any subset; shells load none).
     pub reactions: Vec<(u64, String, String)>,
-    /// Every read position: (user, message id).
+    /// Known read positions: (user, message id) (any subset; shells load none).
     pub reads: Vec<(String, u64)>,
-    /// Idempotency keys of the last 24 h.
+    /// Known idempotency keys of the last 24 h (any subset; shells load none).
     pub idempotency: Vec<IdempotencyRow>,
-    /// Bodies of every agent event, ascending.
+    /// Every open agent run with its tool calls and approvals (required: the engine answers
+    /// requests on runs it does not hold as if they were closed or absent).
+    pub runs: Vec<RunRow>,
+    /// Bodies of agent events to replay into run state, ascending (optional; a shell that
+    /// passes every agent event of the room gets the behaviour of the full load).
     pub agent_events: Vec<String>,
 }
 
@@ -264,6 +278,15 @@ pub enum Input {
     CommitFailed {
         /// Batch id.
         batch: u64,
+    },
+    /// The answer to an [`Effect::Fetch`]: the row found (or not), or [`FetchFailed`] when
+    /// storage failed (the requests waiting for it get an `internal_error`). Results may come in any
+    /// order; each must reflect storage as of some time after the `Fetch` was emitted.
+    Fetched {
+        /// The fetch id of the [`Effect::Fetch`].
+        fetch: u64,
+        /// What storage holds.
+        result: Result<Found, FetchFailed>,
     },
     /// `POST /messages`.
     Post {
@@ -339,6 +362,17 @@ pub enum Effect {
         /// Statements.
         statements: Vec<Stmt>,
     },
+    /// Read one row from storage and answer with [`Input::Fetched`] (same `fetch` id). The
+    /// requests that need it wait (see the crate docs for the ordering guarantees). Reads may
+    /// run concurrently with writes and with each other.
+    Fetch {
+        /// Fetch id, echoed in [`Input::Fetched`].
+        fetch: u64,
+        /// What is looked up; [`Lookup::found`] turns the first result row into a [`Found`].
+        lookup: Lookup,
+        /// The query to run (at most one row).
+        statement: Stmt,
+    },
     /// Answer to an [`Input::Post`].
     PostDone {
         /// Request id.
@@ -360,7 +394,7 @@ pub enum Effect {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Requester {
     Conn(ConnId),
     Post(u64),
@@ -436,10 +470,29 @@ pub struct Room {
     queue: Vec<Pending>,
     in_flight: Option<(u64, Vec<Pending>)>,
     next_batch: u64,
+    /// Highest seq in storage when the room was built: ids and keys created later are always
+    /// in memory, older ones may need a [`Effect::Fetch`].
+    wake_seq: u64,
+    /// Known messages (loaded, fetched or created since wake-up).
     messages: HashMap<u64, Msg>,
-    reactions: HashSet<(u64, String, String)>,
-    reads: HashMap<String, u64>,
+    /// Message ids at or below `wake_seq` known not to be messages.
+    msg_absent: HashSet<u64>,
+    /// Known reactions: present (true) or absent (false).
+    reactions: HashMap<(u64, String, String), bool>,
+    /// Known read positions (`None`: the user has none).
+    reads: HashMap<String, Option<u64>>,
     idem: HashMap<(String, String), IdemEntry>,
+    /// Idempotency keys known to be unused (or expired).
+    idem_absent: HashSet<(String, String)>,
+    /// Runs at or below `wake_seq` known not to exist.
+    runs_absent: HashSet<(String, String)>,
+    /// Fetches in flight: id -> lookup, and lookup -> id.
+    fetches: BTreeMap<u64, Lookup>,
+    fetching: HashMap<Lookup, u64>,
+    next_fetch: u64,
+    /// Requests waiting for a fetch, per requester, in arrival order (later frames of a
+    /// connection queue behind a waiting one).
+    parked: BTreeMap<Requester, VecDeque<fetch::Parked>>,
     /// Idempotency keys in commit-time order, for pruning: (created ms, user, key, seq).
     idem_order: VecDeque<(u64, String, String, u64)>,
     policy: RoomPolicy,
@@ -504,10 +557,18 @@ impl Room {
             queue: Vec::new(),
             in_flight: None,
             next_batch: 1,
+            wake_seq: loaded.current_seq,
             messages: HashMap::with_capacity(loaded.messages.len()),
-            reactions: HashSet::new(),
+            msg_absent: HashSet::new(),
+            reactions: HashMap::new(),
             reads: HashMap::new(),
             idem: HashMap::new(),
+            idem_absent: HashSet::new(),
+            runs_absent: HashSet::new(),
+            fetches: BTreeMap::new(),
+            fetching: HashMap::new(),
+            next_fetch: 1,
+            parked: BTreeMap::new(),
             idem_order: VecDeque::new(),
             policy: RoomPolicy::default(),
             runs: HashMap::new(),
@@ -545,8 +606,10 @@ impl Room {
             .map(|r| created_ms_of(&r.event))
             .max()
             .unwrap_or(0);
-        room.reactions.extend(loaded.reactions);
-        room.reads.extend(loaded.reads);
+        room.reactions
+            .extend(loaded.reactions.into_iter().map(|k| (k, true)));
+        room.reads
+            .extend(loaded.reads.into_iter().map(|(u, m)| (u, Some(m))));
         let mut idem_rows = loaded.idempotency;
         idem_rows.sort_by_key(|r| r.created_ms);
         for r in idem_rows {
@@ -564,6 +627,9 @@ impl Room {
                     created_ms: r.created_ms,
                 },
             );
+        }
+        for r in loaded.runs {
+            room.load_run(r);
         }
         for body in loaded.agent_events {
             if let Ok(e) = serde_json::from_str::<TimelineEvent>(&body) {
@@ -708,26 +774,16 @@ impl Room {
             Input::Closed { conn } => self.remove_conn(conn),
             Input::Committed { batch } => self.committed(batch),
             Input::CommitFailed { batch } => self.commit_failed(batch),
+            Input::Fetched { fetch, result } => self.fetched(now_ms, fetch, result),
             Input::Post {
                 request,
                 identity,
                 frame,
-            } => {
-                let who = Requester::Post(request);
-                if self.duplicate(
-                    now_ms,
-                    who,
-                    &identity.user_id,
-                    frame.client_message_id.as_deref(),
-                    None,
-                ) {
-                    self.flush();
-                    return;
-                }
-                let t = self.event_ms(now_ms);
-                let r = self.on_message(t, &identity, None, frame);
-                self.finish(who, r);
-            }
+            } => self.submit(
+                now_ms,
+                Requester::Post(request),
+                fetch::Parked::Post { identity, frame },
+            ),
             Input::Kick { user_id, version } => {
                 if !self.note_membership(&user_id, version, membership::Membership::Removed) {
                     self.flush();
@@ -812,6 +868,28 @@ impl Room {
                 return;
             }
         };
+        let spoofed = match &frame {
+            ClientFrame::Message(_) if self.cfg.faults.trust_frame_user_id => {
+                raw_field(text, "userId")
+            }
+            _ => None,
+        };
+        self.submit(
+            now_ms,
+            Requester::Conn(conn),
+            fetch::Parked::Frame { frame, spoofed },
+        );
+    }
+
+    /// Handle a decoded, rate-limited frame whose lookups are all in memory (see
+    /// [`Room::submit`]).
+    fn run_frame(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        frame: ClientFrame,
+        spoofed: Option<String>,
+    ) {
         let Some(identity) = self.conns.get(&conn).map(|c| c.identity.clone()) else {
             return;
         };
@@ -831,14 +909,7 @@ impl Room {
         let t = self.event_ms(now_ms);
         let r = match frame {
             ClientFrame::Ping(_) => Ok(None),
-            ClientFrame::Message(f) => {
-                let spoofed = if self.cfg.faults.trust_frame_user_id {
-                    raw_field(text, "userId")
-                } else {
-                    None
-                };
-                self.on_message(t, &identity, spoofed, f)
-            }
+            ClientFrame::Message(f) => self.on_message(t, &identity, spoofed, f),
             ClientFrame::Edit(f) => self.on_edit(t, &identity, f),
             ClientFrame::Delete(f) => self.on_delete(t, &identity, f),
             ClientFrame::Reaction(f) => self.on_reaction(t, &identity, f),

@@ -190,7 +190,7 @@ impl Room {
             }
         }
         let key = (f.message_id, id.user_id.clone(), f.emoji.clone());
-        let present = self.reactions.contains(&key);
+        let present = self.reactions.get(&key).copied().unwrap_or(false);
         let add = f.op == ReactionOp::Add;
         let mut a = ack(f.reference.as_deref(), None);
         a.id = Some(f.message_id);
@@ -234,7 +234,9 @@ impl Room {
         if self
             .reads
             .get(&id.user_id)
-            .is_some_and(|r| *r >= f.message_id)
+            .copied()
+            .flatten()
+            .is_some_and(|r| r >= f.message_id)
         {
             return Ok(Some(Accepted::noop(a)));
         }
@@ -390,14 +392,10 @@ impl Room {
             }
             TimelineEvent::Reaction(r) => {
                 let key = (r.message_id, r.user_id.clone(), r.emoji.clone());
-                if r.op == ReactionOp::Add {
-                    self.reactions.insert(key);
-                } else {
-                    self.reactions.remove(&key);
-                }
+                self.reactions.insert(key, r.op == ReactionOp::Add);
             }
             TimelineEvent::Read(r) => {
-                self.reads.insert(r.user_id.clone(), r.message_id);
+                self.reads.insert(r.user_id.clone(), Some(r.message_id));
             }
             other => self.apply_agent_event(other),
         }

@@ -125,6 +125,7 @@ impl Room {
         };
         if e.created_ms.saturating_add(IDEMPOTENCY_TTL_MS) <= now_ms {
             self.idem.remove(&key);
+            self.note_idem_absent(key);
             return false;
         }
         let a = AckFrame {
@@ -183,6 +184,7 @@ impl Room {
             m.id = seq;
         }
         self.apply_event(&event);
+        let run_rows = self.agent_rows(&event);
         let kind = event.type_name();
         let body: Arc<str> = Arc::from(event.encode());
         if self.cfg.faults.ack_before_store
@@ -213,6 +215,7 @@ impl Room {
             }
         }
         statements.extend(statements_extra);
+        statements.extend(run_rows);
         if let Some((user, cmid)) = idem {
             statements.push(sql::insert_idempotency(
                 &self.cfg.tenant,
@@ -225,6 +228,9 @@ impl Room {
             ));
             self.idem_order
                 .push_back((created_ms, user.clone(), cmid.clone(), seq));
+            let key = (user, cmid);
+            self.idem_absent.remove(&key);
+            let (user, cmid) = key;
             self.idem.insert(
                 (user, cmid),
                 IdemEntry {
@@ -362,6 +368,15 @@ impl Room {
             posts.extend(items.iter().flat_map(post_requests));
         }
         posts.extend(self.queue.drain(..).flat_map(|p| post_requests(&p)));
+        // Requests waiting for a fetch: POSTs get the same answer, frames go with their
+        // connection; results of fetches in flight are ignored from now on.
+        for who in std::mem::take(&mut self.parked).into_keys() {
+            if let Requester::Post(r) = who {
+                posts.push(r);
+            }
+        }
+        self.fetches.clear();
+        self.fetching.clear();
         for request in posts {
             self.effects.push_back(Effect::PostDone {
                 request,

@@ -223,6 +223,16 @@ impl Gen<'_> {
                     }
                     self.room.handle(self.now, Input::Committed { batch });
                 }
+                Effect::Fetch {
+                    fetch,
+                    lookup,
+                    statement,
+                } => {
+                    // A lookup of state not in memory: answered at once from the file.
+                    let row = fluxy_server::db::fetch_sync(self.db, &statement)?;
+                    let result = lookup.found(row.as_deref());
+                    self.room.handle(self.now, Input::Fetched { fetch, result });
+                }
                 Effect::Send { frame, .. } if frame.starts_with("{\"type\":\"error\"") => {
                     self.refused += 1;
                     self.last_refusal = frame.to_string();
