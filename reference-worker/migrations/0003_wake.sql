@@ -18,6 +18,11 @@ CREATE TABLE IF NOT EXISTS agent_runs (
 
 CREATE INDEX IF NOT EXISTS agent_runs_open ON agent_runs (tenant_id, room_id) WHERE open = 1;
 
+-- The prune of expired idempotency keys at wake-up (PRUNE_IDEMPOTENCY) finds them by time:
+-- without this index it read every key of the room (5.4 ms for the 15k keys of a day at 1M
+-- events, the whole difference between waking 1k and 1M events in the native shell).
+CREATE INDEX IF NOT EXISTS idempotency_by_time ON idempotency (tenant_id, room_id, created_at);
+
 -- Tool calls (kind 'tool_call') and approval requests (kind 'approval') of each run.
 CREATE TABLE IF NOT EXISTS agent_items (
   tenant_id TEXT NOT NULL,

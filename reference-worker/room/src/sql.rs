@@ -354,8 +354,10 @@ pub const LOAD_OPEN_MESSAGES: &str = "SELECT id, user_id, version, deleted, stre
 /// Open agent runs (see [`crate::RunRow`]): agent, run, terminal (partial index
 /// `agent_runs_open`). With [`LOAD_OPEN_RUN_ITEMS`], replaces `LOAD_AGENT_EVENTS` at wake-up.
 pub const LOAD_OPEN_RUNS: &str = "SELECT agent_id, run_id, terminal FROM agent_runs WHERE tenant_id = ?1 AND room_id = ?2 AND open = 1";
-/// Tool calls and approvals of the open runs: agent, run, kind, item id, pending.
-pub const LOAD_OPEN_RUN_ITEMS: &str = "SELECT i.agent_id AS agent_id, i.run_id AS run_id, i.kind AS kind, i.item_id AS item_id, i.pending AS pending FROM agent_runs r JOIN agent_items i ON i.tenant_id = r.tenant_id AND i.room_id = r.room_id AND i.agent_id = r.agent_id AND i.run_id = r.run_id WHERE r.tenant_id = ?1 AND r.room_id = ?2 AND r.open = 1";
+/// Tool calls and approvals of the open runs: agent, run, kind, item id, pending. `CROSS JOIN`
+/// makes SQLite (and D1) start from the few open runs (partial index `agent_runs_open`); a plain
+/// join scanned every item of the room (1.9 ms of a 1M-event room's wake-up, against 0.06 ms).
+pub const LOAD_OPEN_RUN_ITEMS: &str = "SELECT i.agent_id AS agent_id, i.run_id AS run_id, i.kind AS kind, i.item_id AS item_id, i.pending AS pending FROM agent_runs r CROSS JOIN agent_items i ON i.tenant_id = r.tenant_id AND i.room_id = r.room_id AND i.agent_id = r.agent_id AND i.run_id = r.run_id WHERE r.tenant_id = ?1 AND r.room_id = ?2 AND r.open = 1";
 
 // --------------------------------------------- lookups on demand (?1 tenant, ?2 room; one row)
 
