@@ -328,55 +328,45 @@ impl Room {
         let (t, r) = (self.cfg.tenant.clone(), self.cfg.room_id.clone());
         let mut out = Vec::new();
         let mut runs: Vec<(String, String)> = Vec::new();
+        // (agent, run, kind, item id, pending) of the one item a call, result or request changes.
+        let mut item = None;
         match e {
             TimelineEvent::AgentRun(x) => runs.push((x.agent_id.clone(), x.run_id.clone())),
             TimelineEvent::ToolCall(x) => {
-                out.push(sql::upsert_run_item(
-                    &t,
-                    &r,
-                    &x.agent_id,
-                    &x.run_id,
+                item = Some((
+                    x.agent_id.as_str(),
+                    x.run_id.as_str(),
                     sql::ITEM_TOOL_CALL,
-                    &x.tool_call_id,
+                    x.tool_call_id.as_str(),
                     true,
-                ));
-                runs.push((x.agent_id.clone(), x.run_id.clone()));
+                ))
             }
             TimelineEvent::ToolResult(x) => {
-                out.push(sql::upsert_run_item(
-                    &t,
-                    &r,
-                    &x.agent_id,
-                    &x.run_id,
+                item = Some((
+                    x.agent_id.as_str(),
+                    x.run_id.as_str(),
                     sql::ITEM_TOOL_CALL,
-                    &x.tool_call_id,
+                    x.tool_call_id.as_str(),
                     false,
-                ));
-                runs.push((x.agent_id.clone(), x.run_id.clone()));
+                ))
             }
             TimelineEvent::ToolError(x) => {
-                out.push(sql::upsert_run_item(
-                    &t,
-                    &r,
-                    &x.agent_id,
-                    &x.run_id,
+                item = Some((
+                    x.agent_id.as_str(),
+                    x.run_id.as_str(),
                     sql::ITEM_TOOL_CALL,
-                    &x.tool_call_id,
+                    x.tool_call_id.as_str(),
                     false,
-                ));
-                runs.push((x.agent_id.clone(), x.run_id.clone()));
+                ))
             }
             TimelineEvent::ApprovalRequest(x) => {
-                out.push(sql::upsert_run_item(
-                    &t,
-                    &r,
-                    &x.agent_id,
-                    &x.run_id,
+                item = Some((
+                    x.agent_id.as_str(),
+                    x.run_id.as_str(),
                     sql::ITEM_APPROVAL,
-                    &x.approval_id,
+                    x.approval_id.as_str(),
                     true,
-                ));
-                runs.push((x.agent_id.clone(), x.run_id.clone()));
+                ))
             }
             TimelineEvent::ApprovalDecision(x) => {
                 let mut keys: Vec<&(String, String, String)> = self
@@ -405,6 +395,10 @@ impl Room {
                 }
             }
             _ => return out,
+        }
+        if let Some((agent, run, kind, id, pending)) = item {
+            out.push(sql::upsert_run_item(&t, &r, agent, run, kind, id, pending));
+            runs.push((agent.to_owned(), run.to_owned()));
         }
         runs.dedup();
         for (agent, run) in runs {
