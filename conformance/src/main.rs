@@ -80,6 +80,10 @@ struct RunArgs {
     /// SHOULD violations fail the run.
     #[arg(long)]
     strict: bool,
+    /// Stop at the first case that fails, errs or is blocked; the cases not started by then
+    /// are reported `skipped` (quick iteration, mutation testing).
+    #[arg(long)]
+    fail_fast: bool,
     /// Multiply every deadline by this factor (slow servers, CI).
     #[arg(long, default_value_t = 1.0)]
     timeout_scale: f64,
@@ -182,6 +186,7 @@ async fn run(a: RunArgs) -> Result<i32, RunError> {
             strict: a.strict,
             jobs: a.jobs.max(1),
             profiles: a.profiles.clone(),
+            fail_fast: a.fail_fast,
         },
         timeout_scale: a.timeout_scale,
         seed: a.seed,

@@ -24,6 +24,9 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Profiles to run (`core`, `history`, …); empty runs every profile.
     pub profiles: Vec<String>,
+    /// Stop at the first case that makes the run exit non-zero (fail, error or blocked);
+    /// cases not started by then are reported `skipped`.
+    pub fail_fast: bool,
 }
 
 impl Default for RunOptions {
@@ -33,6 +36,7 @@ impl Default for RunOptions {
             strict: false,
             jobs: 4,
             profiles: vec![],
+            fail_fast: false,
         }
     }
 }
@@ -329,6 +333,8 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
     }
     let _ = env.probes.set(probes.clone());
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
+    // Set by the first case that fails, errs or is blocked when `fail_fast` is on.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut handles = Vec::new();
     // Cases that restart the server run alone, after every other case has finished.
     let (normal, restarting): (Vec<Case>, Vec<Case>) = cases
@@ -345,12 +351,25 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
             Some(Probe::NotImplemented(ev)) => Some(ev.clone()),
             _ => None,
         };
+        let (stop, fail_fast) = (stop.clone(), opts.fail_fast);
+        // Cases start in registry order: the permit is taken before the task is spawned.
+        let permit = match absent {
+            Some(_) => None,
+            None => sem.acquire_owned().await.ok(),
+        };
         handles.push(tokio::spawn(async move {
             if let Some(ev) = absent {
                 return not_implemented(case, &ev);
             }
-            let _permit = sem.acquire_owned().await.ok();
-            run_one(env, case, strict).await
+            let _permit = permit;
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return not_run(case);
+            }
+            let r = run_one(env, case, strict).await;
+            if fail_fast && stops_run(r.verdict) {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            r
         }));
     }
     let mut out = Vec::new();
@@ -363,7 +382,15 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
     for case in restarting.iter().copied() {
         let env = env.clone();
         let strict = opts.strict;
-        restart_reports.push(tokio::spawn(async move { run_one(env, case, strict).await }).await);
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            restart_reports.push(Ok(not_run(case)));
+            continue;
+        }
+        let r = tokio::spawn(async move { run_one(env, case, strict).await }).await;
+        if opts.fail_fast && r.as_ref().map_or(true, |r| stops_run(r.verdict)) {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        restart_reports.push(r);
     }
     let results: Vec<_> = normal_reports.into_iter().chain(restart_reports).collect();
     for (h, case) in results.into_iter().zip(order.iter()) {
@@ -420,6 +447,28 @@ pub async fn run_cases(env: Arc<Env>, cases: &[Case], opts: &RunOptions, embedde
         root_causes: root_causes(&out),
         setup_deviations: env.setup_deviations.clone(),
         cases: out,
+    }
+}
+
+/// Whether a verdict makes the run exit non-zero.
+fn stops_run(v: Verdict) -> bool {
+    matches!(v, Verdict::Fail | Verdict::Error | Verdict::Blocked)
+}
+
+/// A case `--fail-fast` did not start because an earlier case failed.
+fn not_run(case: Case) -> CaseReport {
+    CaseReport {
+        id: case.id.into(),
+        group: case.group().into(),
+        title: case.title.into(),
+        clauses: case.clauses.iter().map(|c| clause_info(c)).collect(),
+        verdict: Verdict::Skipped,
+        duration_ms: 0,
+        reason: Some("not run: --fail-fast stopped the run after an earlier case".into()),
+        profile: profile::of_case(case.id).into(),
+        failure: None,
+        observations: vec![],
+        transcript: vec![],
     }
 }
 

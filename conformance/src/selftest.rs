@@ -185,6 +185,7 @@ pub async fn check_fault(fc: &FaultCatcher, timeout_scale: f64) -> Result<FaultO
             strict: false,
             jobs: 2,
             profiles: vec![],
+            fail_fast: false,
         },
         timeout_scale,
         embedded: EmbeddedOptions {

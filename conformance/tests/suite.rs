@@ -246,3 +246,34 @@ async fn durability_group_passes_across_a_real_process_restart() {
         summary(&rep)
     );
 }
+
+/// `--fail-fast`: with a fault the first `ord` case catches and one job, the run
+/// stops there: the case fails, every later case is `skipped` as not run, and the run exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fail_fast_stops_at_the_first_failure() {
+    let config = RunConfig {
+        timeout_scale: 2.0,
+        options: RunOptions {
+            jobs: 1,
+            filters: vec!["ord/*".into()],
+            fail_fast: true,
+            ..RunOptions::default()
+        },
+        embedded: fluxy_conformance::embedded::EmbeddedOptions {
+            faults: vec!["reorder-broadcast".into()],
+            ..Default::default()
+        },
+        ..RunConfig::default()
+    };
+    let rep = run(&config).await.expect("the run proceeds");
+    let ids: Vec<&str> = rep.cases.iter().map(|c| c.id.as_str()).collect();
+    let first = &rep.cases[0];
+    assert_eq!(first.id, "ord/one-sender-fifo", "{ids:?}");
+    assert_eq!(first.verdict, Verdict::Fail, "{}", summary(&rep));
+    assert!(rep.cases.len() > 3);
+    for c in &rep.cases[1..] {
+        assert_eq!(c.verdict, Verdict::Skipped, "{}: {:?}", c.id, c.reason);
+        assert!(c.reason.as_deref().unwrap_or("").contains("--fail-fast"));
+    }
+    assert_eq!(rep.exit_code(), 1);
+}
