@@ -258,6 +258,18 @@ async fn cursor_tamper(ctx: &Ctx) -> Result<(), CaseError> {
                 }
             }),
         ),
+        // Two bytes changed by the same mask: a tag check that folds byte differences with
+        // XOR instead of OR lets exactly this through (a mutant of the reference's cursor.rs).
+        (
+            "last two bytes flipped by one mask",
+            mutate(&cur, |b| {
+                let n = b.len();
+                if n >= 2 {
+                    b[n - 1] ^= 0x20;
+                    b[n - 2] ^= 0x20;
+                }
+            }),
+        ),
         ("truncated", cur[..cur.len() - 4].to_string()),
         (
             "forged",
