@@ -25,6 +25,7 @@ every worker pause between mutants (each writes /tmp/mut-worker-I.state: running
         --list /tmp/mall.json --out /tmp/moracle.jsonl --worker 0/2
     # fluxy-protocol / fluxy-server mutants against the unmutated runner:
     (cd /work/main && cargo build -q -p fluxy-conformance && cp target/debug/fluxy-conformance /tmp/runner)
+    (cd /tmp/fluxy-mutc && CARGO_PROFILE_DEV_DEBUG=0 cargo build -q -p fluxy-server --bin fluxy-server)
     python3 docs/mutation-conformance-oracle.py --clone /tmp/fluxy-mutc --external /tmp/runner \
         --list /tmp/mprot.json --out /tmp/mprot.jsonl --strict --worker 0/2
 """
@@ -62,9 +63,8 @@ done = set()
 if os.path.exists(a.out):
     done = {json.loads(l)["name"] for l in open(a.out) if l.strip()}
 os.chdir(a.clone)
-# Embedded mode rebuilds the big runner binary per mutant: no debug info links faster. The
-# external mode keeps the clone's profile, so dependencies copied from a normal build are reused.
-env = dict(os.environ) if a.external else dict(os.environ, CARGO_PROFILE_DEV_DEBUG="0")
+# No debug info: the binaries link much faster (prepare the clone's target with the same env).
+env = dict(os.environ, CARGO_PROFILE_DEV_DEBUG="0")
 report = os.path.join(a.clone, "target", f"moracle-{wi}")
 
 
