@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use fluxy_protocol::common::RoomType;
+use fluxy_protocol::common::{parse_timestamp, RoomType};
 use fluxy_protocol::http::CreateRoomRequest;
 use fluxy_protocol::jwt::sign_raw;
 use fluxy_protocol::{ErrorCode, ServerFrame};
@@ -18,7 +18,7 @@ use crate::ctx::{urlenc, Ctx, TokenOpts, User};
 /// Cases of this group.
 pub fn cases() -> Vec<Case> {
     vec![
-        case!("auth/token-endpoint", ["FX-AUTH-1", "FX-AUTH-16"], "POST /auth/token mints an HS256 JWT with sub, tid, roles, exp; bad keys get 401", token_endpoint),
+        case!("auth/token-endpoint", ["FX-AUTH-1", "FX-AUTH-16", "FX-AUTH-18"], "POST /auth/token mints an HS256 JWT with sub, tid, roles, exp; bad keys get 401", token_endpoint),
         case!("auth/ttl-and-roles", ["FX-AUTH-2"], "ttlSeconds is clamped to 60..86400, roles default to member, unknown roles are rejected", ttl_and_roles),
         case!("auth/expired-token", ["FX-AUTH-4"], "an expired token is rejected as token_expired (WS 4005, HTTP 401)", expired_token),
         case!("auth/missing-exp", ["FX-AUTH-4"], "a token without exp, or with a string exp, is rejected as unauthorized", missing_exp),
@@ -161,6 +161,29 @@ async fn token_endpoint(ctx: &Ctx) -> Result<(), CaseError> {
         "FX-AUTH-1",
         "a roles array",
         format!("{:?}", p.get("roles")),
+    )?;
+    // The response states the token's own expiry (FX-AUTH-18).
+    let exp = p.get("exp").and_then(Value::as_u64).unwrap_or(0);
+    ensure_eq(
+        "FX-AUTH-18",
+        "expiresAt is the JWT's exp, in seconds",
+        parse_timestamp(&t.expires_at).map(|ms| ms / 1000),
+        Some(exp),
+    )?;
+    let issued = p.get("iat").and_then(Value::as_u64);
+    let lifetime = exp.saturating_sub(issued.unwrap_or_else(now));
+    ensure(
+        match issued {
+            Some(_) => t.expires_in == lifetime,
+            // Without iat, issue time is "now", within the round trip and the allowed skew.
+            None => t.expires_in.abs_diff(lifetime) <= 10,
+        },
+        "FX-AUTH-18",
+        "expiresIn is exp minus the time of issue (iat)",
+        format!(
+            "expiresIn {} with exp {exp} and iat {issued:?}",
+            t.expires_in
+        ),
     )?;
     let r = ctx
         .http(reqwest::Method::POST, "/auth/token", None, Some(&body))
