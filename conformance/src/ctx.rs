@@ -266,6 +266,37 @@ impl Ctx {
             Some(b) => format!("{method} {path} {b}"),
             None => format!("{method} {path}"),
         };
+        self.send_logged(rb, &method, path, line).await
+    }
+
+    /// POST a body given byte for byte (`Content-Type: application/json`), e.g. to sit exactly
+    /// at a size limit; the transcript shows its length and first characters.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: &str,
+        body: String,
+    ) -> Result<HttpResp, CaseError> {
+        let url = format!("{}{}", self.env.target.endpoint, path);
+        let line = format!("POST {path} ({} bytes) {}", body.len(), short(&body, 120));
+        let rb = self
+            .env
+            .http
+            .post(&url)
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send_logged(rb, &reqwest::Method::POST, path, line)
+            .await
+    }
+
+    async fn send_logged(
+        &self,
+        rb: reqwest::RequestBuilder,
+        method: &reqwest::Method,
+        path: &str,
+        line: String,
+    ) -> Result<HttpResp, CaseError> {
         self.tr.push("http", Dir::Sent, &line);
         let res = rb.send().await.map_err(|e| {
             self.tr.push(

@@ -22,12 +22,12 @@ pub fn cases() -> Vec<Case> {
         case!("auth/ttl-and-roles", ["FX-AUTH-2"], "ttlSeconds is clamped to 60..86400, roles default to member, unknown roles are rejected", ttl_and_roles),
         case!("auth/expired-token", ["FX-AUTH-4"], "an expired token is rejected as token_expired (WS 4005, HTTP 401)", expired_token),
         case!("auth/missing-exp", ["FX-AUTH-4"], "a token without exp, or with a string exp, is rejected as unauthorized", missing_exp),
-        case!("auth/nbf-in-future", ["FX-AUTH-5"], "a token whose nbf is in the future is rejected", nbf_future),
-        case!("auth/bad-signature", ["FX-AUTH-6"], "a token with a tampered payload or signature is rejected", bad_signature),
+        case!("auth/nbf-in-future", ["FX-AUTH-5", "FX-AUTH-19"], "a token whose nbf is in the future is rejected; one whose nbf has passed is accepted", nbf_future),
+        case!("auth/bad-signature", ["FX-AUTH-6"], "a token with a tampered payload or signature (one byte, or two bytes changed by one mask) is rejected", bad_signature),
         case!("auth/alg-none", ["FX-AUTH-3"], "alg none is rejected, with or without a MAC", alg_none),
         case!("auth/wrong-algorithm", ["FX-AUTH-3"], "alg HS512 (or HS384) with a valid HS256 MAC is rejected", wrong_alg),
         case!("auth/wrong-tenant", ["FX-AUTH-6"], "a token naming another or unknown tenant, signed with this tenant's secret, is rejected", wrong_tenant),
-        case!("auth/bad-claims", ["FX-AUTH-6"], "sub or tid outside the id pattern is rejected", bad_claims),
+        case!("auth/bad-claims", ["FX-AUTH-6", "FX-AUTH-19"], "sub or tid outside the id pattern is rejected; a token of only sub, tid and exp is accepted", bad_claims),
         case!("auth/non-member", ["FX-AUTH-11", "FX-HIS-7", "FX-TEN-5"], "token role (member, moderator, agent) × room type (group, announcement) × route (WS, POST /messages, members, history): a non-member is refused everywhere, with the owner as positive control", non_member),
         case!("auth/admin-and-public", ["FX-AUTH-11"], "owner/admin tokens and public rooms bypass membership", admin_and_public),
         case!("auth/frame-user-id-ignored", ["FX-AUTH-7", "FX-EDT-9"], "a userId in a frame or body is never used as identity", frame_user_id),
@@ -95,6 +95,18 @@ async fn refused(
         )
         .await?;
     expect_rejected(&mut c, clause, code, close).await
+}
+
+/// A crafted `token` that the spec says is valid is accepted: `GET /rooms` answers 200 (the
+/// route `refused` uses for its refusals).
+async fn accepted(ctx: &Ctx, clause: &str, token: &str, what: &str) -> Result<(), CaseError> {
+    let r = ctx.get("/rooms", token).await?;
+    ensure(
+        r.status == 200,
+        clause,
+        &format!("GET /rooms with {what} answers 200"),
+        format!("HTTP {} {}", r.status, crate::ctx::short(&r.text, 200)),
+    )
 }
 
 fn claims(ctx: &Ctx, sub: &str, exp: i64) -> Value {
@@ -302,6 +314,15 @@ async fn missing_exp(ctx: &Ctx) -> Result<(), CaseError> {
 async fn nbf_future(ctx: &Ctx) -> Result<(), CaseError> {
     let s = ctx.secret()?;
     let mut c = claims(ctx, &ctx.uid("nbf"), now() as i64 + 7200);
+    // Positive control on the same route: an nbf that has passed is accepted (FX-AUTH-19).
+    c["nbf"] = json!(now() - 600);
+    accepted(
+        ctx,
+        "FX-AUTH-19",
+        &sign_raw(&hs256(), &c, &s),
+        "a token whose nbf passed 10 minutes ago",
+    )
+    .await?;
     c["nbf"] = json!(now() + 3600);
     refused(
         ctx,
@@ -323,6 +344,16 @@ async fn bad_signature(ctx: &Ctx) -> Result<(), CaseError> {
     let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap_or_default();
     if let Some(b) = sig.first_mut() {
         *b ^= 0x55;
+    }
+    let t1 = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&sig));
+    refused(ctx, "FX-AUTH-6", &t1, ErrorCode::Unauthorized, 4004).await?;
+    // Two bytes changed by the same mask: a comparison that folds byte differences with XOR
+    // instead of OR cancels them out.
+    let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap_or_default();
+    let n = sig.len();
+    if n >= 2 {
+        sig[n - 1] ^= 0x04;
+        sig[n - 2] ^= 0x04;
     }
     let t1 = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&sig));
     refused(ctx, "FX-AUTH-6", &t1, ErrorCode::Unauthorized, 4004).await?;
@@ -412,6 +443,16 @@ async fn wrong_tenant(ctx: &Ctx) -> Result<(), CaseError> {
 
 async fn bad_claims(ctx: &Ctx) -> Result<(), CaseError> {
     let s = ctx.secret()?;
+    // Positive control on the same route: the smallest valid token, sub, tid and exp only
+    // (no roles, iat or nbf), is accepted (FX-AUTH-19).
+    let minimal = json!({"sub": ctx.uid("min"), "tid": ctx.env.tenant, "exp": now() + 3600});
+    accepted(
+        ctx,
+        "FX-AUTH-19",
+        &sign_raw(&hs256(), &minimal, &s),
+        "a token of only sub, tid and exp",
+    )
+    .await?;
     let mut c = claims(ctx, "bad sub!", now() as i64 + 3600);
     refused(
         ctx,

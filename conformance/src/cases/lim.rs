@@ -76,6 +76,32 @@ async fn too_large(ctx: &Ctx) -> Result<(), CaseError> {
         ok.seq,
         Some(1),
     )?;
+    // HTTP: a valid body padded with JSON whitespace to exactly 1 MiB is not too large (it is
+    // stored), one byte more is 413 `payload_too_large`.
+    const MIB: usize = 1 << 20;
+    let padded = |n: usize, content: &str| {
+        let mut b = json!({"roomId": room, "content": content}).to_string();
+        let pad = n.saturating_sub(b.len());
+        b.push_str(&" ".repeat(pad));
+        b
+    };
+    let r = ctx
+        .post_raw("/messages", &a.token, padded(MIB, "exactly 1 MiB"))
+        .await?;
+    ensure(
+        r.status != 413 && (r.status < 400 || r.status == 429),
+        "FX-LIM-1",
+        "POST /messages with a body of exactly 1 MiB (1,048,576 bytes) is accepted",
+        format!("HTTP {} {}", r.status, crate::ctx::short(&r.text, 200)),
+    )?;
+    let r = ctx
+        .post_raw("/messages", &a.token, padded(MIB + 1, "one byte past"))
+        .await?;
+    r.expect_error(
+        "FX-LIM-1",
+        "POST /messages with a body of 1 MiB + 1 byte",
+        ErrorCode::PayloadTooLarge,
+    )?;
     let body = json!({"roomId": room, "content": "y".repeat(1_100_000)});
     let r = ctx.post("/messages", &a.token, &body).await?;
     r.expect_error(
