@@ -15,7 +15,7 @@ use crate::ctx::{urlenc, Ctx, User};
 pub fn cases() -> Vec<Case> {
     vec![
         case!("his/page-shape", ["FX-HIS-1", "FX-HIS-2"], "backward returns the newest limit events, forward the oldest after afterSeq, ascending within a page", page_shape),
-        case!("his/partition-backward", ["FX-HIS-3", "FX-HIS-6"], "following nextCursor backward visits every event exactly once", partition_backward),
+        case!("his/partition-backward", ["FX-HIS-3", "FX-HIS-6", "FX-HIS-13"], "following nextCursor backward visits every event exactly once; hasMore is exact when a page ends at the first or last event", partition_backward),
         case!("his/partition-while-writing", ["FX-HIS-3", "FX-HIS-6"], "a forward walk during concurrent commits visits every event exactly once and reaches the new ones", partition_writing),
         case!("his/limit-bounds", ["FX-HIS-5"], "limit defaults to 50, is clamped to 500, and <1 or non-integer gets invalid_frame", limit_bounds),
         case!("his/clamp-at-501", ["FX-HIS-5", "FX-HS-6"], "with 501 events, limit=501 and replayLimit=501 give exactly the newest 500 with hasMore", clamp_at_501),
@@ -111,7 +111,24 @@ async fn partition_backward(ctx: &Ctx) -> Result<(), CaseError> {
             .0;
     }
     all.reverse();
-    ensure_eq("FX-HIS-3", "seqs visited backward", all, (1..=23).collect())
+    ensure_eq("FX-HIS-3", "seqs visited backward", all, (1..=23).collect())?;
+    // hasMore at the boundary: a page of exactly all 23 events has nothing beyond it, one of
+    // 22 has one event beyond it, in both directions.
+    for (q, want) in [
+        ("limit=23", false),
+        ("limit=22", true),
+        ("direction=forward&limit=23", false),
+        ("direction=forward&limit=22", true),
+    ] {
+        let (p, _) = page(ctx, &a, &room, q).await?;
+        ensure_eq(
+            "FX-HIS-13",
+            &format!("hasMore of ?{q} in a room of 23 events"),
+            p.has_more,
+            want,
+        )?;
+    }
+    Ok(())
 }
 
 async fn partition_writing(ctx: &Ctx) -> Result<(), CaseError> {
