@@ -15,6 +15,7 @@ pub fn cases() -> Vec<Case> {
         case!("ten/token-tenant", ["FX-TEN-1"], "tokens carry the API key's tenant; two keys give two tenants", token_tenant),
         case!("ten/same-room-id-two-tenants", ["FX-TEN-2"], "the same room id in two tenants names two unrelated rooms", same_id),
         case!("ten/no-cross-tenant-access", ["FX-TEN-3"], "another tenant's room answers exactly like a missing room (404 / 4404) on every route", no_cross),
+        case!("ten/create-room-bounds", ["FX-TEN-8"], "a room name of exactly 1 and 256 characters is accepted, an empty one or one of 257 gets 400 invalid_frame; so does an id of 129 characters, while 128 is fine", create_room_bounds),
         case!("ten/create-room", ["FX-TEN-4"], "POST /rooms creates a room owned by the caller with its members; a taken id gets 409", create_room),
         case!("ten/members-management", ["FX-TEN-5"], "only room or token owners/admins manage members; users may leave; listing needs membership", members),
         case!("ten/removed-member-closed", ["FX-AUTH-14"], "a user removed from a room has its connections closed with 4003", removed_closed),
@@ -178,6 +179,53 @@ async fn no_cross(ctx: &Ctx) -> Result<(), CaseError> {
         "events in the room",
         super::current_seq(ctx, &a, &room).await?,
         1,
+    )
+}
+
+async fn create_room_bounds(ctx: &Ctx) -> Result<(), CaseError> {
+    let a = ctx.user("a").await?;
+    // Multi-byte characters: the bound counts characters, not bytes.
+    for (name, ok) in [
+        ("x".to_string(), true),
+        ("é".repeat(256), true),
+        (String::new(), false),
+        ("é".repeat(257), false),
+    ] {
+        let what = format!(
+            "POST /rooms with a name of {} characters",
+            name.chars().count()
+        );
+        let r = ctx
+            .post("/rooms", &a.token, &json!({"name": name, "type": "group"}))
+            .await?;
+        if ok {
+            r.expect_status("FX-TEN-8", &what, 201)?;
+        } else {
+            r.expect_error("FX-TEN-8", &what, ErrorCode::InvalidFrame)?;
+        }
+    }
+    // The id pattern's length bound, 128 characters (a unique prefix, then padding).
+    let prefix = ctx.uid("b");
+    let id = |n: usize| format!("{prefix}{}", "x".repeat(n.saturating_sub(prefix.len())));
+    let r = ctx
+        .post(
+            "/rooms",
+            &a.token,
+            &json!({"id": id(128), "name": "id of 128", "type": "group"}),
+        )
+        .await?;
+    r.expect_status("FX-TEN-8", "POST /rooms with an id of 128 characters", 201)?;
+    let r = ctx
+        .post(
+            "/rooms",
+            &a.token,
+            &json!({"id": id(129), "name": "id of 129", "type": "group"}),
+        )
+        .await?;
+    r.expect_error(
+        "FX-TEN-8",
+        "POST /rooms with an id of 129 characters",
+        ErrorCode::InvalidFrame,
     )
 }
 

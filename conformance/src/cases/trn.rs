@@ -78,7 +78,8 @@ async fn sse_ready(ctx: &Ctx) -> Result<(), CaseError> {
     s.wait_seq("FX-TRN-4", 2).await?;
     let seqs: Vec<u64> = s.timeline().iter().map(|(_, e, _)| e.seq()).collect();
     ensure_eq("FX-TRN-4", "events after ready", seqs, vec![2])?;
-    for accept in ["*/*", "text/event-stream, application/json;q=0.5"] {
+    // `text/*` admits text/event-stream as much as `*/*` does (HTTP media ranges).
+    for accept in ["*/*", "text/*", "text/event-stream, application/json;q=0.5"] {
         let s2 = ctx.sse(&a, &room, "", &[("Accept", accept)]).await?;
         ensure_eq(
             "FX-TRN-1",
