@@ -147,7 +147,8 @@ pub fn legacy_before_time(s: &str) -> Option<u64> {
     }
     let body = s.strip_suffix('Z')?;
     let (main, frac) = body.split_once('.').unwrap_or((body, ""));
-    if main.len() != 19 || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    // Any number of fraction digits: those past milliseconds are truncated [FX-HIS-11].
+    if main.len() != 19 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let mut ms = frac.to_owned();
@@ -944,13 +945,17 @@ mod tests {
             legacy_before_time("2024-01-02T03:04:05.678901Z"),
             Some(1_704_164_645_678)
         );
+        assert_eq!(
+            legacy_before_time("2024-01-02T03:04:05.678901234567Z"),
+            Some(1_704_164_645_678)
+        );
         for bad in [
             "",
             "yesterday",
             "2024-01-02",
             "2024-01-02T03:04:05",
             "2024-01-02T03:04:05.x Z",
-            "2024-01-02T03:04:05.1234567890Z",
+            "2024-01-02T03:04:05.12345678x0Z",
         ] {
             assert_eq!(legacy_before_time(bad), None, "{bad}");
         }

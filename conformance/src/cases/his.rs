@@ -20,7 +20,7 @@ pub fn cases() -> Vec<Case> {
         case!("his/limit-bounds", ["FX-HIS-5"], "limit defaults to 50, is clamped to 500, and <1 or non-integer gets invalid_frame", limit_bounds),
         case!("his/clamp-at-501", ["FX-HIS-5", "FX-HS-6"], "with 501 events, limit=501 and replayLimit=501 give exactly the newest 500 with hasMore", clamp_at_501),
         case!("his/cursor-tamper", ["FX-HIS-4", "FX-TEN-7"], "altered, truncated, forged and other-room cursors get 400 invalid_cursor", cursor_tamper),
-        case!("his/legacy-route", ["FX-HIS-8"], "GET /api/messages: live messages newest first, current content, reactions, exact cursor paging", legacy),
+        case!("his/legacy-route", ["FX-HIS-8", "FX-HIS-13"], "GET /api/messages: live messages newest first, current content, reactions, exact cursor paging", legacy),
         case!("his/legacy-before-timestamp", ["FX-HIS-11"], "GET /api/messages reads a non-cursor before as an ISO timestamp with or without fractional seconds; garbage gets invalid_cursor naming before", legacy_before_timestamp),
         case!("his/append-only", ["FX-HIS-10"], "history keeps the original event followed by its edit and delete events", append_only),
     ]
@@ -436,7 +436,26 @@ async fn legacy(ctx: &Ctx) -> Result<(), CaseError> {
         "current content of an edited message",
         first,
         Some(json!("legacy 8 edited")),
-    )
+    )?;
+    // hasMore and nextCursor at the boundary: 8 live messages in one page of 8 and of 7.
+    for (limit, want) in [(8, false), (7, true)] {
+        let r = ctx
+            .get(
+                &format!("/api/messages?roomId={room}&limit={limit}"),
+                &a.token,
+            )
+            .await?;
+        let v = r.json().unwrap_or_default();
+        let more = v.get("hasMore").and_then(Value::as_bool);
+        let cursor = v.get("nextCursor").and_then(Value::as_str).is_some();
+        ensure_eq(
+            "FX-HIS-13",
+            &format!("hasMore and a nextCursor for limit={limit} over 8 live messages"),
+            (more, cursor),
+            (Some(want), want),
+        )?;
+    }
+    Ok(())
 }
 
 async fn legacy_before_timestamp(ctx: &Ctx) -> Result<(), CaseError> {
@@ -461,6 +480,9 @@ async fn legacy_before_timestamp(ctx: &Ctx) -> Result<(), CaseError> {
         ("2999-01-01T00:00:00.5Z", all.clone()),
         ("2999-01-01T00:00:00.000Z", all.clone()),
         ("2999-01-01T00:00:00.123456Z", all.clone()),
+        // Nanoseconds, and more digits still: truncated to milliseconds all the same.
+        ("2999-01-01T00:00:00.123456789Z", all.clone()),
+        ("2999-01-01T00:00:00.123456789012Z", all.clone()),
         ("2000-01-01T00:00:00Z", vec![]),
     ] {
         let r = ctx

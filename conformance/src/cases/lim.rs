@@ -373,6 +373,14 @@ async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
                     "set-up: POST /messages answered {} {}",
                     r.status, r.text
                 )));
+            } else if r.json().and_then(|v| v.get("message").cloned()).is_none() {
+                // A success without the stored message is no success (FX-MSG-6), e.g. a
+                // refusal that lost its status and body.
+                return Err(crate::case::as_precondition(fail(
+                    "FX-MSG-6",
+                    "POST /messages answers a PostMessageResponse with message",
+                    format!("HTTP {} {}", r.status, crate::ctx::short(&r.text, 200)),
+                )));
             }
         }
     }
