@@ -168,9 +168,8 @@ impl ConnTx {
         if bytes > 0 && bytes.saturating_add(len) > max_bytes {
             return Err(QueueFull);
         }
-        if self.staged.is_empty() {
-            self.staged.reserve(STAGE_CHUNK);
-        }
+        // No reserve up front: a chunk of one frame (an ack, a presence update) stays small
+        // while a slow writer holds many of them.
         self.staged.push(out);
         self.staged_bytes += len;
         if self.staged.len() >= STAGE_CHUNK {
