@@ -46,19 +46,52 @@ const PRUNE_EVERY_MS: u64 = 60_000;
 /// Rows pruned per statement (bounded work per commit).
 const PRUNE_ROWS: u64 = 1_000;
 
+/// Most frames a room stages for one connection before handing them to its writer as one
+/// chunk. The room stages a connection's frames while it carries out effects and hands them
+/// over when this many are staged and at the end of the effects, so a group commit that
+/// releases hundreds of events costs each connection one channel operation per chunk, not one
+/// per frame (issue 13, item 6).
+const STAGE_CHUNK: usize = 64;
+
+/// Frames and bytes handed to a connection's writer and not yet taken by it.
+#[derive(Debug, Default)]
+struct Queued {
+    frames: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// Frames handed to a writer at once, in order.
+#[derive(Debug)]
+pub struct Chunk {
+    frames: Vec<Out>,
+    /// Bytes of frame text in `frames`.
+    bytes: usize,
+}
+
 /// The room's end of one connection's bounded outgoing queue.
+///
+/// The bounds count every frame not yet taken by the writer, staged ones included: at most
+/// `max_frames` frames, and at most the byte budget unless a single frame is all there is.
 pub struct ConnTx {
-    tx: mpsc::Sender<Out>,
-    bytes: Arc<AtomicUsize>,
+    tx: mpsc::UnboundedSender<Chunk>,
+    queued: Arc<Queued>,
+    max_frames: usize,
+    /// Frames not yet handed to the writer ([`STAGE_CHUNK`]).
+    staged: Vec<Out>,
+    staged_bytes: usize,
     kill: Option<oneshot::Sender<CloseCode>>,
+}
+
+/// The writer's end of one connection's outgoing frames.
+pub struct OutRx {
+    rx: mpsc::UnboundedReceiver<Chunk>,
+    queued: Arc<Queued>,
 }
 
 /// The writer's end of one connection's bounded outgoing queue.
 pub struct ConnRx {
     /// Queued frames.
-    pub rx: mpsc::Receiver<Out>,
-    /// Bytes of frame text queued (the writer subtracts what it takes).
-    pub bytes: Arc<AtomicUsize>,
+    pub frames: OutRx,
     /// Fires when the room gives up on the connection (queue full): close at once with this
     /// code, whatever is still queued.
     pub kill: oneshot::Receiver<CloseCode>,
@@ -66,21 +99,46 @@ pub struct ConnRx {
 
 /// A bounded outgoing queue: at most `frames` frames (at least 1).
 pub fn out_queue(frames: usize) -> (ConnTx, ConnRx) {
-    let (tx, rx) = mpsc::channel(frames.max(1));
+    let (tx, rx) = mpsc::unbounded_channel();
     let (kill_tx, kill_rx) = oneshot::channel();
-    let bytes = Arc::new(AtomicUsize::new(0));
+    let queued = Arc::new(Queued::default());
     (
         ConnTx {
             tx,
-            bytes: bytes.clone(),
+            queued: queued.clone(),
+            max_frames: frames.max(1),
+            staged: Vec::new(),
+            staged_bytes: 0,
             kill: Some(kill_tx),
         },
         ConnRx {
-            rx,
-            bytes,
+            frames: OutRx { rx, queued },
             kill: kill_rx,
         },
     )
+}
+
+impl OutRx {
+    /// The next chunk, waiting for one; `None` when the room dropped the queue and everything
+    /// was taken. Taken frames no longer count against the bounds.
+    pub async fn recv(&mut self) -> Option<Vec<Out>> {
+        let c = self.rx.recv().await?;
+        Some(self.took(c))
+    }
+
+    /// The next chunk if one is queued.
+    pub fn try_recv(&mut self) -> Option<Vec<Out>> {
+        let c = self.rx.try_recv().ok()?;
+        Some(self.took(c))
+    }
+
+    fn took(&self, c: Chunk) -> Vec<Out> {
+        self.queued
+            .frames
+            .fetch_sub(c.frames.len(), Ordering::Relaxed);
+        self.queued.bytes.fetch_sub(c.bytes, Ordering::Relaxed);
+        c.frames
+    }
 }
 
 /// The queue of a connection is full (frames or bytes).
@@ -89,46 +147,84 @@ pub fn out_queue(frames: usize) -> (ConnTx, ConnRx) {
 pub struct QueueFull;
 
 impl ConnTx {
-    /// Queue without waiting. A single frame larger than the byte budget is accepted when
-    /// nothing else is queued. A writer that is gone counts as success (its reader reports the
-    /// close).
-    fn push(&self, out: Out, max_bytes: usize) -> Result<(), QueueFull> {
+    /// Queue without waiting (staged: [`ConnTx::flush`] hands it over). A single frame larger
+    /// than the byte budget is accepted when nothing else is queued. A writer that is gone
+    /// counts as success (its reader reports the close).
+    fn push(&mut self, out: Out, max_bytes: usize) -> Result<(), QueueFull> {
+        if self.tx.is_closed() {
+            self.staged.clear();
+            self.staged_bytes = 0;
+            return Ok(());
+        }
         let len = match &out {
             Out::Text(t) | Out::Event(t) => t.len(),
             Out::Close(_) => 0,
         };
-        let queued = self.bytes.load(Ordering::Relaxed);
-        if queued > 0 && queued.saturating_add(len) > max_bytes {
+        let frames = self.queued.frames.load(Ordering::Relaxed) + self.staged.len();
+        if frames >= self.max_frames {
             return Err(QueueFull);
         }
-        // Count before sending: the writer may take (and subtract) the frame at once.
-        self.bytes.fetch_add(len, Ordering::Relaxed);
-        match self.tx.try_send(out) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.bytes.fetch_sub(len, Ordering::Relaxed);
-                match e {
-                    TrySendError::Full(_) => Err(QueueFull),
-                    TrySendError::Closed(_) => Ok(()),
-                }
-            }
+        let bytes = self.queued.bytes.load(Ordering::Relaxed) + self.staged_bytes;
+        if bytes > 0 && bytes.saturating_add(len) > max_bytes {
+            return Err(QueueFull);
+        }
+        // No reserve up front: a chunk of one frame (an ack, a presence update) stays small
+        // while a slow writer holds many of them.
+        self.staged.push(out);
+        self.staged_bytes += len;
+        if self.staged.len() >= STAGE_CHUNK {
+            self.flush();
+        }
+        Ok(())
+    }
+
+    /// Whether frames are staged (waiting for [`ConnTx::flush`]).
+    fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// Hand the staged frames to the writer as one chunk.
+    fn flush(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let chunk = Chunk {
+            frames: std::mem::take(&mut self.staged),
+            bytes: std::mem::take(&mut self.staged_bytes),
+        };
+        let (frames, bytes) = (chunk.frames.len(), chunk.bytes);
+        // Count before sending: the writer may take (and subtract) the chunk at once.
+        self.queued.frames.fetch_add(frames, Ordering::Relaxed);
+        self.queued.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if self.tx.send(chunk).is_err() {
+            self.queued.frames.fetch_sub(frames, Ordering::Relaxed);
+            self.queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
     /// Queue a close after what is queued; when the queue is full, close at once instead.
     fn close(mut self, code: CloseCode, max_bytes: usize) {
         if self.push(Out::Close(code), max_bytes).is_err() {
-            if let Some(k) = self.kill.take() {
-                let _ = k.send(code);
-            }
+            self.kill(code);
         }
+        // Dropping hands over what is staged.
     }
 
     /// Close at once, dropping what is queued.
     fn kill(mut self, code: CloseCode) {
+        self.staged.clear();
+        self.staged_bytes = 0;
         if let Some(k) = self.kill.take() {
             let _ = k.send(code);
         }
+    }
+}
+
+impl Drop for ConnTx {
+    /// Whatever is staged still goes out (the writer sends it, then closes when the room
+    /// dropped the queue without a close).
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -427,6 +523,8 @@ struct Shell {
     /// previous one are dropped (fetch ids restart at 1).
     generation: u64,
     conns: HashMap<ConnId, ConnTx>,
+    /// Connections that may have staged frames, handed over at the end of the effects.
+    staged: Vec<ConnId>,
     /// Connections dropped for a full queue, to report to the engine as closed.
     overflowed: Vec<ConnId>,
     /// Last time expired idempotency keys were pruned from storage.
@@ -512,6 +610,7 @@ async fn room_task(
         fetching: 0,
         generation: 0,
         conns: HashMap::new(),
+        staged: Vec::new(),
         overflowed: Vec::new(),
         last_prune_ms: now_ms(),
         sse: Vec::new(),
@@ -783,11 +882,14 @@ impl Shell {
     /// and the room task never blocks on one slow socket.
     fn deliver(&mut self, conn: ConnId, frame: Arc<str>) {
         let max = self.app.config.out_queue_bytes;
-        let Some(o) = self.conns.get(&conn) else {
+        let Some(o) = self.conns.get_mut(&conn) else {
             return;
         };
-        if o.push(Out::Text(Utf8Bytes::from(&*frame)), max).is_err() {
-            self.drop_slow(conn);
+        let had = o.has_staged();
+        match o.push(Out::Text(Utf8Bytes::from(&*frame)), max) {
+            Ok(()) if !had && o.has_staged() => self.staged.push(conn),
+            Ok(()) => {}
+            Err(QueueFull) => self.drop_slow(conn),
         }
     }
 
@@ -817,7 +919,21 @@ impl Shell {
         }
     }
 
+    /// Hand every connection's staged frames to its writer.
+    fn flush_staged(&mut self) {
+        for id in self.staged.drain(..) {
+            if let Some(o) = self.conns.get_mut(&id) {
+                o.flush();
+            }
+        }
+    }
+
     fn run_effects_once(&mut self, room: &mut Room) {
+        self.run_effect_list(room);
+        self.flush_staged();
+    }
+
+    fn run_effect_list(&mut self, room: &mut Room) {
         while let Some(e) = room.poll_effect() {
             match e {
                 Effect::Send { conn, frame } => self.deliver(conn, frame),
@@ -831,14 +947,20 @@ impl Shell {
                     let mut full = Vec::new();
                     // One copy per broadcast, not per connection.
                     let bytes = Utf8Bytes::from(&*frame);
-                    for (id, o) in &self.conns {
+                    for (id, o) in &mut self.conns {
+                        if Some(*id) == except {
+                            continue;
+                        }
                         let out = if seq.is_some() {
                             Out::Event(bytes.clone())
                         } else {
                             Out::Text(bytes.clone())
                         };
-                        if Some(*id) != except && o.push(out, max).is_err() {
-                            full.push(*id);
+                        let had = o.has_staged();
+                        match o.push(out, max) {
+                            Ok(()) if !had && o.has_staged() => self.staged.push(*id),
+                            Ok(()) => {}
+                            Err(QueueFull) => full.push(*id),
                         }
                     }
                     for id in full {
@@ -947,5 +1069,117 @@ impl Shell {
                 Effect::IdentityChanged { .. } => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Out {
+        Out::Text(Utf8Bytes::from(s))
+    }
+
+    /// The frames of the chunks queued right now, in order, and how many chunks there were.
+    fn take_all(rx: &mut OutRx) -> (Vec<String>, usize) {
+        let (mut frames, mut chunks) = (Vec::new(), 0);
+        while let Some(c) = rx.try_recv() {
+            chunks += 1;
+            for o in c {
+                frames.push(match o {
+                    Out::Text(t) | Out::Event(t) => t.as_str().to_owned(),
+                    Out::Close(code) => format!("close {}", code.code()),
+                });
+            }
+        }
+        (frames, chunks)
+    }
+
+    #[test]
+    fn frames_are_handed_over_in_order_in_chunks() {
+        let (mut tx, mut rx) = out_queue(10_000);
+        let n = 3 * STAGE_CHUNK + 5;
+        for i in 0..n {
+            tx.push(text(&i.to_string()), usize::MAX).expect("room");
+        }
+        // Full chunks are handed over at once; the rest waits for a flush.
+        let (first, chunks) = take_all(&mut rx.frames);
+        assert_eq!((first.len(), chunks), (3 * STAGE_CHUNK, 3));
+        assert!(tx.has_staged());
+        tx.flush();
+        let (rest, chunks) = take_all(&mut rx.frames);
+        assert_eq!(chunks, 1);
+        let all: Vec<String> = first.into_iter().chain(rest).collect();
+        let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        assert_eq!(all, want);
+        assert_eq!(rx.frames.queued.frames.load(Ordering::Relaxed), 0);
+        assert_eq!(rx.frames.queued.bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_frame_bound_counts_staged_and_handed_over_frames_until_taken() {
+        let (mut tx, mut rx) = out_queue(3);
+        tx.push(text("a"), usize::MAX).expect("1");
+        tx.flush();
+        tx.push(text("b"), usize::MAX).expect("2");
+        tx.push(text("c"), usize::MAX).expect("3");
+        assert!(tx.push(text("d"), usize::MAX).is_err(), "4 frames > 3");
+        // The writer takes the handed-over frame: room for exactly one more.
+        assert_eq!(take_all(&mut rx.frames).0, ["a"]);
+        tx.push(text("d"), usize::MAX).expect("room again");
+        assert!(tx
+            .push(Out::Close(CloseCode::GoingAway), usize::MAX)
+            .is_err());
+        tx.flush();
+        assert_eq!(take_all(&mut rx.frames).0, ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn the_byte_bound_counts_staged_and_handed_over_bytes_until_taken() {
+        let (mut tx, mut rx) = out_queue(100);
+        // A frame over the budget is accepted when nothing is queued.
+        tx.push(text("0123456789ab"), 10).expect("alone");
+        assert!(tx.push(text("x"), 10).is_err(), "nothing more fits");
+        tx.flush();
+        assert_eq!(take_all(&mut rx.frames).0, ["0123456789ab"]);
+        tx.push(text("01234"), 10).expect("5 bytes");
+        tx.flush();
+        tx.push(text("5678"), 10).expect("9 bytes");
+        assert!(tx.push(text("9a"), 10).is_err(), "11 bytes > 10");
+        tx.push(text("9"), 10).expect("10 bytes");
+        assert_eq!(take_all(&mut rx.frames).0, ["01234"]);
+        tx.push(text("abcde"), 10).expect("10 bytes again");
+        assert!(tx.push(text("f"), 10).is_err());
+    }
+
+    #[test]
+    fn close_goes_after_the_staged_frames_and_kill_drops_them() {
+        let (mut tx, mut rx) = out_queue(100);
+        tx.push(text("a"), usize::MAX).expect("a");
+        tx.close(CloseCode::GoingAway, usize::MAX);
+        let (frames, _) = take_all(&mut rx.frames);
+        assert_eq!(frames, ["a", "close 1001"]);
+
+        let (mut tx, mut rx) = out_queue(100);
+        tx.push(text("a"), usize::MAX).expect("a");
+        tx.kill(SLOW_CONSUMER_CLOSE);
+        assert_eq!(take_all(&mut rx.frames).0, Vec::<String>::new());
+        assert_eq!(rx.kill.try_recv().ok(), Some(SLOW_CONSUMER_CLOSE));
+
+        // A full queue closes at once instead.
+        let (mut tx, mut rx) = out_queue(1);
+        tx.push(text("a"), usize::MAX).expect("a");
+        tx.close(CloseCode::GoingAway, usize::MAX);
+        assert_eq!(rx.kill.try_recv().ok(), Some(CloseCode::GoingAway));
+    }
+
+    #[test]
+    fn a_gone_writer_counts_as_success() {
+        let (mut tx, rx) = out_queue(1);
+        drop(rx);
+        for _ in 0..10 {
+            tx.push(text("a"), 1).expect("writer gone");
+        }
+        assert!(!tx.has_staged());
     }
 }

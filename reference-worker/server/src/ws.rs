@@ -258,8 +258,7 @@ async fn write_loop(
     batching: bool,
 ) -> WriterEnd {
     let ConnRx {
-        mut rx,
-        bytes,
+        frames: mut rx,
         kill,
     } = q;
     let kill = async move {
@@ -271,31 +270,29 @@ async fn write_loop(
     };
     tokio::pin!(kill);
     let work = async {
+        let mut events: Vec<Utf8Bytes> = Vec::new();
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
-            let mut events: Vec<Utf8Bytes> = Vec::new();
             // Feed everything queued, then flush once.
-            while let Some(o) = next.take() {
-                match o {
-                    Out::Event(t) if batching => {
-                        bytes.fetch_sub(t.len(), Ordering::Relaxed);
-                        events.push(t);
-                    }
-                    Out::Text(t) | Out::Event(t) => {
-                        bytes.fetch_sub(t.len(), Ordering::Relaxed);
-                        if feed_events(&mut sink, &mut events).await.is_err()
-                            || sink.feed(Message::Text(t)).await.is_err()
-                        {
-                            return WriterEnd::Gone;
+            while let Some(chunk) = next.take() {
+                for o in chunk {
+                    match o {
+                        Out::Event(t) if batching => events.push(t),
+                        Out::Text(t) | Out::Event(t) => {
+                            if feed_events(&mut sink, &mut events).await.is_err()
+                                || sink.feed(Message::Text(t)).await.is_err()
+                            {
+                                return WriterEnd::Gone;
+                            }
+                        }
+                        Out::Close(code) => {
+                            let _ = feed_events(&mut sink, &mut events).await;
+                            send_close(&mut sink, code).await;
+                            return WriterEnd::Closed;
                         }
                     }
-                    Out::Close(code) => {
-                        let _ = feed_events(&mut sink, &mut events).await;
-                        send_close(&mut sink, code).await;
-                        return WriterEnd::Closed;
-                    }
                 }
-                next = rx.try_recv().ok();
+                next = rx.try_recv();
             }
             if feed_events(&mut sink, &mut events).await.is_err() || sink.flush().await.is_err() {
                 return WriterEnd::Gone;

@@ -326,6 +326,29 @@ impl Ctx {
     }
 }
 
+/// A frame shaped like the delivered fluxy-server event `sample`, with `seq` as its `seq` and
+/// `id` and `t{micros}` as its content: the raw sender sends these, so the raw server moves
+/// the same bytes as fluxy-server and the clients parse the same layout.
+fn shaped(sample: &str, seq: u64, micros: u128) -> String {
+    let s = set_num_after(sample, "\"seq\":", &seq.to_string());
+    let s = set_num_after(&s, "\"id\":", &seq.to_string());
+    set_num_after(&s, "\"content\":\"t", &micros.to_string())
+}
+
+/// `text` with the digits after the first `key` replaced by `value` (unchanged without `key`).
+fn set_num_after(text: &str, key: &str, value: &str) -> String {
+    let Some(at) = text.find(key) else {
+        return text.to_owned();
+    };
+    let start = at + key.len();
+    let rest = &text[start..];
+    let end = start
+        + rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+    format!("{}{value}{}", &text[..start], &text[end..])
+}
+
 fn num_after(text: &str, key: &str) -> Option<u64> {
     let rest = &text[text.find(key)? + key.len()..];
     let end = rest
@@ -468,10 +491,12 @@ impl Target<'_> {
 }
 
 /// Figures of one fan-out run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Fanout {
     /// Length of the first delivered `message` frame, in bytes.
     frame_len: usize,
+    /// The first delivered `message` frame.
+    sample: String,
     /// CPU time of the whole process (server and clients) per delivery, in ns.
     cpu_ns_per_delivery: f64,
     deliveries_per_s: f64,
@@ -480,14 +505,15 @@ struct Fanout {
     max_ms: f64,
 }
 
-/// `pad_to`: pad each sent frame to this many bytes (0: no padding), so that the raw server
-/// forwards frames as long as the events fluxy-server delivers.
+/// `shape`: send frames shaped like this delivered fluxy-server event (see [`shaped`]) instead
+/// of plain `message` frames, so that the raw server forwards frames with the same bytes and
+/// layout as the events fluxy-server delivers and the clients do the same work for both.
 async fn fanout(
     target: &Target<'_>,
     receivers: usize,
     total: usize,
     rate: usize,
-    pad_to: usize,
+    shape: Option<&str>,
 ) -> Fanout {
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -496,7 +522,6 @@ async fn fanout(
         let owner = ctx.token("fan-owner").await;
         ctx.room(&owner, &room).await;
     }
-    let ordered = matches!(target, Target::Fluxy(_));
     let t0 = Arc::new(Instant::now());
     let mut recv_tasks = Vec::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(receivers);
@@ -508,7 +533,7 @@ async fn fanout(
             let _ = ready.send(()).await;
             drop(ready);
             let mut lat = Vec::with_capacity(total);
-            let mut frame_len = 0;
+            let mut sample = String::new();
             let mut last_seq = 0u64;
             while lat.len() < total {
                 match ws.next().await {
@@ -517,18 +542,15 @@ async fn fanout(
                             continue;
                         }
                         let now = t0.elapsed().as_micros() as u64;
-                        if frame_len == 0 {
-                            frame_len = t.len();
+                        if sample.is_empty() {
+                            sample = t.as_str().to_owned();
                         }
                         // Cheap field extraction: the client must not eat the server's CPU.
-                        // The same extraction for both targets (equal client work); the
-                        // raw server's frames carry no seq.
-                        let seq = num_after(&t, "\"seq\":");
-                        if ordered {
-                            let seq = seq.unwrap_or(0);
-                            assert!(seq > last_seq, "in order");
-                            last_seq = seq;
-                        }
+                        // The same extraction and order check for both targets (equal client
+                        // work): the raw sender's frames carry the same fields.
+                        let seq = num_after(&t, "\"seq\":").unwrap_or(0);
+                        assert!(seq > last_seq, "in order");
+                        last_seq = seq;
                         let sent = num_after(&t, "\"content\":\"t").unwrap_or(now);
                         lat.push(now.saturating_sub(sent));
                     }
@@ -539,7 +561,7 @@ async fn fanout(
                     }
                 }
             }
-            (lat, frame_len)
+            (lat, sample)
         }));
     }
     drop(ready_tx);
@@ -549,6 +571,7 @@ async fn fanout(
     let start = Instant::now();
     let cpu0 = cpu_us();
     let t0s = t0.clone();
+    let shape = shape.map(str::to_owned);
     let sender = tokio::spawn(async move {
         // Paced at `rate` messages/s (0: as fast as possible) in 1 ms ticks.
         let per_tick = if rate == 0 {
@@ -561,17 +584,11 @@ async fn fanout(
             if i % per_tick == 0 && rate != 0 {
                 tick.tick().await;
             }
-            let mut m = format!(
-                r#"{{"type":"message","content":"t{}"}}"#,
-                t0s.elapsed().as_micros()
-            );
-            if pad_to > m.len() + 10 {
-                m.truncate(m.len() - 1);
-                m.push_str(",\"pad\":\"");
-                let fill = pad_to.saturating_sub(m.len() + 2);
-                m.extend(std::iter::repeat_n('x', fill));
-                m.push_str("\"}");
-            }
+            let micros = t0s.elapsed().as_micros();
+            let m = match &shape {
+                Some(s) => shaped(s, i as u64 + 1, micros),
+                None => format!(r#"{{"type":"message","content":"t{micros}"}}"#),
+            };
             if sink.send(Message::Text(m.into())).await.is_err() {
                 return;
             }
@@ -580,11 +597,13 @@ async fn fanout(
     });
     let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
     let mut all = Vec::new();
-    let mut frame_len = 0;
+    let mut sample = String::new();
     for t in recv_tasks {
-        let (lat, len) = t.await.unwrap_or_default();
+        let (lat, s) = t.await.unwrap_or_default();
         all.extend(lat);
-        frame_len = frame_len.max(len);
+        if s.len() > sample.len() {
+            sample = s;
+        }
     }
     let dt = start.elapsed().as_secs_f64();
     let cpu = cpu_us().saturating_sub(cpu0);
@@ -592,7 +611,8 @@ async fn fanout(
     drain.abort();
     all.sort_unstable();
     let f = Fanout {
-        frame_len,
+        frame_len: sample.len(),
+        sample,
         cpu_ns_per_delivery: cpu as f64 * 1000.0 / all.len().max(1) as f64,
         deliveries_per_s: all.len() as f64 / dt,
         p50_ms: pct(&all, 0.50),
@@ -600,8 +620,9 @@ async fn fanout(
         max_ms: pct(&all, 1.0),
     };
     println!(
-        "fanout {}: {total} messages ({frame_len} B frames) to {receivers} connections, offered {} msg/s: {} deliveries in {dt:.2} s = {:.0} deliveries/s, {:.0} ns CPU/delivery; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "fanout {}: {total} messages ({} B frames) to {receivers} connections, offered {} msg/s: {} deliveries in {dt:.2} s = {:.0} deliveries/s, {:.0} ns CPU/delivery; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         target.name(),
+        f.frame_len,
         if rate == 0 { "max".to_owned() } else { rate.to_string() },
         all.len(),
         f.deliveries_per_s,
@@ -843,20 +864,21 @@ async fn in_process_benches(args: &Args, rows: &mut Vec<Row>) {
         let raw_target = raw_server.as_ref().map(|r| Target::Raw(r.addr));
         let (mut fl, mut rw) = (Vec::new(), Vec::new());
         let (mut fl_cpu, mut rw_cpu) = (Vec::new(), Vec::new());
-        let mut frame_len = 0;
+        let (mut frame_len, mut sample) = (0, String::new());
         for _ in 0..args.fanout_rounds.max(1) {
-            let f = fanout(&fluxy, n, m, 0, 0).await;
+            let f = fanout(&fluxy, n, m, 0, None).await;
             frame_len = f.frame_len;
+            sample = f.sample;
             fl.push(f.deliveries_per_s);
             fl_cpu.push(f.cpu_ns_per_delivery);
             if let Some(t) = &raw_target {
-                // Same bytes on the wire: pad to the length of fluxy's delivered events.
-                let r = fanout(t, n, m, 0, frame_len).await;
+                // Same bytes and layout on the wire: frames shaped like fluxy's events.
+                let r = fanout(t, n, m, 0, Some(&sample)).await;
                 rw.push(r.deliveries_per_s);
                 rw_cpu.push(r.cpu_ns_per_delivery);
             }
         }
-        let paced = fanout(&fluxy, n, m, rate, 0).await;
+        let paced = fanout(&fluxy, n, m, rate, None).await;
         rows.push(Row::new(
             &format!("fan-out fluxy, {n} connections, saturated"),
             format!("{:.0} deliveries/s", median(&fl)),
@@ -876,12 +898,12 @@ async fn in_process_benches(args: &Args, rows: &mut Vec<Row>) {
             ),
         ));
         if let Some(t) = &raw_target {
-            let rpaced = fanout(t, n, m, rate, frame_len).await;
+            let rpaced = fanout(t, n, m, rate, Some(&sample)).await;
             rows.push(Row::new(
                 &format!("fan-out raw tungstenite, {n} connections, saturated"),
                 format!("{:.0} deliveries/s", median(&rw)),
                 format!(
-                    "{}; {:.0} ns CPU/delivery (process); no persistence, no acks, no validation; frames padded to {frame_len} B",
+                    "{}; {:.0} ns CPU/delivery (process); no persistence, no acks, no validation; frames shaped like fluxy's ({frame_len} B)",
                     spread(&rw),
                     median(&rw_cpu)
                 ),
@@ -1084,4 +1106,22 @@ async fn worker_storm_mode(args: &Args) -> Result<Vec<Row>, BenchError> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     storm::storm(&api, &filled, &o).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shaped_frames_keep_the_sample_layout() {
+        let sample = r#"{"type":"message","seq":7,"id":7,"roomId":"r","content":"t123","x":1}"#;
+        let f = shaped(sample, 12, 98_765);
+        assert_eq!(
+            f,
+            r#"{"type":"message","seq":12,"id":12,"roomId":"r","content":"t98765","x":1}"#
+        );
+        assert_eq!(num_after(&f, "\"seq\":"), Some(12));
+        assert_eq!(num_after(&f, "\"content\":\"t"), Some(98_765));
+        assert_eq!(set_num_after("{}", "\"seq\":", "1"), "{}");
+    }
 }
