@@ -27,7 +27,7 @@ pub fn cases() -> Vec<Case> {
         case!("auth/alg-none", ["FX-AUTH-3"], "alg none is rejected, with or without a MAC", alg_none),
         case!("auth/wrong-algorithm", ["FX-AUTH-3"], "alg HS512 (or HS384) with a valid HS256 MAC is rejected", wrong_alg),
         case!("auth/wrong-tenant", ["FX-AUTH-6"], "a token naming another or unknown tenant, signed with this tenant's secret, is rejected", wrong_tenant),
-        case!("auth/bad-claims", ["FX-AUTH-6", "FX-AUTH-19"], "sub or tid outside the id pattern is rejected; a token of only sub, tid and exp is accepted", bad_claims),
+        case!("auth/bad-claims", ["FX-AUTH-6", "FX-AUTH-19", "FX-AUTH-20"], "sub or tid outside the id pattern is rejected; a token of only sub, tid and exp, and one of exactly 8192 characters, are accepted", bad_claims),
         case!("auth/non-member", ["FX-AUTH-11", "FX-HIS-7", "FX-TEN-5"], "token role (member, moderator, agent) × room type (group, announcement) × route (WS, POST /messages, members, history): a non-member is refused everywhere, with the owner as positive control", non_member),
         case!("auth/admin-and-public", ["FX-AUTH-11"], "owner/admin tokens and public rooms bypass membership", admin_and_public),
         case!("auth/frame-user-id-ignored", ["FX-AUTH-7", "FX-EDT-9"], "a userId in a frame or body is never used as identity", frame_user_id),
@@ -453,6 +453,25 @@ async fn bad_claims(ctx: &Ctx) -> Result<(), CaseError> {
         "a token of only sub, tid and exp",
     )
     .await?;
+    // Exactly 8192 characters (FX-AUTH-20): an extra claim pads the payload. Base64url
+    // lengths grow by 1 or 2 per byte, so try a second claim name one byte longer as well.
+    let token = ["pad", "padx"].iter().find_map(|name| {
+        (5500..6500).find_map(|n| {
+            let mut big = minimal.clone();
+            big[*name] = json!("p".repeat(n));
+            let t = sign_raw(&hs256(), &big, &s);
+            (t.len() == 8192).then_some(t)
+        })
+    });
+    if let Some(t) = token {
+        accepted(
+            ctx,
+            "FX-AUTH-20",
+            &t,
+            "a valid token of exactly 8192 characters",
+        )
+        .await?;
+    }
     let mut c = claims(ctx, "bad sub!", now() as i64 + 3600);
     refused(
         ctx,
