@@ -20,6 +20,9 @@ pub fn of_case(id: &str) -> &'static str {
     if id == "trn/batch-opt-in" {
         return "batching";
     }
+    if id == "dur/agent-state-across-restart" {
+        return "agents";
+    }
     match id.split('/').next().unwrap_or(id) {
         "his" => "history",
         "pre" => "presence",

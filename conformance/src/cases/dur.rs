@@ -2,10 +2,10 @@
 //! server under test (`--restart-cmd`, or the embedded server on its SQLite file), so the runner
 //! runs them one at a time after every other case.
 
-use fluxy_protocol::{ServerFrame, TimelineEvent};
+use fluxy_protocol::{ErrorCode, ServerFrame, TimelineEvent};
 use serde_json::json;
 
-use super::{msg_c, send};
+use super::{msg_c, req, req_err, send};
 use crate::case;
 use crate::case::{ensure_eq, fail, Case, CaseError};
 use crate::ctx::{Conn, Ctx, User};
@@ -15,6 +15,7 @@ pub fn cases() -> Vec<Case> {
     vec![
         case!("dur/acked-survive-restart", ["FX-ORD-7", "FX-ORD-1"], "every acked event (WebSocket and REST) is in the room after a restart, with its seq, id and content; the next event continues the seq without a gap or a reuse", acked_survive),
         case!("dur/idempotency-across-restart", ["FX-ACK-5", "FX-ORD-7"], "a clientMessageId used before a restart is still honoured after it, over the WebSocket and over POST /messages, and stores nothing new", idempotency_across),
+        case!("dur/agent-state-across-restart", ["FX-AGT-3", "FX-AGT-5", "FX-AGT-7", "FX-AGT-8", "FX-ORD-7"], "an agent run, its pending tool call and approval request, and an open stream stay open across a restart: each is answered or continued exactly once after it", agent_state_across),
         case!("dur/resume-across-restart", ["FX-RES-1", "FX-HS-7", "FX-HIS-12", "FX-ORD-7"], "a client that saw up to seq k before a restart resumes exactly after k (lastSeq at connect, and resume); a history cursor issued before the restart still pages", resume_across),
     ]
 }
@@ -301,5 +302,82 @@ async fn resume_across(ctx: &Ctx) -> Result<(), CaseError> {
             sent[2..].to_vec(),
         )?;
     }
+    Ok(())
+}
+
+/// Open agent state (a started run with a pending tool call and approval request, and a
+/// streaming message) is durable: after a restart each can still be answered or continued,
+/// exactly once, and nothing closed can be reopened.
+async fn agent_state_across(ctx: &Ctx) -> Result<(), CaseError> {
+    restarter(ctx)?;
+    let h = ctx.user("human").await?;
+    let ag = ctx.user_roles("agent", &["agent"]).await?;
+    let room = ctx.room(&h, &[&ag]).await?;
+    let mut cg = ctx.connect(&ag, &room).await?;
+    for f in [
+        json!({"type":"agentRun","runId":"r","status":"started"}),
+        json!({"type":"tool_call","runId":"r","toolCallId":"t1","name":"search","arguments":"{}"}),
+        json!({"type":"approval_request","runId":"r","approvalId":"a1","prompt":"May I?"}),
+    ] {
+        req(ctx, &mut cg, "FX-AGT-3", f).await?;
+    }
+    let st = req(
+        ctx,
+        &mut cg,
+        "FX-AGT-8",
+        json!({"type":"stream","op":"start","content":""}),
+    )
+    .await?;
+    let id = st.id.ok_or_else(|| {
+        fail(
+            "FX-AGT-8",
+            "the start ack carries the message id",
+            format!("{st:?}"),
+        )
+    })?;
+    let delta = |text: &str| json!({"type":"stream","op":"delta","messageId":id,"content":text});
+    req(ctx, &mut cg, "FX-AGT-8", delta("before")).await?;
+    drop(cg);
+    restart(ctx).await?;
+    let mut cg = reconnect(ctx, &ag, &room, "replay=off").await?;
+    let mut ch = reconnect(ctx, &h, &room, "replay=off").await?;
+    let result = json!({"type":"tool_result","runId":"r","toolCallId":"t1","result":"after"});
+    req(ctx, &mut cg, "FX-AGT-5", result.clone()).await?;
+    req_err(ctx, &mut cg, "FX-AGT-5", result, ErrorCode::InvalidState).await?;
+    req_err(
+        ctx,
+        &mut cg,
+        "FX-AGT-3",
+        json!({"type":"agentRun","runId":"r","status":"started"}),
+        ErrorCode::InvalidState,
+    )
+    .await?;
+    let decision =
+        json!({"type":"approval_decision","runId":"r","approvalId":"a1","decision":"approved"});
+    req(ctx, &mut ch, "FX-AGT-7", decision.clone()).await?;
+    req_err(ctx, &mut ch, "FX-AGT-7", decision, ErrorCode::InvalidState).await?;
+    req(ctx, &mut cg, "FX-AGT-8", delta("before after")).await?;
+    req(
+        ctx,
+        &mut cg,
+        "FX-AGT-8",
+        json!({"type":"stream","op":"end","messageId":id,"content":"done"}),
+    )
+    .await?;
+    req_err(
+        ctx,
+        &mut cg,
+        "FX-AGT-8",
+        delta("reopened"),
+        ErrorCode::InvalidState,
+    )
+    .await?;
+    req(
+        ctx,
+        &mut cg,
+        "FX-AGT-3",
+        json!({"type":"agentRun","runId":"r","status":"completed"}),
+    )
+    .await?;
     Ok(())
 }
