@@ -20,7 +20,7 @@ pub fn cases() -> Vec<Case> {
         case!("lim/rate-floor", ["FX-LIM-9"], "a connection paced at the floor (a burst of 20 frames, then 10 per second) is never refused, also past one minute's worth of a per-minute limit", rate_floor),
         case!("lim/ping-not-limited", ["FX-LIM-4"], "pings do not count towards the rate limit", ping_not_limited),
         case!("lim/rate-abuse-close", ["FX-LIM-6", "FX-ERR-5"], "a connection that keeps sending far over its limit may be closed, and then only with 4008 rate_limited after rate_limited answers", rate_abuse_close),
-        case!("lim/http-rate-limit", ["FX-LIM-7"], "where HTTP is rate-limited, 429 rate_limited carries retryAfterMs and Retry-After", http_rate_limit),
+        case!("lim/http-rate-limit", ["FX-LIM-7", "FX-LIM-12"], "where HTTP is rate-limited, 429 rate_limited carries retryAfterMs and Retry-After, and the request repeated after retryAfterMs is accepted", http_rate_limit),
         case!("lim/invalid-frame-flood", ["FX-FRM-11", "FX-ERR-5"], "a flood of invalid frames is answered frame by frame; a close, if any, is 4010 protocol_violation", invalid_flood),
         case!("lim/idle-timeout", ["FX-LIM-8", "FX-ERR-5"], "a silent connection is closed with 4000 after idleTimeoutMs; one that keeps its heartbeat in the same room is not", idle_timeout),
     ]
@@ -339,6 +339,13 @@ async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
     let a = ctx.user("a").await?;
     let room = ctx.room(&a, &[]).await?;
     let mut seen = None;
+    // Which request was limited (reads or writes): the retry repeats it.
+    let mut writes = false;
+    let retry_of = |r: &crate::ctx::HttpResp| {
+        r.json()
+            .and_then(|v| v.get("retryAfterMs").and_then(|x| x.as_u64()))
+            .unwrap_or(0)
+    };
     // Reads first (300 GET /rooms), then writes: up to 800 POST /messages by one
     // user, 50 at a time, stopping at the first 429.
     for _ in 0..10 {
@@ -367,6 +374,7 @@ async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
         for r in futures_util::future::join_all(futs).await {
             let r = r?;
             if r.status == 429 {
+                writes = true;
                 seen = Some(r);
             } else if !(200..300).contains(&r.status) {
                 return Err(CaseError::Error(format!(
@@ -407,6 +415,46 @@ async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
         "FX-LIM-7",
         "a Retry-After header of at least 1 (delay-seconds)",
         format!("{:?}", r.headers.get("retry-after")),
+    )?;
+    // FX-LIM-12: sequential requests (none in flight) until one is refused; then, after its
+    // retryAfterMs and with nothing in between, the same request is not refused again.
+    let once = || async {
+        if writes {
+            let body = json!({"roomId": room, "content": "after retryAfterMs"});
+            ctx.post("/messages", &a.token, &body).await
+        } else {
+            ctx.get("/rooms", &a.token).await
+        }
+    };
+    let mut refused = None;
+    let deadline = std::time::Instant::now() + ctx.env.scaled(Duration::from_secs(10));
+    for _ in 0..2000 {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        let r = once().await?;
+        if r.status == 429 {
+            refused = Some(retry_of(&r));
+            break;
+        }
+    }
+    let Some(wait_ms) = refused else {
+        ctx.note("no 429 in 2,000 sequential requests or 10 s; FX-LIM-12 not checked");
+        return Ok(());
+    };
+    if wait_ms > 30_000 {
+        ctx.note(&format!(
+            "retryAfterMs {wait_ms} is too long to wait for; FX-LIM-12 not checked"
+        ));
+        return Ok(());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+    let again = once().await?;
+    ensure(
+        again.status != 429,
+        "FX-LIM-12",
+        &format!("the same request, sent once after its retryAfterMs ({wait_ms} ms), is not refused again"),
+        format!("HTTP {} {}", again.status, crate::ctx::short(&again.text, 200)),
     )
 }
 
