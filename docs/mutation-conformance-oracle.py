@@ -49,6 +49,9 @@ ap.add_argument("--strict", action="store_true",
                      "reference implements every SHOULD)")
 ap.add_argument("--external", metavar="RUNNER",
                 help="judge a separately started fluxy-server with this unmutated runner binary")
+ap.add_argument("--server-arg", action="append", default=[],
+                help="extra fluxy-server argument in --external mode (repeatable), e.g. "
+                     "--server-arg=--room-idle-unload-ms=1 to make every case cross room unloads")
 ap.add_argument("--timeout-scale", default="3",
                 help="the runner's --timeout-scale in --external mode (the machine is shared)")
 ap.add_argument("--also-faults", action="store_true",
@@ -107,8 +110,9 @@ def run_external():
     q = shlex.quote
     binary, db = os.path.join(a.clone, "target/debug/fluxy-server"), os.path.join(work, "db.sqlite")
     pid, out, dev = (os.path.join(work, n) for n in ("pid", "out", "dev.json"))
+    extra = " ".join(q(x) for x in a.server_arg)
     start = (f"nohup {q(binary)} --listen 127.0.0.1:{port} --db {q(db)} --dev "
-             f"--idle-timeout-ms 4000 >{q(out)} 2>/dev/null & echo $! >{q(pid)}")
+             f"--idle-timeout-ms 4000 {extra} >{q(out)} 2>/dev/null & echo $! >{q(pid)}")
     stop = f"p=$(cat {q(pid)}); kill $p 2>/dev/null; while kill -0 $p 2>/dev/null; do sleep 0.05; done"
     subprocess.run(["sh", "-c", start])
     try:
