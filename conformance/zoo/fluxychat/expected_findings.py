@@ -127,6 +127,7 @@ f("FX-LIM-8", "no server idle timeout (§5: the heartbeat is client-side)", "the
 f("FX-TEN-2", "global room ids (§0, §8, §10.12)", "creating an id another tenant uses answers 409 room_id_already_exists")
 f("FX-TEN-3", "cross-tenant paths (§7 membership, §10.12)", "room_members has no project: the same user id in another tenant reaches a room; 409 reveals foreign room ids; a foreign room answers 403, not 404/4404")
 f("FX-TEN-4", "FluxyChat room creation (§1.3 POST /rooms; Appendix A.23)", "type is required (400 without it), success is 200 not 201, re-creating an id of the same tenant merges members (200) instead of 409")
+f("FX-TEN-8", "room name refused with free text (§1.3 POST /rooms)", "an empty or 257-character name gets 400 {traceId, error:'name required (1-256 chars)'}, not an ErrorBody invalid_frame (the same free-text refusals as FX-FRM-6's invalid ids)", alt=["FX-ERR-4"])
 f("FX-TEN-5", "member changes need a token role (§1.3 members)", "POST/DELETE /rooms/{id}/members require token role owner/admin; the room's owner (room role) gets 403")
 f("FX-TEN-6", "GET /rooms cached 30 s (§1.3)", "rows are FluxyChat's {id,type,name,created_at,pinned_*,unreadCount} (no RoomListResponse), and a membership change within 30 s of a listing is not reflected in the next one")
 # --- compat (section 18, all SHOULD)
