@@ -357,6 +357,16 @@ async fn bad_signature(ctx: &Ctx) -> Result<(), CaseError> {
     }
     let t1 = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&sig));
     refused(ctx, "FX-AUTH-6", &t1, ErrorCode::Unauthorized, 4004).await?;
+    // One byte longer, with the length difference (32 ^ 33 = 1) mirrored in a flipped bit:
+    // a comparison that XORs the length check into the byte differences cancels them out.
+    let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap_or_default();
+    let len_mask = (sig.len() ^ (sig.len() + 1)) as u8;
+    if let Some(b) = sig.first_mut() {
+        *b ^= len_mask;
+    }
+    sig.push(0);
+    let t1 = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&sig));
+    refused(ctx, "FX-AUTH-6", &t1, ErrorCode::Unauthorized, 4004).await?;
     // Change the payload (claim another user), keep the signature.
     let (_, mut p) =
         jwt_parts(&u.token).ok_or_else(|| CaseError::Error("token not decodable".into()))?;
