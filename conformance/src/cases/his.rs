@@ -475,7 +475,32 @@ async fn legacy_before_timestamp(ctx: &Ctx) -> Result<(), CaseError> {
             .unwrap_or_default()
     };
     let all: Vec<u64> = acks.iter().rev().filter_map(|x| x.id).collect();
+    // A 1 February in the year before the messages: exactly one year later is after them, so a
+    // parser that gets the year of a January or February date wrong returns them all.
+    let newest = acks
+        .last()
+        .and_then(|x| x.created_at.clone())
+        .unwrap_or_default();
+    let (year, month_day) = (
+        newest
+            .get(0..4)
+            .and_then(|y| y.parse::<i32>().ok())
+            .unwrap_or(2026),
+        newest.get(5..10).unwrap_or("12-31").to_string(),
+    );
+    let feb = format!(
+        "{}-02-01T00:00:00Z",
+        if month_day.as_str() > "02-02" {
+            year
+        } else {
+            year - 1
+        }
+    );
     for (before, want) in [
+        (feb.as_str(), vec![]),
+        // The last hour, minute and second of a day are valid; the next ones are not.
+        ("2999-12-31T23:59:59Z", all.clone()),
+        ("2999-12-31T23:59:59.999Z", all.clone()),
         ("2999-01-01T00:00:00Z", all.clone()),
         ("2999-01-01T00:00:00.5Z", all.clone()),
         ("2999-01-01T00:00:00.000Z", all.clone()),
@@ -516,6 +541,24 @@ async fn legacy_before_timestamp(ctx: &Ctx) -> Result<(), CaseError> {
             "FX-HIS-11",
             format!("before={t} (the newest message's createdAt) excludes that message"),
             v.to_string(),
+        )?;
+    }
+    for bad in [
+        "2999-01-01T24:00:01Z",
+        "2999-01-01T25:00:00Z",
+        "2999-01-01T00:60:00Z",
+        "2999-01-01T00:00:60.000Z",
+    ] {
+        let r = ctx
+            .get(
+                &format!("/api/messages?roomId={room}&before={}", urlenc(bad)),
+                &a.token,
+            )
+            .await?;
+        r.expect_error(
+            "FX-HIS-11",
+            &format!("before={bad}"),
+            ErrorCode::InvalidCursor,
         )?;
     }
     let r = ctx
