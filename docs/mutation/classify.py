@@ -69,6 +69,17 @@ RULES = [
      "whether an idle room may unload; with the default 60 s no room unloads during a run (see the unload pass)"),
     ("reference-worker/server/src/rooms.rs", r"drop_slow", None, "server-internal bound",
      "closing a connection whose queue is full (slow consumer); no clause asks for it, fluxy-server's limits tests cover it"),
+    ("reference-worker/server/src/lib.rs", r"fmt", None, "not on the wire", "Debug output"),
+    ("reference-worker/server/src/lib.rs", r"shutdown", None, "not required",
+     "the graceful stop (1001 close handshakes, bounded waits): without it a restart looks like a crash-stop to clients, which the spec allows; FX-ERR-5 governs the closes a server does make"),
+    ("reference-worker/server/src/lib.rs", r"loaded_rooms|room_tasks|room_loads|room_lookups|sse_listeners", None, "not observable",
+     "counters `RunningServer` exposes to fluxy-server's own tests and benches"),
+    ("reference-worker/server/src/lib.rs", r"cursor_key", None, "not observable without the key",
+     "a fixed cursor key still signs and verifies, across restarts and per room and tenant; only someone who knows the scheme and the key can tell (a security weakness a black-box suite cannot see)"),
+    ("protocol/src/common.rs", r"json_schema|schema_name", None, "not on the wire",
+     "JSON Schema generation; the committed schemas are drift-tested by `cargo test`"),
+    ("protocol/src/common.rs", r"format_timestamp", None, "today's date only",
+     "civil-from-days terms that are zero or equal for dates of this era and month (the century terms, one month's day offset): a black-box run only sees the server's timestamps of now; fluxy-protocol's unit tests round-trip the whole range"),
 ]
 
 

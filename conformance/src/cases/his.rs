@@ -544,6 +544,8 @@ async fn legacy_before_timestamp(ctx: &Ctx) -> Result<(), CaseError> {
         )?;
     }
     for bad in [
+        "2999x01-01T00:00:00.000Z",
+        "2999-01x01T00:00:00.000Z",
         "2999-01-01T24:00:01Z",
         "2999-01-01T25:00:00Z",
         "2999-01-01T00:60:00Z",
