@@ -80,6 +80,22 @@ RULES = [
      "JSON Schema generation; the committed schemas are drift-tested by `cargo test`"),
     ("protocol/src/common.rs", r"format_timestamp", None, "today's date only",
      "civil-from-days terms that are zero or equal for dates of this era and month (the century terms, one month's day offset): a black-box run only sees the server's timestamps of now; fluxy-protocol's unit tests round-trip the whole range"),
+    ("reference-worker/server/src/limiter.rs", r"59:51: replace / with %", None, "load-dependent",
+     "a 1 ms `retryAfterMs`: FX-LIM-12 catches it when the client outpaces the refill (10 ms a token here), as in an unloaded run; under this run's load the request after 1 ms already found a refilled token"),
+    ("reference-worker/server/src/limiter.rs", None, (59, 59), "allowed (longer wait)",
+     "a `retryAfterMs` longer than needed (or over 30 s, which the case does not wait for): FX-LIM-12 only asks that it be long enough"),
+    ("reference-worker/server/src/db.rs", r"delete field messages", None, "equivalent",
+     "the streaming messages loaded at wake-up: without them the engine looks the message up on demand (`Effect::Fetch`) and gets the same state; dur/agent-state-across-restart continues a stream across a restart either way"),
+    ("reference-worker/server/src/lib.rs", r"RunningServer::wait", None, "not used by the binary",
+     "fluxy-server's main waits for SIGTERM/SIGINT, not for the server task to end"),
+    ("reference-worker/server/src/rooms.rs", r"on_msg", (700, 705), "unreachable",
+     "the storage-failure branch of a connection opening (`reset || is_failed`): no storage fails in a run"),
+    ("reference-worker/server/src/rooms.rs", r"on_msg", (745, 755), "equivalent",
+     "a long-poll registered while events exist was already answered from storage; `>` vs `<` differ only for a position ahead of the room, which `decode_cursor` refuses"),
+    ("reference-worker/server/src/rooms.rs", r"run_effects_once", (885, 890), "equivalent",
+     "pruning expired idempotency keys on every commit instead of once a minute: same answers (keys are 24 h old when pruned)"),
+    ("reference-worker/server/src/rooms.rs", r"run_effects_once", (895, 925), "unload timing",
+     "the in-flight commit and lookup counters only decide whether an idle room may unload (see the unload pass)"),
 ]
 
 
@@ -89,7 +105,7 @@ def classify(m):
     for suffix, fn, lines, cls, why in RULES:
         if not f.endswith(suffix):
             continue
-        if fn and not re.search(fn, m.get("function") or name):
+        if fn and not re.search(fn, f"{m.get('function') or ''} {name}"):
             continue
         if lines and not (lines[0] <= line <= lines[1]):
             continue

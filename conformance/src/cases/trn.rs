@@ -433,15 +433,26 @@ async fn poll(ctx: &Ctx) -> Result<(), CaseError> {
         Some(Duration::from_secs(40)),
     );
     let sender = async {
-        // Let the poll reach the server first: wait for a sign of it (none is observable), so
-        // commit after the request is certainly in flight by sending through another client.
-        tokio::task::yield_now().await;
-        cb.send_json(&msg("wake up", "wk"))?;
-        cb.ack("FX-TRN-7", "wk").await
+        // The poll must be waiting when the commit happens, and nothing a client can see says
+        // it is: give it half a second (a provocation, not a synchronisation: a poll that
+        // arrives later still gets the event at once, so the verdict holds either way).
+        tokio::time::sleep(ctx.ms(500)).await;
+        let ack = match cb.send_json(&msg("wake up", "wk")) {
+            Ok(()) => cb.ack("FX-TRN-7", "wk").await,
+            Err(e) => Err(e),
+        };
+        (ack, Instant::now())
     };
-    let (r, ack) = tokio::join!(waiter, sender);
+    let (r, (ack, committed)) = tokio::join!(waiter, sender);
+    let woke_after = committed.elapsed();
     let ack = ack?;
     let r = r?;
+    ensure(
+        woke_after < ctx.ms(5000),
+        "FX-TRN-7",
+        "the waiting poll returns soon after the commit, not at its timeout",
+        format!("{woke_after:?} after the commit's ack (timeoutMs 20000)"),
+    )?;
     r.expect_status("FX-TRN-7", "poll waiting for a commit", 200)?;
     let p2: HistoryPage = r.parse("FX-TRN-7", "HistoryPage")?;
     let s2: Vec<u64> = p2.events.iter().map(|e| e.seq()).collect();
