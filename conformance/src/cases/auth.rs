@@ -104,7 +104,7 @@ async fn accepted(ctx: &Ctx, clause: &str, token: &str, what: &str) -> Result<()
     ensure(
         r.status == 200,
         clause,
-        &format!("GET /rooms with {what} answers 200"),
+        format!("GET /rooms with {what} answers 200"),
         format!("HTTP {} {}", r.status, crate::ctx::short(&r.text, 200)),
     )
 }

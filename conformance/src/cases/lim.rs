@@ -453,7 +453,7 @@ async fn http_rate_limit(ctx: &Ctx) -> Result<(), CaseError> {
     ensure(
         again.status != 429,
         "FX-LIM-12",
-        &format!("the same request, sent once after its retryAfterMs ({wait_ms} ms), is not refused again"),
+        format!("the same request, sent once after its retryAfterMs ({wait_ms} ms), is not refused again"),
         format!("HTTP {} {}", again.status, crate::ctx::short(&again.text, 200)),
     )
 }

@@ -187,7 +187,7 @@ fn accepted(r: &crate::ctx::HttpResp, what: &str) -> Result<(), CaseError> {
     ensure(
         (200..300).contains(&r.status),
         "FX-TEN-8",
-        &format!("{what} is accepted"),
+        format!("{what} is accepted"),
         format!("HTTP {} {}", r.status, crate::ctx::short(&r.text, 200)),
     )
 }
