@@ -239,7 +239,7 @@ async fn durability_group_passes_across_a_real_process_restart() {
     let _ = Command::new("sh").arg("-c").arg(&stop).status();
     let _ = std::fs::remove_dir_all(&dir);
     let rep = rep.expect("the run proceeds");
-    assert_eq!(rep.cases.len(), 3);
+    assert_eq!(rep.cases.len(), 4, "{}", summary(&rep));
     assert!(
         rep.cases.iter().all(|c| c.verdict == Verdict::Pass),
         "{}",
