@@ -113,7 +113,9 @@ def run_external():
     extra = " ".join(q(x) for x in a.server_arg)
     start = (f"nohup {q(binary)} --listen 127.0.0.1:{port} --db {q(db)} --dev "
              f"--idle-timeout-ms 4000 {extra} >{q(out)} 2>/dev/null & echo $! >{q(pid)}")
-    stop = f"p=$(cat {q(pid)}); kill $p 2>/dev/null; while kill -0 $p 2>/dev/null; do sleep 0.05; done"
+    # Bounded: a mutant can break the graceful shutdown; SIGKILL after 5 s.
+    stop = (f"p=$(cat {q(pid)}); kill $p 2>/dev/null; i=0; while kill -0 $p 2>/dev/null && [ $i -lt 100 ]; "
+            f"do sleep 0.05; i=$((i+1)); done; kill -9 $p 2>/dev/null; true")
     subprocess.run(["sh", "-c", start])
     try:
         deadline = time.time() + 30

@@ -102,6 +102,22 @@ RULES = [
      "separator and range checks: `his/legacy-before-timestamp` now sends `T`/`Z` replaced, month 13, day 32 (verified on these mutants after the second pass; FX-HIS-11 is a SHOULD, so they fail under `--strict`)"),
     ("reference-worker/server/src/rooms.rs", r"run_effects_once", (865, 872), "caught by the final runner",
      "long-poll waiters never (or wrongly) woken by a commit: `trn/poll` now makes the poll wait before the commit; on the current code (rooms.rs after the chunked-queue merge, same lines as 989/992) 3 of these 4 are caught; `s > after` → `>=` stays equivalent (a waiter's position is below every new seq)"),
+    ("reference-worker/server/src/rooms.rs", r"OutRx::try_recv", None, "performance only",
+     "the writer drains further queued chunks before one flush; without it, one flush per chunk: same frames, same order"),
+    ("reference-worker/server/src/rooms.rs", r"Shell::deliver", None, "equivalent",
+     "a connection listed twice for the end-of-batch flush: the second flush finds nothing staged"),
+    ("reference-worker/server/src/rooms.rs", r"on_msg", (799, 803), "unreachable",
+     "the storage-failure branch of a connection opening (`reset || is_failed`), current code"),
+    ("reference-worker/server/src/rooms.rs", r"on_msg", (847, 851), "equivalent",
+     "as at 745–755 before the chunked queue: a poll registered while events exist was already answered from storage"),
+    ("reference-worker/server/src/rooms.rs", r"run_effect_list", (959, 963), "equivalent",
+     "a connection listed twice for the end-of-batch flush: the second flush finds nothing staged"),
+    ("reference-worker/server/src/rooms.rs", r"run_effect_list", (992, 992), "equivalent",
+     "`s > after` → `>=`: a waiter's position is below every new seq"),
+    ("reference-worker/server/src/rooms.rs", r"run_effect_list", (1008, 1012), "equivalent",
+     "pruning expired idempotency keys on every commit instead of once a minute (current code)"),
+    ("reference-worker/server/src/rooms.rs", r"run_effect_list", (1017, 1045), "unload timing",
+     "the in-flight commit and lookup counters only decide whether an idle room may unload (current code)"),
 ]
 
 
