@@ -455,44 +455,43 @@ fn stops_run(v: Verdict) -> bool {
     matches!(v, Verdict::Fail | Verdict::Error | Verdict::Blocked)
 }
 
-/// A case `--fail-fast` did not start because an earlier case failed.
-fn not_run(case: Case) -> CaseReport {
+/// The report of a case that did not run, with its verdict and reason.
+fn unrun(
+    case: Case,
+    verdict: Verdict,
+    reason: String,
+    failure: Option<FailureReport>,
+) -> CaseReport {
     CaseReport {
         id: case.id.into(),
         group: case.group().into(),
         title: case.title.into(),
         clauses: case.clauses.iter().map(|c| clause_info(c)).collect(),
-        verdict: Verdict::Skipped,
+        verdict,
         duration_ms: 0,
-        reason: Some("not run: --fail-fast stopped the run after an earlier case".into()),
+        reason: Some(reason),
         profile: profile::of_case(case.id).into(),
-        failure: None,
+        failure,
         observations: vec![],
         transcript: vec![],
     }
 }
 
+/// A case `--fail-fast` did not start because an earlier case failed.
+fn not_run(case: Case) -> CaseReport {
+    let why = "not run: --fail-fast stopped the run after an earlier case";
+    unrun(case, Verdict::Skipped, why.into(), None)
+}
+
 fn not_implemented(case: Case, evidence: &str) -> CaseReport {
-    CaseReport {
-        id: case.id.into(),
-        group: case.group().into(),
-        title: case.title.into(),
-        clauses: case.clauses.iter().map(|c| clause_info(c)).collect(),
-        verdict: Verdict::Blocked,
-        duration_ms: 0,
-        reason: Some(format!(
-            "profile {} not implemented by this server",
-            profile::of_case(case.id)
-        )),
-        profile: profile::of_case(case.id).into(),
-        failure: Some(FailureReport {
-            clause: clause_info("FX-PRF-2"),
-            expected: format!("the {} profile (FX-PRF-1)", profile::of_case(case.id)),
-            observed: evidence.to_string(),
-        }),
-        observations: vec![],
-        transcript: vec![],
-    }
+    let p = profile::of_case(case.id);
+    let failure = FailureReport {
+        clause: clause_info("FX-PRF-2"),
+        expected: format!("the {p} profile (FX-PRF-1)"),
+        observed: evidence.to_string(),
+    };
+    let why = format!("profile {p} not implemented by this server");
+    unrun(case, Verdict::Blocked, why, Some(failure))
 }
 
 async fn run_one(env: Arc<Env>, case: Case, strict: bool) -> CaseReport {

@@ -340,33 +340,41 @@ async fn bad_signature(ctx: &Ctx) -> Result<(), CaseError> {
     if parts.len() != 3 {
         return Err(fail("FX-AUTH-1", "a three-part JWT", &u.token));
     }
-    // Flip the signature.
-    let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap_or_default();
-    if let Some(b) = sig.first_mut() {
-        *b ^= 0x55;
+    // The same header and payload with the signature bytes changed by `f`.
+    let resigned = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap_or_default();
+        f(&mut sig);
+        format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&sig))
+    };
+    let forgeries = [
+        // One byte flipped.
+        resigned(&|sig| {
+            if let Some(b) = sig.first_mut() {
+                *b ^= 0x55;
+            }
+        }),
+        // Two bytes changed by the same mask: a comparison that folds byte differences with
+        // XOR instead of OR cancels them out.
+        resigned(&|sig| {
+            let n = sig.len();
+            if n >= 2 {
+                sig[n - 1] ^= 0x04;
+                sig[n - 2] ^= 0x04;
+            }
+        }),
+        // One byte longer, with the length difference (32 ^ 33 = 1) mirrored in a flipped bit:
+        // a comparison that XORs the length check into the byte differences cancels them out.
+        resigned(&|sig| {
+            let len_mask = (sig.len() ^ (sig.len() + 1)) as u8;
+            if let Some(b) = sig.first_mut() {
+                *b ^= len_mask;
+            }
+            sig.push(0);
+        }),
+    ];
+    for t in &forgeries {
+        refused(ctx, "FX-AUTH-6", t, ErrorCode::Unauthorized, 4004).await?;
     }
-    let t1 = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&sig));
-    refused(ctx, "FX-AUTH-6", &t1, ErrorCode::Unauthorized, 4004).await?;
-    // Two bytes changed by the same mask: a comparison that folds byte differences with XOR
-    // instead of OR cancels them out.
-    let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap_or_default();
-    let n = sig.len();
-    if n >= 2 {
-        sig[n - 1] ^= 0x04;
-        sig[n - 2] ^= 0x04;
-    }
-    let t1 = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&sig));
-    refused(ctx, "FX-AUTH-6", &t1, ErrorCode::Unauthorized, 4004).await?;
-    // One byte longer, with the length difference (32 ^ 33 = 1) mirrored in a flipped bit:
-    // a comparison that XORs the length check into the byte differences cancels them out.
-    let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap_or_default();
-    let len_mask = (sig.len() ^ (sig.len() + 1)) as u8;
-    if let Some(b) = sig.first_mut() {
-        *b ^= len_mask;
-    }
-    sig.push(0);
-    let t1 = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&sig));
-    refused(ctx, "FX-AUTH-6", &t1, ErrorCode::Unauthorized, 4004).await?;
     // Change the payload (claim another user), keep the signature.
     let (_, mut p) =
         jwt_parts(&u.token).ok_or_else(|| CaseError::Error("token not decodable".into()))?;
